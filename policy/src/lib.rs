@@ -1,0 +1,1 @@
+//! Tapestry control plane.

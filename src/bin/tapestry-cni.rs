@@ -1,0 +1,4 @@
+//! CNI 1.0 plugin entry point; the logic lives in the `tapestry` binary's `cni` module.
+fn main() {
+    std::process::exit(tapestry::cni::main());
+}

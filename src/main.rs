@@ -1,0 +1,56 @@
+use clap::{Parser, Subcommand};
+
+use tapestry::{cell, cli, container, control, demo};
+
+/// Tapestry: container-to-container overlay networking with a userspace VXLAN-GBP dataplane.
+#[derive(Parser)]
+#[command(name = "tapestry", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane (policy server, leases, feed), or manage its tokens.
+    Control(control::ControlArgs),
+    /// Manage container-to-container policies.
+    Policy(cli::PolicyArgs),
+    /// Manage application security groups.
+    Asg(cli::AsgArgs),
+    /// Manage internal routes (`*.apps.internal`).
+    Route(cli::RouteArgs),
+    /// Inspect subnet leases.
+    Lease(cli::LeaseArgs),
+    /// Run a cell switch, or show its status.
+    Cell(cell::CellArgs),
+    /// Attach or detach a container (Garden external networker style).
+    Container(container::ContainerArgs),
+    /// Build a small overlay in network namespaces and show policy at work (root).
+    Demo(demo::DemoArgs),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TAPESTRY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Control(a) => control::run(a),
+        Command::Policy(a) => cli::run_policy(a),
+        Command::Asg(a) => cli::run_asg(a),
+        Command::Route(a) => cli::run_route(a),
+        Command::Lease(a) => cli::run_lease(a),
+        Command::Cell(a) => cell::run(a),
+        Command::Container(a) => container::run(a),
+        Command::Demo(a) => demo::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,1 @@
+//! Tapestry cell switch.
