@@ -1,5 +1,295 @@
-//! The `tapestry-cni` plugin (not yet wired).
+//! `tapestry-cni`: a CNI 1.0 plugin (ADD, DEL, CHECK, VERSION) that asks the cell to attach the
+//! container. Results and errors follow the CNI specification's JSON.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::cell::api::{self, Attachment, Request, UpRequest};
+
+const SUPPORTED: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
+
+/// A CNI error: code (from the spec's table) and message.
+#[derive(Debug)]
+pub struct CniError {
+    pub code: u32,
+    pub msg: String,
+    pub details: String,
+}
+
+impl CniError {
+    fn new(code: u32, msg: impl Into<String>, details: impl Into<String>) -> Self {
+        CniError {
+            code,
+            msg: msg.into(),
+            details: details.into(),
+        }
+    }
+}
+
+// Error codes from the CNI specification.
+const E_INCOMPATIBLE_VERSION: u32 = 1;
+const E_INVALID_ENV: u32 = 4;
+const E_IO: u32 = 5;
+const E_DECODE: u32 = 6;
+const E_INVALID_CONFIG: u32 = 7;
+const E_TRY_LATER: u32 = 11;
+
+#[derive(Debug, Deserialize)]
+pub struct NetConf {
+    #[serde(rename = "cniVersion")]
+    pub cni_version: Option<String>,
+    pub name: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub cell_socket: Option<PathBuf>,
+    #[serde(default)]
+    pub metadata: Option<Value>,
+}
+
+/// The environment of one invocation.
+pub struct Invocation {
+    pub command: String,
+    pub container_id: String,
+    pub netns: String,
+    pub ifname: String,
+}
+
+impl Invocation {
+    fn from_env() -> Result<Invocation, CniError> {
+        let get = |k: &str| std::env::var(k).unwrap_or_default();
+        Ok(Invocation {
+            command: get("CNI_COMMAND"),
+            container_id: get("CNI_CONTAINERID"),
+            netns: get("CNI_NETNS"),
+            ifname: get("CNI_IFNAME"),
+        })
+    }
+}
+
+/// Entry point of the plugin binary: returns the process exit code.
 pub fn main() -> i32 {
-    eprintln!("tapestry-cni is not implemented yet");
+    let mut stdin = String::new();
+    let inv = match Invocation::from_env() {
+        Ok(i) => i,
+        Err(e) => return emit_error("1.0.0", e),
+    };
+    if inv.command != "VERSION" {
+        if let Err(e) = std::io::stdin().read_to_string(&mut stdin) {
+            return emit_error("1.0.0", CniError::new(E_IO, "reading the network configuration from stdin failed", e.to_string()));
+        }
+    }
+    let version = serde_json::from_str::<Value>(&stdin)
+        .ok()
+        .and_then(|v| v.get("cniVersion").and_then(|s| s.as_str()).map(String::from))
+        .unwrap_or_else(|| "1.0.0".into());
+    match execute(&inv, &stdin) {
+        Ok(Some(out)) => {
+            println!("{out}");
+            0
+        }
+        Ok(None) => 0,
+        Err(e) => emit_error(&version, e),
+    }
+}
+
+fn emit_error(version: &str, e: CniError) -> i32 {
+    println!(
+        "{}",
+        json!({"cniVersion": version, "code": e.code, "msg": e.msg, "details": e.details})
+    );
     1
+}
+
+/// Runs one CNI command; `Ok(Some(json))` is printed on stdout.
+pub fn execute(inv: &Invocation, stdin: &str) -> Result<Option<Value>, CniError> {
+    if inv.command == "VERSION" {
+        return Ok(Some(json!({"cniVersion": "1.0.0", "supportedVersions": SUPPORTED})));
+    }
+    let conf: NetConf = serde_json::from_str(stdin).map_err(|e| {
+        CniError::new(E_DECODE, "the network configuration is not valid JSON", e.to_string())
+    })?;
+    let version = conf.cni_version.clone().ok_or_else(|| {
+        CniError::new(E_INVALID_CONFIG, "network configuration field cniVersion is missing", "")
+    })?;
+    if !SUPPORTED.contains(&version.as_str()) {
+        return Err(CniError::new(
+            E_INCOMPATIBLE_VERSION,
+            format!("cniVersion {version} is not supported"),
+            format!("supported versions: {}", SUPPORTED.join(", ")),
+        ));
+    }
+    if conf.name.as_deref().unwrap_or("").is_empty() {
+        return Err(CniError::new(E_INVALID_CONFIG, "network configuration field name is missing", ""));
+    }
+    if conf.kind.as_deref() != Some("tapestry-cni") {
+        return Err(CniError::new(
+            E_INVALID_CONFIG,
+            format!("network configuration field type is {:?}, expected \"tapestry-cni\"", conf.kind.unwrap_or_default()),
+            "",
+        ));
+    }
+    let socket = conf.cell_socket.clone().ok_or_else(|| {
+        CniError::new(E_INVALID_CONFIG, "network configuration field cell_socket is missing", "")
+    })?;
+    if inv.container_id.is_empty() {
+        return Err(CniError::new(E_INVALID_ENV, "CNI_CONTAINERID is not set", ""));
+    }
+    let call = |req: Request| {
+        api::call(&socket, &req).map_err(|e| {
+            let msg = format!("{e:#}");
+            if msg.contains("connecting to the cell") {
+                CniError::new(E_TRY_LATER, "the cell is not reachable", msg)
+            } else {
+                CniError::new(E_IO, "the cell refused the request", msg)
+            }
+        })
+    };
+    match inv.command.as_str() {
+        "ADD" => {
+            let up = up_request(inv, &conf)?;
+            let a: Attachment = serde_json::from_value(call(Request::Up(up))?)
+                .map_err(|e| CniError::new(E_IO, "malformed answer from the cell", e.to_string()))?;
+            Ok(Some(add_result(&version, &a)))
+        }
+        "DEL" => {
+            call(Request::Down {
+                handle: inv.container_id.clone(),
+            })?;
+            Ok(None)
+        }
+        "CHECK" => {
+            call(Request::Check {
+                handle: inv.container_id.clone(),
+            })?;
+            Ok(None)
+        }
+        "" => Err(CniError::new(E_INVALID_ENV, "CNI_COMMAND is not set", "")),
+        other => Err(CniError::new(
+            E_INVALID_ENV,
+            format!("CNI_COMMAND {other:?} is not supported (ADD, DEL, CHECK, VERSION)"),
+            "",
+        )),
+    }
+}
+
+fn up_request(inv: &Invocation, conf: &NetConf) -> Result<UpRequest, CniError> {
+    if inv.netns.is_empty() {
+        return Err(CniError::new(E_INVALID_ENV, "CNI_NETNS is not set", ""));
+    }
+    if inv.ifname.is_empty() {
+        return Err(CniError::new(E_INVALID_ENV, "CNI_IFNAME is not set", ""));
+    }
+    let md = conf.metadata.clone().unwrap_or(Value::Null);
+    let field = |k: &str| md.get(k).and_then(|v| v.as_str()).map(String::from);
+    let app = field("policy_group_id").or_else(|| field("app_id")).ok_or_else(|| {
+        CniError::new(
+            E_INVALID_CONFIG,
+            "network configuration field metadata.policy_group_id (or metadata.app_id) is missing",
+            "",
+        )
+    })?;
+    let index = match md.get("instance_index") {
+        None | Some(Value::Null) => 0,
+        Some(v) => v
+            .as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                CniError::new(E_INVALID_CONFIG, "network configuration field metadata.instance_index is not a non-negative integer", v.to_string())
+            })?,
+    };
+    Ok(UpRequest {
+        handle: inv.container_id.clone(),
+        app_id: app,
+        space_id: field("space_id").unwrap_or_default(),
+        org_id: field("org_id").unwrap_or_default(),
+        instance_index: index,
+        netns: PathBuf::from(&inv.netns),
+        ifname: inv.ifname.clone(),
+    })
+}
+
+fn add_result(version: &str, a: &Attachment) -> Value {
+    let interfaces = json!([{"name": a.ifname, "mac": a.mac, "sandbox": a.netns}]);
+    let ip = format!("{}/32", a.container_ip);
+    let gw = a.gateway.to_string();
+    let ips = if version.starts_with("0.3") {
+        json!([{"version": "4", "address": ip, "gateway": gw, "interface": 0}])
+    } else {
+        json!([{"address": ip, "gateway": gw, "interface": 0}])
+    };
+    json!({
+        "cniVersion": version,
+        "interfaces": interfaces,
+        "ips": ips,
+        "routes": [{"dst": "0.0.0.0/0", "gw": gw}],
+        "dns": {"nameservers": a.dns_servers, "search": a.search_domains},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inv(cmd: &str) -> Invocation {
+        Invocation {
+            command: cmd.into(),
+            container_id: "c1".into(),
+            netns: "/var/run/netns/x".into(),
+            ifname: "eth0".into(),
+        }
+    }
+
+    #[test]
+    fn version_lists_supported() {
+        let v = execute(&inv("VERSION"), "").unwrap().unwrap();
+        assert_eq!(v["cniVersion"], "1.0.0");
+        assert!(v["supportedVersions"].as_array().unwrap().iter().any(|s| s == "1.0.0"));
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let e = execute(&inv("ADD"), "{not json").unwrap_err();
+        assert_eq!(e.code, E_DECODE);
+        let e = execute(&inv("ADD"), r#"{"name":"n","type":"tapestry-cni","cell_socket":"/x"}"#).unwrap_err();
+        assert!(e.msg.contains("cniVersion"), "{}", e.msg);
+        let e = execute(&inv("ADD"), r#"{"cniVersion":"9.9.9","name":"n","type":"tapestry-cni","cell_socket":"/x"}"#).unwrap_err();
+        assert_eq!(e.code, E_INCOMPATIBLE_VERSION);
+        let e = execute(&inv("ADD"), r#"{"cniVersion":"1.0.0","name":"n","type":"bridge","cell_socket":"/x"}"#).unwrap_err();
+        assert!(e.msg.contains("type"), "{}", e.msg);
+        let e = execute(&inv("ADD"), r#"{"cniVersion":"1.0.0","name":"n","type":"tapestry-cni"}"#).unwrap_err();
+        assert!(e.msg.contains("cell_socket"), "{}", e.msg);
+        let e = execute(&inv("ADD"), r#"{"cniVersion":"1.0.0","name":"n","type":"tapestry-cni","cell_socket":"/nonexistent.sock","metadata":{}}"#).unwrap_err();
+        assert!(e.msg.contains("policy_group_id"), "{}", e.msg);
+        let e = execute(&inv("ADD"), r#"{"cniVersion":"1.0.0","name":"n","type":"tapestry-cni","cell_socket":"/nonexistent.sock","metadata":{"policy_group_id":"A","instance_index":-1}}"#).unwrap_err();
+        assert!(e.msg.contains("instance_index"), "{}", e.msg);
+        let e = execute(&inv("ADD"), r#"{"cniVersion":"1.0.0","name":"n","type":"tapestry-cni","cell_socket":"/nonexistent.sock","metadata":{"policy_group_id":"A"}}"#).unwrap_err();
+        assert_eq!(e.code, E_TRY_LATER);
+        let e = execute(&inv("FROB"), r#"{"cniVersion":"1.0.0","name":"n","type":"tapestry-cni","cell_socket":"/x"}"#).unwrap_err();
+        assert_eq!(e.code, E_INVALID_ENV);
+    }
+
+    #[test]
+    fn add_result_is_spec_shaped() {
+        let a = Attachment {
+            handle: "c1".into(),
+            container_ip: "10.255.7.3".parse().unwrap(),
+            gateway: "169.254.0.1".parse().unwrap(),
+            mac: "ee:ee:0a:ff:07:03".into(),
+            mtu: 1450,
+            ifname: "eth0".into(),
+            netns: "/var/run/netns/x".into(),
+            dns_servers: vec![],
+            search_domains: vec![],
+        };
+        let v = add_result("1.0.0", &a);
+        assert_eq!(v["ips"][0]["address"], "10.255.7.3/32");
+        assert_eq!(v["ips"][0]["gateway"], "169.254.0.1");
+        assert_eq!(v["interfaces"][0]["sandbox"], "/var/run/netns/x");
+        assert!(v["ips"][0].get("version").is_none());
+        assert_eq!(add_result("0.3.1", &a)["ips"][0]["version"], "4");
+    }
 }

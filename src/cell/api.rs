@@ -1,0 +1,151 @@
+//! The cell's local API on `STATE_DIR/cell.sock`: one JSON request per line, one JSON response
+//! per line. Used by `tapestry container`, `tapestry-cni` and `tapestry cell status`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// A request to the cell.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Attach a container (idempotent for the same handle).
+    Up(UpRequest),
+    /// Detach a container (idempotent).
+    Down { handle: String },
+    /// Check that a container is attached and its interface is in place.
+    Check { handle: String },
+    /// Everything `tapestry cell status` shows.
+    Status,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UpRequest {
+    pub handle: String,
+    pub app_id: String,
+    #[serde(default)]
+    pub space_id: String,
+    #[serde(default)]
+    pub org_id: String,
+    #[serde(default)]
+    pub instance_index: u32,
+    pub netns: PathBuf,
+    #[serde(default = "default_ifname")]
+    pub ifname: String,
+}
+
+fn default_ifname() -> String {
+    "eth0".into()
+}
+
+/// What an attached container gets.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Attachment {
+    pub handle: String,
+    pub container_ip: std::net::Ipv4Addr,
+    pub gateway: std::net::Ipv4Addr,
+    pub mac: String,
+    pub mtu: u32,
+    pub ifname: String,
+    pub netns: PathBuf,
+    pub dns_servers: Vec<String>,
+    pub search_domains: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+}
+
+/// What serves requests (the running cell).
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, req: Request) -> Result<serde_json::Value>;
+}
+
+/// Serves the socket until the process ends. Removes a stale socket file first.
+pub fn serve(path: &Path, handler: Arc<dyn Handler>) -> Result<()> {
+    if path.exists() {
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    std::thread::Builder::new()
+        .name("cell-api".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let handler = handler.clone();
+                let _ = std::thread::Builder::new()
+                    .name("cell-api-conn".into())
+                    .spawn(move || serve_conn(conn, handler));
+            }
+        })?;
+    Ok(())
+}
+
+fn serve_conn(conn: UnixStream, handler: Arc<dyn Handler>) {
+    let Ok(mut writer) = conn.try_clone() else { return };
+    let reader = BufReader::new(conn);
+    for line in reader.lines() {
+        let Ok(line) = line else { return };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let resp = match serde_json::from_str::<Request>(&line) {
+            Ok(req) => match handler.handle(req) {
+                Ok(v) => Response {
+                    ok: true,
+                    error: None,
+                    result: Some(v),
+                },
+                Err(e) => Response {
+                    ok: false,
+                    error: Some(format!("{e:#}")),
+                    result: None,
+                },
+            },
+            Err(e) => Response {
+                ok: false,
+                error: Some(format!("invalid request: {e}")),
+                result: None,
+            },
+        };
+        let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+        out.push(b'\n');
+        if writer.write_all(&out).is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends one request to the cell at `socket` and returns its result, or the cell's error.
+pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
+    let mut conn = UnixStream::connect(socket)
+        .with_context(|| format!("connecting to the cell at {} (is `tapestry cell` running?)", socket.display()))?;
+    conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    conn.write_all(&line)?;
+    let mut reader = BufReader::new(conn);
+    let mut resp = String::new();
+    reader
+        .read_line(&mut resp)
+        .context("reading the cell's response")?;
+    let resp: Response = serde_json::from_str(&resp)
+        .with_context(|| format!("malformed response from the cell: {resp:?}"))?;
+    if resp.ok {
+        Ok(resp.result.unwrap_or(serde_json::Value::Null))
+    } else {
+        Err(anyhow!(resp.error.unwrap_or_else(|| "unknown error".into())))
+    }
+}

@@ -1,0 +1,226 @@
+//! Attaching and detaching containers: a persistent TAP device per container inside its network
+//! namespace, configured over netlink, registered as a switch port.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use tapestry_switch::PortId;
+use tapestry_sys::netlink::{self, IfaceConfig};
+use tapestry_sys::tap::{Tap, TapOptions};
+
+use super::api::{Attachment, UpRequest};
+use super::dataplane::PortCommand;
+use super::state::{allocate_ip, port_id_for, ContainerRecord};
+use super::{Cell, GATEWAY};
+
+/// Container MAC, as Silk: ee:ee:<ip bytes>.
+pub fn container_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0xee, 0xee, o[0], o[1], o[2], o[3]]
+}
+
+/// The gateway MAC a container sees for 169.254.0.1: aa:aa:<container ip bytes>.
+pub fn gateway_mac(ip: Ipv4Addr) -> [u8; 6] {
+    let o = ip.octets();
+    [0xaa, 0xaa, o[0], o[1], o[2], o[3]]
+}
+
+pub fn mac_string(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn validate(up: &UpRequest) -> Result<()> {
+    if up.handle.is_empty() || up.handle.len() > 256 || up.handle.contains(['\n', '/']) {
+        bail!("handle {:?} is invalid: it must be 1-256 characters without '/' or newlines", up.handle);
+    }
+    if up.app_id.is_empty() || up.app_id.len() > 255 {
+        bail!("app {:?} is invalid: it must be 1-255 characters", up.app_id);
+    }
+    if up.ifname.is_empty()
+        || up.ifname.len() > 15
+        || up.ifname.contains(['/', ' ', ':'])
+        || up.ifname == "lo"
+    {
+        bail!("interface name {:?} is invalid: 1-15 characters, no '/', ':' or spaces, not lo", up.ifname);
+    }
+    if !up.netns.is_absolute() {
+        bail!("netns {:?} must be an absolute path to a network namespace", up.netns);
+    }
+    if !up.netns.exists() {
+        bail!("netns {} does not exist", up.netns.display());
+    }
+    Ok(())
+}
+
+impl Cell {
+    fn port_of(&self, ip: Ipv4Addr) -> PortId {
+        PortId(port_id_for(self.config.subnet.network(), ip))
+    }
+
+    fn attachment(&self, rec: &ContainerRecord) -> Attachment {
+        Attachment {
+            handle: rec.handle.clone(),
+            container_ip: rec.ip,
+            gateway: GATEWAY,
+            mac: mac_string(container_mac(rec.ip)),
+            mtu: self.config.container_mtu(),
+            ifname: rec.ifname.clone(),
+            netns: rec.netns.clone(),
+            dns_servers: vec![],
+            search_domains: vec![],
+        }
+    }
+
+    /// Creates (or re-opens) the container's TAP and configures its side of the link.
+    fn plumb(&self, rec: &ContainerRecord) -> Result<Arc<Tap>> {
+        let opts = TapOptions {
+            vnet_hdr: false,
+            multi_queue: false,
+        };
+        let tap = Tap::open_in_netns(&rec.netns, &rec.ifname, opts)
+            .with_context(|| format!("creating TAP {} in {}", rec.ifname, rec.netns.display()))?;
+        netlink::configure_container_iface(
+            &rec.netns,
+            &IfaceConfig {
+                name: rec.ifname.clone(),
+                mac: container_mac(rec.ip),
+                mtu: self.config.container_mtu(),
+                ip: rec.ip,
+                gateway: GATEWAY,
+                gateway_mac: Some(gateway_mac(rec.ip)),
+                txqueuelen: Some(1000),
+            },
+        )
+        .with_context(|| format!("configuring {} in {}", rec.ifname, rec.netns.display()))?;
+        Ok(Arc::new(tap))
+    }
+
+    pub fn up(&self, up: UpRequest) -> Result<Attachment> {
+        validate(&up)?;
+        let mut inner = self.lock();
+        if let Some(rec) = inner.containers.containers.get(&up.handle) {
+            if rec.netns != up.netns || rec.ifname != up.ifname {
+                bail!(
+                    "handle {} is already attached to {} as {}",
+                    up.handle,
+                    rec.netns.display(),
+                    rec.ifname
+                );
+            }
+            return Ok(self.attachment(rec));
+        }
+        let used = inner.containers.containers.values().map(|c| c.ip);
+        let Some(ip) = allocate_ip(self.config.subnet.network(), self.config.subnet.prefix_len(), used)
+        else {
+            bail!("no free address left in this cell's subnet {}", self.config.subnet);
+        };
+        let rec = ContainerRecord {
+            handle: up.handle.clone(),
+            app_id: up.app_id,
+            space_id: up.space_id,
+            org_id: up.org_id,
+            instance_index: up.instance_index,
+            ip,
+            netns: up.netns,
+            ifname: up.ifname,
+        };
+        let tap = match self.plumb(&rec) {
+            Ok(t) => t,
+            Err(e) => {
+                let _ = tapestry_sys::tap::delete_in_netns(&rec.netns, &rec.ifname);
+                return Err(e);
+            }
+        };
+        inner.containers.containers.insert(rec.handle.clone(), rec.clone());
+        if let Err(e) = self.state.store("containers.json", &inner.containers) {
+            inner.containers.containers.remove(&rec.handle);
+            let _ = tapestry_sys::tap::delete_in_netns(&rec.netns, &rec.ifname);
+            return Err(e);
+        }
+        // Stale connections of an earlier container with this address must not carry over.
+        self.conntrack.remove_ip(rec.ip);
+        self.publish(&inner)?;
+        self.dataplane
+            .send(PortCommand::Add(self.port_of(rec.ip), tap.clone()));
+        inner.taps.insert(rec.handle.clone(), tap);
+        self.instances_dirty.notify_one();
+        tracing::info!(handle = %rec.handle, app = %rec.app_id, ip = %rec.ip, "container up");
+        Ok(self.attachment(&rec))
+    }
+
+    pub fn down(&self, handle: &str) -> Result<()> {
+        let mut inner = self.lock();
+        let Some(rec) = inner.containers.containers.get(handle).cloned() else {
+            return Ok(());
+        };
+        self.dataplane.send(PortCommand::Remove(self.port_of(rec.ip)));
+        inner.taps.remove(handle);
+        tapestry_sys::tap::delete_in_netns(&rec.netns, &rec.ifname)
+            .with_context(|| format!("deleting {} in {}", rec.ifname, rec.netns.display()))?;
+        inner.containers.containers.remove(handle);
+        self.state.store("containers.json", &inner.containers)?;
+        self.conntrack.remove_ip(rec.ip);
+        self.publish(&inner)?;
+        self.instances_dirty.notify_one();
+        tracing::info!(handle = %rec.handle, ip = %rec.ip, "container down");
+        Ok(())
+    }
+
+    pub fn check(&self, handle: &str) -> Result<()> {
+        let inner = self.lock();
+        let Some(rec) = inner.containers.containers.get(handle) else {
+            bail!("container {handle} is not attached to this cell");
+        };
+        if !Path::new(&rec.netns).exists() {
+            bail!("netns {} of container {handle} is gone", rec.netns.display());
+        }
+        if !netlink::link_exists(&rec.netns, &rec.ifname)? {
+            bail!("interface {} of container {handle} is missing", rec.ifname);
+        }
+        Ok(())
+    }
+
+    /// After a restart: re-open every persistent TAP, so containers keep their interfaces and
+    /// addresses and traffic resumes. Containers whose namespace is gone are forgotten.
+    pub fn reattach_all(&self) {
+        let mut inner = self.lock();
+        let records: Vec<ContainerRecord> = inner.containers.containers.values().cloned().collect();
+        let mut changed = false;
+        for rec in records {
+            if !rec.netns.exists() {
+                tracing::warn!(handle = %rec.handle, "netns {} is gone; forgetting the container", rec.netns.display());
+                inner.containers.containers.remove(&rec.handle);
+                changed = true;
+                continue;
+            }
+            if !self.config.subnet.contains(&rec.ip) {
+                tracing::error!(handle = %rec.handle, ip = %rec.ip, subnet = %self.config.subnet,
+                    "container address is outside this cell's lease; leaving it detached");
+                continue;
+            }
+            match self.plumb(&rec) {
+                Ok(tap) => {
+                    self.dataplane
+                        .send(PortCommand::Add(self.port_of(rec.ip), tap.clone()));
+                    inner.taps.insert(rec.handle.clone(), tap);
+                    tracing::info!(handle = %rec.handle, ip = %rec.ip, "container re-attached");
+                }
+                Err(e) => tracing::error!(handle = %rec.handle, "re-attaching: {e:#}"),
+            }
+        }
+        if changed {
+            if let Err(e) = self.state.store("containers.json", &inner.containers) {
+                tracing::error!("saving containers: {e:#}");
+            }
+        }
+        if let Err(e) = self.publish(&inner) {
+            tracing::error!("publishing tables: {e:#}");
+        }
+        self.instances_dirty.notify_one();
+    }
+}

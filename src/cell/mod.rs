@@ -1,0 +1,234 @@
+//! `tapestry cell`: one process per host. It leases a subnet from the control plane, follows the
+//! change feed, runs the userspace dataplane over TAP devices and the underlay UDP socket, and
+//! serves the local API that attaches containers.
+
+pub mod api;
+mod attach;
+mod dataplane;
+pub mod state;
+mod status;
+mod sync;
+mod view;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use tapestry_switch::{Conntrack, Counters, Tables};
+
+use self::state::{Containers, StateDir};
+
+/// Default overlay network, as Cloud Foundry's.
+pub const DEFAULT_OVERLAY: &str = "10.255.0.0/16";
+/// The gateway every container routes through (as Silk).
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 1);
+/// VXLAN-GBP adds 50 bytes (outer IPv4 20 + UDP 8 + VXLAN 8 + inner Ethernet 14).
+pub const ENCAP_OVERHEAD: u32 = 50;
+
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct CellArgs {
+    #[command(subcommand)]
+    command: Option<CellCommand>,
+    /// Internal (mutual TLS) API of the control plane, e.g. https://10.0.0.10:4003.
+    #[arg(long)]
+    control: Option<String>,
+    /// The control plane's `cell-credentials` folder (ca.pem, cert.pem, key.pem).
+    #[arg(long)]
+    credentials: Option<PathBuf>,
+    /// This host's underlay address: the VXLAN socket binds IP:vtep-port.
+    #[arg(long)]
+    underlay_ip: Option<Ipv4Addr>,
+    /// Where the cell keeps its state and its socket (cell.sock).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// UDP port of the VXLAN tunnel endpoint (the same on every cell).
+    #[arg(long, default_value_t = 4789)]
+    vtep_port: u16,
+    /// MTU of the underlay; containers get this minus 50.
+    #[arg(long, default_value_t = 1500)]
+    underlay_mtu: u32,
+    /// The overlay network the control plane hands subnets out of.
+    #[arg(long, default_value = DEFAULT_OVERLAY)]
+    overlay_network: ipnet::Ipv4Net,
+    /// Turn off TAP and UDP offloads (TSO, GSO, GRO).
+    #[arg(long)]
+    no_offload: bool,
+    /// Most connections tracked at once; new flows beyond it are refused and counted.
+    #[arg(long, default_value_t = 262_144)]
+    conntrack_max: usize,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum CellCommand {
+    /// Show a running cell's lease, ports, policies in force and counters.
+    Status {
+        #[arg(long)]
+        state_dir: PathBuf,
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Settings fixed for the life of the process.
+#[derive(Clone, Debug)]
+pub struct CellConfig {
+    pub underlay_ip: Ipv4Addr,
+    pub vtep_port: u16,
+    pub underlay_mtu: u32,
+    pub overlay_network: ipnet::Ipv4Net,
+    pub subnet: ipnet::Ipv4Net,
+    pub offload: bool,
+}
+
+impl CellConfig {
+    pub fn container_mtu(&self) -> u32 {
+        self.underlay_mtu - ENCAP_OVERHEAD
+    }
+    pub fn vtep_ip(&self) -> Ipv4Addr {
+        self.subnet.network()
+    }
+}
+
+/// The running cell, shared by the API threads, the control sync and the dataplane handle.
+pub struct Cell {
+    pub config: CellConfig,
+    pub state: StateDir,
+    pub tables: Arc<Tables>,
+    pub conntrack: Arc<Conntrack>,
+    pub counters: Arc<Counters>,
+    dataplane: dataplane::DataplaneHandle,
+    inner: Mutex<Inner>,
+    /// Wakes the task that reports this cell's instances to the control plane.
+    instances_dirty: tokio::sync::Notify,
+}
+
+struct Inner {
+    containers: Containers,
+    view: view::CellView,
+    taps: std::collections::HashMap<String, Arc<tapestry_sys::tap::Tap>>,
+    control: sync::ControlStatus,
+}
+
+pub fn run(args: CellArgs) -> Result<()> {
+    if let Some(CellCommand::Status { state_dir, json }) = args.command {
+        return status::print(&state_dir, json);
+    }
+    let (Some(control), Some(credentials), Some(underlay_ip), Some(state_dir)) = (
+        args.control.clone(),
+        args.credentials.clone(),
+        args.underlay_ip,
+        args.state_dir.clone(),
+    ) else {
+        bail!("tapestry cell needs --control, --credentials, --underlay-ip and --state-dir");
+    };
+    if args.underlay_mtu < 576 + ENCAP_OVERHEAD || args.underlay_mtu > 65535 {
+        bail!(
+            "--underlay-mtu {} is out of range: it must be between {} and 65535",
+            args.underlay_mtu,
+            576 + ENCAP_OVERHEAD
+        );
+    }
+    if underlay_ip.is_unspecified() || underlay_ip.is_broadcast() || underlay_ip.is_multicast() {
+        bail!("--underlay-ip {underlay_ip} is not a unicast address of this host");
+    }
+    for f in ["ca.pem", "cert.pem", "key.pem"] {
+        if !credentials.join(f).is_file() {
+            bail!(
+                "--credentials {}: {f} is missing (pass the control plane's cell-credentials folder)",
+                credentials.display()
+            );
+        }
+    }
+    let state = StateDir::open(&state_dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .thread_name("cell-control")
+        .build()
+        .context("starting the control runtime")?;
+    rt.block_on(async move {
+        let client = sync::connect(&control, &credentials)?;
+        let lease = sync::obtain_lease(&client, &state, underlay_ip).await?;
+        let subnet: ipnet::Ipv4Net = lease.subnet;
+        let config = CellConfig {
+            underlay_ip,
+            vtep_port: args.vtep_port,
+            underlay_mtu: args.underlay_mtu,
+            overlay_network: args.overlay_network,
+            subnet,
+            offload: !args.no_offload,
+        };
+        let udp = tapestry_sys::udp::bind(
+            SocketAddrV4::new(underlay_ip, args.vtep_port),
+            false,
+            8 << 20,
+        )
+        .with_context(|| format!("binding the VTEP socket {underlay_ip}:{}", args.vtep_port))?;
+        let view = view::CellView::load(&state)?;
+        let containers: Containers = state.load("containers.json")?.unwrap_or_default();
+        let tables = Arc::new(Tables::new(view::build_snapshot(&config, &view, &containers)?));
+        let conntrack = Arc::new(Conntrack::new(args.conntrack_max));
+        let counters = Arc::new(Counters::new());
+        let dp = dataplane::start(udp, tables.clone(), conntrack.clone(), counters.clone())?;
+        let cell = Arc::new(Cell {
+            config,
+            state,
+            tables,
+            conntrack,
+            counters,
+            dataplane: dp,
+            inner: Mutex::new(Inner {
+                containers,
+                view,
+                taps: Default::default(),
+                control: sync::ControlStatus::default(),
+            }),
+            instances_dirty: tokio::sync::Notify::new(),
+        });
+        cell.reattach_all();
+        api::serve(&cell.state.socket_path(), cell.clone())?;
+        tracing::info!(
+            "cell {} serving subnet {} on {}:{}; local API at {}",
+            underlay_ip,
+            cell.config.subnet,
+            underlay_ip,
+            cell.config.vtep_port,
+            cell.state.socket_path().display()
+        );
+        sync::run(cell, client, lease).await
+    })
+}
+
+impl Cell {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic elsewhere must not take the dataplane's control side down with it.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Rebuilds the switch's tables from the containers and the feed view and swaps them in.
+    fn publish(&self, inner: &Inner) -> Result<()> {
+        let snap = view::build_snapshot(&self.config, &inner.view, &inner.containers)?;
+        self.tables.store(snap);
+        Ok(())
+    }
+}
+
+impl api::Handler for Cell {
+    fn handle(&self, req: api::Request) -> Result<serde_json::Value> {
+        match req {
+            api::Request::Up(up) => Ok(serde_json::to_value(self.up(up)?)?),
+            api::Request::Down { handle } => {
+                self.down(&handle)?;
+                Ok(serde_json::json!({}))
+            }
+            api::Request::Check { handle } => {
+                self.check(&handle)?;
+                Ok(serde_json::json!({}))
+            }
+            api::Request::Status => Ok(self.status()),
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! What a cell keeps on disk in its state dir, so a restart loses nothing: the containers it
+//! attached (and their IPs), its lease, and the last feed view it received from the control plane.
+//! Every file is written whole to a temporary name, synced and renamed over the old one.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// One attached container.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ContainerRecord {
+    pub handle: String,
+    pub app_id: String,
+    #[serde(default)]
+    pub space_id: String,
+    #[serde(default)]
+    pub org_id: String,
+    #[serde(default)]
+    pub instance_index: u32,
+    pub ip: Ipv4Addr,
+    pub netns: PathBuf,
+    pub ifname: String,
+}
+
+/// All containers by handle.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Containers {
+    pub containers: BTreeMap<String, ContainerRecord>,
+}
+
+pub struct StateDir {
+    dir: PathBuf,
+}
+
+impl StateDir {
+    pub fn open(dir: &Path) -> Result<StateDir> {
+        fs::create_dir_all(dir)
+            .with_context(|| format!("creating state dir {}", dir.display()))?;
+        Ok(StateDir {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn socket_path(&self) -> PathBuf {
+        self.path("cell.sock")
+    }
+
+    /// Reads `name` as JSON; `Ok(None)` when the file does not exist.
+    pub fn load<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>> {
+        let path = self.path(name);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .with_context(|| format!("parsing {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Writes `value` as JSON atomically (temp file, fsync, rename, fsync dir).
+    pub fn store<T: Serialize>(&self, name: &str, value: &T) -> Result<()> {
+        let path = self.path(name);
+        let tmp = self.path(&format!(".{name}.tmp"));
+        let bytes = serde_json::to_vec_pretty(value).context("encoding state")?;
+        let mut f = fs::File::create(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(&bytes)
+            .and_then(|_| f.sync_all())
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+        if let Ok(d) = fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+}
+
+/// Lowest free host address of `subnet` (excluding the network address, which is the cell's
+/// VTEP, and the broadcast address).
+pub fn allocate_ip(
+    base: Ipv4Addr,
+    prefix: u8,
+    used: impl IntoIterator<Item = Ipv4Addr>,
+) -> Option<Ipv4Addr> {
+    let used: std::collections::HashSet<u32> = used.into_iter().map(u32::from).collect();
+    let base = u32::from(base);
+    let size = 1u64 << (32 - prefix as u32);
+    (1..size.saturating_sub(1))
+        .map(|off| base + off as u32)
+        .find(|ip| !used.contains(ip))
+        .map(Ipv4Addr::from)
+}
+
+/// Port id of a container: its offset inside the cell's subnet.
+pub fn port_id_for(base: Ipv4Addr, ip: Ipv4Addr) -> u32 {
+    u32::from(ip).wrapping_sub(u32::from(base))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocates_lowest_free_and_reuses() {
+        let base = Ipv4Addr::new(10, 255, 7, 0);
+        assert_eq!(allocate_ip(base, 24, []), Some(Ipv4Addr::new(10, 255, 7, 1)));
+        let used = [Ipv4Addr::new(10, 255, 7, 1), Ipv4Addr::new(10, 255, 7, 3)];
+        assert_eq!(allocate_ip(base, 24, used), Some(Ipv4Addr::new(10, 255, 7, 2)));
+        let all: Vec<_> = (1..=254).map(|i| Ipv4Addr::new(10, 255, 7, i)).collect();
+        assert_eq!(allocate_ip(base, 24, all), None);
+        assert_eq!(allocate_ip(base, 30, [Ipv4Addr::new(10, 255, 7, 1)]), Some(Ipv4Addr::new(10, 255, 7, 2)));
+    }
+
+    #[test]
+    fn state_round_trip_is_atomic() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = StateDir::open(dir.path()).unwrap();
+        assert!(s.load::<Containers>("containers.json").unwrap().is_none());
+        let mut c = Containers::default();
+        c.containers.insert(
+            "h1".into(),
+            ContainerRecord {
+                handle: "h1".into(),
+                app_id: "A".into(),
+                space_id: "s".into(),
+                org_id: "o".into(),
+                instance_index: 0,
+                ip: Ipv4Addr::new(10, 255, 7, 1),
+                netns: "/var/run/netns/x".into(),
+                ifname: "eth0".into(),
+            },
+        );
+        s.store("containers.json", &c).unwrap();
+        let back: Containers = s.load("containers.json").unwrap().unwrap();
+        assert_eq!(back.containers["h1"], c.containers["h1"]);
+        assert!(!s.path(".containers.json.tmp").exists());
+    }
+}

@@ -1,0 +1,128 @@
+//! `tapestry cell status`: what a running cell holds and has counted.
+
+use std::path::Path;
+
+use anyhow::Result;
+use serde_json::{json, Value};
+
+use super::api::{self, Request};
+use super::attach::mac_string;
+use super::Cell;
+
+impl Cell {
+    pub fn status(&self) -> Value {
+        let inner = self.lock();
+        let snap = self.tables.load();
+        let counters = self.counters.snapshot();
+        let port_stats: std::collections::HashMap<u32, Value> = counters
+            .ports
+            .iter()
+            .map(|(id, s)| (id.0, json!(s)))
+            .collect();
+        let ports: Vec<Value> = inner
+            .containers
+            .containers
+            .values()
+            .map(|c| {
+                let id = super::state::port_id_for(self.config.subnet.network(), c.ip);
+                json!({
+                    "port": id,
+                    "handle": c.handle,
+                    "app_id": c.app_id,
+                    "space_id": c.space_id,
+                    "ip": c.ip.to_string(),
+                    "mac": mac_string(super::attach::container_mac(c.ip)),
+                    "tag": inner.view.tag_of(&c.app_id).map(|t| format!("{t:04x}")),
+                    "ifname": c.ifname,
+                    "netns": c.netns,
+                    "attached": inner.taps.contains_key(&c.handle),
+                    "counters": port_stats.get(&id).cloned().unwrap_or(Value::Null),
+                })
+            })
+            .collect();
+        let drops: serde_json::Map<String, Value> = counters
+            .drops
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        json!({
+            "underlay_ip": self.config.underlay_ip.to_string(),
+            "vtep_port": self.config.vtep_port,
+            "lease": {
+                "overlay_subnet": self.config.subnet.to_string(),
+                "vtep_ip": self.config.vtep_ip().to_string(),
+                "vtep_mac": mac_string(super::attach::container_mac(self.config.vtep_ip())),
+            },
+            "container_mtu": self.config.container_mtu(),
+            "control": inner.control.to_json(),
+            "feed_version": inner.view.version(),
+            "remote_cells": snap.remote_count(),
+            "policies_in_force": snap.policy_count(),
+            "conntrack_entries": self.conntrack.len(),
+            "ports": ports,
+            "drops": drops,
+            "totals": json!(counters.totals),
+        })
+    }
+}
+
+pub fn print(state_dir: &Path, as_json: bool) -> Result<()> {
+    let v = api::call(&state_dir.join("cell.sock"), &Request::Status)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    println!("cell {}:{}", s(&v["underlay_ip"]), s(&v["vtep_port"]));
+    println!(
+        "lease {} (VTEP {} {}), container MTU {}",
+        s(&v["lease"]["overlay_subnet"]),
+        s(&v["lease"]["vtep_ip"]),
+        s(&v["lease"]["vtep_mac"]),
+        s(&v["container_mtu"])
+    );
+    println!(
+        "control: {}  feed version {}  remote cells {}  policies in force {}  tracked connections {}",
+        s(&v["control"]["state"]),
+        s(&v["feed_version"]),
+        s(&v["remote_cells"]),
+        s(&v["policies_in_force"]),
+        s(&v["conntrack_entries"])
+    );
+    println!();
+    println!(
+        "{:<6} {:<24} {:<16} {:<15} {:<5} {:>10} {:>10} {:>8}",
+        "PORT", "HANDLE", "APP", "IP", "TAG", "RX", "TX", "DROPS"
+    );
+    for p in v["ports"].as_array().into_iter().flatten() {
+        let c = &p["counters"];
+        println!(
+            "{:<6} {:<24} {:<16} {:<15} {:<5} {:>10} {:>10} {:>8}",
+            s(&p["port"]),
+            s(&p["handle"]),
+            s(&p["app_id"]),
+            s(&p["ip"]),
+            s(&p["tag"]),
+            s(&c["rx_packets"]),
+            s(&c["tx_packets"]),
+            s(&c["drop_packets"])
+        );
+    }
+    println!();
+    println!("drops by reason:");
+    let mut any = false;
+    for (k, n) in v["drops"].as_object().into_iter().flatten() {
+        if n.as_u64().unwrap_or(0) > 0 {
+            println!("  {k:<24} {n}");
+            any = true;
+        }
+    }
+    if !any {
+        println!("  (none)");
+    }
+    Ok(())
+}
