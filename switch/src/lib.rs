@@ -1,1 +1,8 @@
-//! Tapestry cell switch.
+//! Tapestry cell switch: a sans-IO VXLAN-GBP pipeline with default-deny policy and connection
+//! tracking. No devices, sockets or clocks: the caller passes frames and `now`.
+#![forbid(unsafe_code)]
+
+pub mod buf;
+pub mod wire;
+
+pub use buf::PacketBuf;
