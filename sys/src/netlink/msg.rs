@@ -1,0 +1,457 @@
+//! rtnetlink message encoding by hand: `nlmsghdr`, family headers and attributes, each padded
+//! to 4 bytes (NLMSG_ALIGN / RTA_ALIGN). Pure functions, unit-tested against fixed bytes.
+
+use std::net::Ipv4Addr;
+
+pub const NLMSG_HDRLEN: usize = 16;
+pub const NLMSG_ERROR: u16 = 2;
+
+pub const NLM_F_REQUEST: u16 = 0x01;
+pub const NLM_F_ACK: u16 = 0x04;
+pub const NLM_F_REPLACE: u16 = 0x100;
+pub const NLM_F_CREATE: u16 = 0x400;
+/// In an ack: the original request's payload was left out.
+pub const NLM_F_CAPPED: u16 = 0x100;
+/// In an ack: extended-ack attributes follow.
+pub const NLM_F_ACK_TLVS: u16 = 0x200;
+pub const NLMSGERR_ATTR_MSG: u16 = 1;
+
+pub const RTM_NEWLINK: u16 = 16;
+pub const RTM_DELLINK: u16 = 17;
+pub const RTM_GETLINK: u16 = 18;
+pub const RTM_NEWADDR: u16 = 20;
+pub const RTM_NEWROUTE: u16 = 24;
+pub const RTM_NEWNEIGH: u16 = 28;
+
+pub const IFLA_ADDRESS: u16 = 1;
+pub const IFLA_IFNAME: u16 = 3;
+pub const IFLA_MTU: u16 = 4;
+pub const IFLA_TXQLEN: u16 = 13;
+pub const IFA_ADDRESS: u16 = 1;
+pub const IFA_LOCAL: u16 = 2;
+pub const RTA_DST: u16 = 1;
+pub const RTA_OIF: u16 = 4;
+pub const RTA_GATEWAY: u16 = 5;
+pub const NDA_DST: u16 = 1;
+pub const NDA_LLADDR: u16 = 2;
+
+pub const AF_UNSPEC: u8 = 0;
+pub const AF_INET: u8 = 2;
+pub const IFF_UP: u32 = 0x1;
+pub const IFA_F_PERMANENT: u8 = 0x80;
+pub const RT_TABLE_MAIN: u8 = 254;
+pub const RTPROT_BOOT: u8 = 3;
+pub const RT_SCOPE_UNIVERSE: u8 = 0;
+pub const RT_SCOPE_LINK: u8 = 253;
+pub const RTN_UNICAST: u8 = 1;
+pub const RTNH_F_ONLINK: u32 = 0x4;
+pub const NUD_PERMANENT: u16 = 0x80;
+
+/// Rounds up to a multiple of 4 (NLMSG_ALIGN and RTA_ALIGN are the same).
+pub const fn align(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// Builds one netlink message: header, family header, attributes; `finish` fills in the length.
+pub struct Msg {
+    buf: Vec<u8>,
+}
+
+impl Msg {
+    pub fn new(ty: u16, flags: u16, seq: u32) -> Msg {
+        let mut buf = Vec::with_capacity(128);
+        buf.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_len, set by finish
+        buf.extend_from_slice(&ty.to_ne_bytes());
+        buf.extend_from_slice(&flags.to_ne_bytes());
+        buf.extend_from_slice(&seq.to_ne_bytes());
+        buf.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid: the kernel
+        Msg { buf }
+    }
+
+    fn pad(&mut self) {
+        self.buf.resize(align(self.buf.len()), 0);
+    }
+
+    /// Appends the family header (ifinfomsg, ifaddrmsg, rtmsg, ndmsg), padded.
+    pub fn header(mut self, bytes: &[u8]) -> Msg {
+        self.buf.extend_from_slice(bytes);
+        self.pad();
+        self
+    }
+
+    /// Appends an attribute: rta_len (4 + payload, unpadded), rta_type, payload, padding.
+    pub fn attr(mut self, ty: u16, data: &[u8]) -> Msg {
+        let len = u16::try_from(4 + data.len()).expect("netlink attribute over 64 KiB");
+        self.buf.extend_from_slice(&len.to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(data);
+        self.pad();
+        self
+    }
+
+    pub fn attr_u32(self, ty: u16, v: u32) -> Msg {
+        self.attr(ty, &v.to_ne_bytes())
+    }
+
+    /// A NUL-terminated string attribute (IFLA_IFNAME).
+    pub fn attr_str(self, ty: u16, s: &str) -> Msg {
+        let mut v = Vec::with_capacity(s.len() + 1);
+        v.extend_from_slice(s.as_bytes());
+        v.push(0);
+        self.attr(ty, &v)
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        let len = self.buf.len() as u32;
+        self.buf[0..4].copy_from_slice(&len.to_ne_bytes());
+        self.buf
+    }
+}
+
+/// `struct ifinfomsg` (16 bytes).
+pub fn ifinfomsg(index: i32, flags: u32, change: u32) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[0] = AF_UNSPEC;
+    // b[2..4] ifi_type = 0
+    b[4..8].copy_from_slice(&index.to_ne_bytes());
+    b[8..12].copy_from_slice(&flags.to_ne_bytes());
+    b[12..16].copy_from_slice(&change.to_ne_bytes());
+    b
+}
+
+/// What to change on a link with [`link_set`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LinkChange {
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+    pub txqlen: Option<u32>,
+    pub up: Option<bool>,
+}
+
+/// RTM_NEWLINK on an existing index (no CREATE): set MAC, MTU, txqueuelen, IFF_UP.
+pub fn link_set(seq: u32, index: i32, c: &LinkChange) -> Vec<u8> {
+    let (flags, change) = match c.up {
+        Some(true) => (IFF_UP, IFF_UP),
+        Some(false) => (0, IFF_UP),
+        None => (0, 0),
+    };
+    let mut m = Msg::new(RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, seq)
+        .header(&ifinfomsg(index, flags, change));
+    if let Some(mac) = c.mac {
+        m = m.attr(IFLA_ADDRESS, &mac);
+    }
+    if let Some(mtu) = c.mtu {
+        m = m.attr_u32(IFLA_MTU, mtu);
+    }
+    if let Some(q) = c.txqlen {
+        m = m.attr_u32(IFLA_TXQLEN, q);
+    }
+    m.finish()
+}
+
+/// RTM_GETLINK by name (no ACK flag: the answer is RTM_NEWLINK or an error).
+pub fn link_get(seq: u32, name: &str) -> Vec<u8> {
+    Msg::new(RTM_GETLINK, NLM_F_REQUEST, seq)
+        .header(&ifinfomsg(0, 0, 0))
+        .attr_str(IFLA_IFNAME, name)
+        .finish()
+}
+
+/// RTM_DELLINK by name.
+pub fn link_del(seq: u32, name: &str) -> Vec<u8> {
+    Msg::new(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, seq)
+        .header(&ifinfomsg(0, 0, 0))
+        .attr_str(IFLA_IFNAME, name)
+        .finish()
+}
+
+/// RTM_NEWADDR ip/prefix on index, permanent, CREATE|REPLACE (idempotent).
+pub fn addr_add(seq: u32, index: i32, ip: Ipv4Addr, prefix: u8) -> Vec<u8> {
+    let mut h = [0u8; 8];
+    h[0] = AF_INET;
+    h[1] = prefix;
+    h[2] = IFA_F_PERMANENT;
+    h[3] = RT_SCOPE_UNIVERSE;
+    h[4..8].copy_from_slice(&(index as u32).to_ne_bytes());
+    Msg::new(
+        RTM_NEWADDR,
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        seq,
+    )
+    .header(&h)
+    .attr(IFA_LOCAL, &ip.octets())
+    .attr(IFA_ADDRESS, &ip.octets())
+    .finish()
+}
+
+/// An IPv4 route in the main table.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    pub dst: Ipv4Addr,
+    pub dst_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: i32,
+    pub scope: u8,
+    pub onlink: bool,
+}
+
+/// RTM_NEWROUTE, CREATE|REPLACE (idempotent).
+pub fn route_add(seq: u32, r: &Route) -> Vec<u8> {
+    let mut h = [0u8; 12];
+    h[0] = AF_INET;
+    h[1] = r.dst_len;
+    // src_len 0, tos 0
+    h[4] = RT_TABLE_MAIN;
+    h[5] = RTPROT_BOOT;
+    h[6] = r.scope;
+    h[7] = RTN_UNICAST;
+    let flags = if r.onlink { RTNH_F_ONLINK } else { 0 };
+    h[8..12].copy_from_slice(&flags.to_ne_bytes());
+    let mut m = Msg::new(
+        RTM_NEWROUTE,
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        seq,
+    )
+    .header(&h);
+    if r.dst_len > 0 {
+        m = m.attr(RTA_DST, &r.dst.octets());
+    }
+    if let Some(gw) = r.gateway {
+        m = m.attr(RTA_GATEWAY, &gw.octets());
+    }
+    m.attr_u32(RTA_OIF, r.oif as u32).finish()
+}
+
+/// RTM_NEWNEIGH ip -> mac on index, NUD_PERMANENT, CREATE|REPLACE (idempotent).
+pub fn neigh_add(seq: u32, index: i32, ip: Ipv4Addr, mac: [u8; 6]) -> Vec<u8> {
+    let mut h = [0u8; 12];
+    h[0] = AF_INET;
+    h[4..8].copy_from_slice(&index.to_ne_bytes());
+    h[8..10].copy_from_slice(&NUD_PERMANENT.to_ne_bytes());
+    // ndm_flags 0, ndm_type 0
+    Msg::new(
+        RTM_NEWNEIGH,
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        seq,
+    )
+    .header(&h)
+    .attr(NDA_DST, &ip.octets())
+    .attr(NDA_LLADDR, &mac)
+    .finish()
+}
+
+/// One message read back from the kernel.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reply<'a> {
+    pub ty: u16,
+    pub flags: u16,
+    pub seq: u32,
+    pub payload: &'a [u8],
+}
+
+/// Splits a datagram from the kernel into messages; stops at the first malformed one.
+pub fn replies(mut buf: &[u8]) -> impl Iterator<Item = Reply<'_>> {
+    std::iter::from_fn(move || {
+        if buf.len() < NLMSG_HDRLEN {
+            return None;
+        }
+        let len = u32::from_ne_bytes(buf[0..4].try_into().unwrap()) as usize;
+        if len < NLMSG_HDRLEN || len > buf.len() {
+            return None;
+        }
+        let r = Reply {
+            ty: u16::from_ne_bytes(buf[4..6].try_into().unwrap()),
+            flags: u16::from_ne_bytes(buf[6..8].try_into().unwrap()),
+            seq: u32::from_ne_bytes(buf[8..12].try_into().unwrap()),
+            payload: &buf[NLMSG_HDRLEN..len],
+        };
+        buf = &buf[align(len).min(buf.len())..];
+        Some(r)
+    })
+}
+
+/// An NLMSG_ERROR payload: the (negative) errno, 0 for an ack, and the extended-ack message.
+pub fn parse_error(r: &Reply<'_>) -> Option<(i32, Option<String>)> {
+    if r.ty != NLMSG_ERROR || r.payload.len() < 4 {
+        return None;
+    }
+    let err = i32::from_ne_bytes(r.payload[0..4].try_into().unwrap());
+    let mut ext = None;
+    if r.flags & NLM_F_ACK_TLVS != 0 && r.payload.len() >= 4 + NLMSG_HDRLEN {
+        // The original header follows; its payload too unless the ack is capped.
+        let orig_len = u32::from_ne_bytes(r.payload[4..8].try_into().unwrap()) as usize;
+        let mut off = 4 + if r.flags & NLM_F_CAPPED != 0 {
+            NLMSG_HDRLEN
+        } else {
+            align(orig_len)
+        };
+        while off + 4 <= r.payload.len() {
+            let alen = u16::from_ne_bytes(r.payload[off..off + 2].try_into().unwrap()) as usize;
+            let aty = u16::from_ne_bytes(r.payload[off + 2..off + 4].try_into().unwrap());
+            if alen < 4 || off + alen > r.payload.len() {
+                break;
+            }
+            if aty & 0x3fff == NLMSGERR_ATTR_MSG {
+                let s = &r.payload[off + 4..off + alen];
+                let s = s.split(|&b| b == 0).next().unwrap_or_default();
+                ext = Some(String::from_utf8_lossy(s).into_owned());
+            }
+            off += align(alen);
+        }
+    }
+    Some((err, ext))
+}
+
+/// The ifindex from an RTM_NEWLINK reply.
+pub fn link_index(r: &Reply<'_>) -> Option<i32> {
+    if r.ty != RTM_NEWLINK || r.payload.len() < 16 {
+        return None;
+    }
+    Some(i32::from_ne_bytes(r.payload[4..8].try_into().unwrap()))
+}
+
+#[cfg(all(test, target_endian = "little"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alignment() {
+        assert_eq!(align(0), 0);
+        assert_eq!(align(1), 4);
+        assert_eq!(align(4), 4);
+        assert_eq!(align(5), 8);
+        assert_eq!(align(22), 24);
+    }
+
+    #[test]
+    fn link_set_bytes() {
+        let m = link_set(
+            7,
+            3,
+            &LinkChange {
+                mac: Some([0xee, 0xee, 10, 255, 1, 2]),
+                mtu: Some(1450),
+                txqlen: Some(1000),
+                up: Some(true),
+            },
+        );
+        #[rustfmt::skip]
+        let want: &[u8] = &[
+            60, 0, 0, 0,  16, 0,  5, 0,  7, 0, 0, 0,  0, 0, 0, 0,   // nlmsghdr: len 60, NEWLINK, REQUEST|ACK, seq 7
+            0, 0, 0, 0,  3, 0, 0, 0,  1, 0, 0, 0,  1, 0, 0, 0,      // ifinfomsg: index 3, flags UP, change UP
+            10, 0, 1, 0,  0xee, 0xee, 10, 255, 1, 2, 0, 0,          // IFLA_ADDRESS len 10, padded to 12
+            8, 0, 4, 0,  0xaa, 0x05, 0, 0,                          // IFLA_MTU 1450
+            8, 0, 13, 0,  0xe8, 0x03, 0, 0,                         // IFLA_TXQLEN 1000
+        ];
+        assert_eq!(m, want);
+    }
+
+    #[test]
+    fn link_del_bytes() {
+        let m = link_del(1, "eth0");
+        #[rustfmt::skip]
+        let want: &[u8] = &[
+            44, 0, 0, 0,  17, 0,  5, 0,  1, 0, 0, 0,  0, 0, 0, 0,
+            0, 0, 0, 0,  0, 0, 0, 0,  0, 0, 0, 0,  0, 0, 0, 0,
+            9, 0, 3, 0,  b'e', b't', b'h', b'0', 0, 0, 0, 0,        // IFLA_IFNAME "eth0\0", len 9, padded
+        ];
+        assert_eq!(m, want);
+    }
+
+    #[test]
+    fn addr_add_bytes() {
+        let m = addr_add(2, 5, Ipv4Addr::new(10, 255, 1, 2), 32);
+        #[rustfmt::skip]
+        let want: &[u8] = &[
+            40, 0, 0, 0,  20, 0,  0x05, 0x05,  2, 0, 0, 0,  0, 0, 0, 0,   // REQUEST|ACK|CREATE|REPLACE = 0x505
+            2, 32, 0x80, 0,  5, 0, 0, 0,                                  // AF_INET /32 PERMANENT universe idx 5
+            8, 0, 2, 0,  10, 255, 1, 2,                                   // IFA_LOCAL
+            8, 0, 1, 0,  10, 255, 1, 2,                                   // IFA_ADDRESS
+        ];
+        assert_eq!(m, want);
+    }
+
+    #[test]
+    fn route_bytes() {
+        let gw = Ipv4Addr::new(169, 254, 0, 1);
+        let link = route_add(
+            3,
+            &Route {
+                dst: gw,
+                dst_len: 32,
+                gateway: None,
+                oif: 5,
+                scope: RT_SCOPE_LINK,
+                onlink: false,
+            },
+        );
+        #[rustfmt::skip]
+        let want: &[u8] = &[
+            44, 0, 0, 0,  24, 0,  0x05, 0x05,  3, 0, 0, 0,  0, 0, 0, 0,
+            2, 32, 0, 0,  254, 3, 253, 1,  0, 0, 0, 0,                   // rtmsg: main, boot, link, unicast
+            8, 0, 1, 0,  169, 254, 0, 1,                                 // RTA_DST
+            8, 0, 4, 0,  5, 0, 0, 0,                                     // RTA_OIF
+        ];
+        assert_eq!(link, want);
+        let default = route_add(
+            4,
+            &Route {
+                dst: Ipv4Addr::UNSPECIFIED,
+                dst_len: 0,
+                gateway: Some(gw),
+                oif: 5,
+                scope: RT_SCOPE_UNIVERSE,
+                onlink: true,
+            },
+        );
+        #[rustfmt::skip]
+        let want: &[u8] = &[
+            44, 0, 0, 0,  24, 0,  0x05, 0x05,  4, 0, 0, 0,  0, 0, 0, 0,
+            2, 0, 0, 0,  254, 3, 0, 1,  4, 0, 0, 0,                      // flags RTNH_F_ONLINK
+            8, 0, 5, 0,  169, 254, 0, 1,                                 // RTA_GATEWAY
+            8, 0, 4, 0,  5, 0, 0, 0,
+        ];
+        assert_eq!(default, want);
+    }
+
+    #[test]
+    fn neigh_bytes() {
+        let m = neigh_add(
+            9,
+            5,
+            Ipv4Addr::new(169, 254, 0, 1),
+            [0xee, 0xee, 0, 0, 0, 1],
+        );
+        #[rustfmt::skip]
+        let want: &[u8] = &[
+            48, 0, 0, 0,  28, 0,  0x05, 0x05,  9, 0, 0, 0,  0, 0, 0, 0,
+            2, 0, 0, 0,  5, 0, 0, 0,  0x80, 0, 0, 0,                     // ndmsg: AF_INET idx 5 PERMANENT
+            8, 0, 1, 0,  169, 254, 0, 1,                                 // NDA_DST
+            10, 0, 2, 0,  0xee, 0xee, 0, 0, 0, 1, 0, 0,                  // NDA_LLADDR, padded
+        ];
+        assert_eq!(m, want);
+    }
+
+    #[test]
+    fn parses_ack_error_with_ext_message() {
+        #[rustfmt::skip]
+        let buf: &[u8] = &[
+            44, 0, 0, 0,  2, 0,  0x00, 0x03,  7, 0, 0, 0,  0, 0, 0, 0,    // NLMSG_ERROR, CAPPED|ACK_TLVS
+            0xef, 0xff, 0xff, 0xff,                                       // -17 EEXIST
+            60, 0, 0, 0,  16, 0,  5, 0,  7, 0, 0, 0,  0, 0, 0, 0,         // original header (capped)
+            8, 0, 1, 0,  b'b', b'a', b'd', 0,                             // NLMSGERR_ATTR_MSG "bad"
+        ];
+        let r: Vec<_> = replies(buf).collect();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].seq, 7);
+        assert_eq!(parse_error(&r[0]), Some((-17, Some("bad".into()))));
+    }
+
+    #[test]
+    fn truncated_replies_stop() {
+        assert_eq!(replies(&[1, 2, 3]).count(), 0);
+        let mut m = link_del(1, "x");
+        m[0] = 200; // claims more than there is
+        assert_eq!(replies(&m).count(), 0);
+    }
+}
