@@ -83,7 +83,15 @@ mod tests {
     #[test]
     fn bind_error_names_address() {
         // TEST-NET-1 is not a local address: EADDRNOTAVAIL.
-        let err = bind(SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 4789), false, 0).unwrap_err();
-        assert!(err.to_string().starts_with("bind UDP 192.0.2.1:4789: "), "{err}");
+        let err = bind(
+            SocketAddrV4::new(Ipv4Addr::new(192, 0, 2, 1), 4789),
+            false,
+            0,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("bind UDP 192.0.2.1:4789: "),
+            "{err}"
+        );
     }
 }
