@@ -6,3 +6,9 @@ pub mod buf;
 pub mod wire;
 
 pub use buf::PacketBuf;
+pub mod tables;
+
+pub use tables::conntrack::Conntrack;
+pub use tables::{
+    CellConfig, PolicyRule, PortConfig, PortId, Proto, RemoteCell, Snapshot, TableError, Tables,
+};
