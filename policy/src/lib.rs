@@ -1,1 +1,16 @@
-//! Tapestry control plane.
+//! Tapestry control plane: a Cloud Foundry-compatible policy server (policies, tags), Silk-style
+//! subnet leases, ASGs, internal routes, and a versioned change feed that cells long-poll.
+//!
+//! Run one in-process with [`start`]; cells talk to it with [`client::InternalClient`] and keep
+//! a local replica in [`feed::View`].
+pub mod error;
+pub mod model;
+pub mod store;
+pub mod validate;
+
+pub use error::{ClientError, ControlError, StoreError};
+
+/// Scope that may do everything.
+pub const SCOPE_ADMIN: &str = "network.admin";
+/// Scope limited to apps of the token's spaces.
+pub const SCOPE_WRITE: &str = "network.write";
