@@ -12,3 +12,8 @@ pub use tables::conntrack::Conntrack;
 pub use tables::{
     CellConfig, PolicyRule, PortConfig, PortId, Proto, RemoteCell, Snapshot, TableError, Tables,
 };
+pub mod counters;
+pub mod pipeline;
+
+pub use counters::{Counters, CountersSnapshot, DropReason, PortStats, Totals};
+pub use pipeline::{Switch, Verdict};

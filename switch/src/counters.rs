@@ -1,0 +1,319 @@
+//! Counters: lock-free atomics, per drop reason, per port and for the underlay.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::Serialize;
+
+use crate::tables::PortId;
+
+macro_rules! drop_reasons {
+    ($($variant:ident => $name:literal, $doc:literal;)*) => {
+        /// Why the pipeline dropped a frame. The names are stable (shown by `tapestry cell status`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum DropReason {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl DropReason {
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+            pub const COUNT: usize = Self::ALL.len();
+
+            pub fn as_str(&self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    UnknownPort => "unknown_port", "The frame came from a port the tables do not know.";
+    Truncated => "truncated", "Shorter than an Ethernet header.";
+    SpoofedMac => "spoofed_mac", "Source MAC is not the port's MAC.";
+    SpoofedIp => "spoofed_ip", "Source IP is not the port's IP.";
+    ArpDropped => "arp_dropped", "ARP that is not a request from the port for another address.";
+    Multicast => "multicast", "Broadcast or multicast frame that is not ARP.";
+    UnsupportedEthertype => "unsupported_ethertype", "Neither IPv4 nor ARP (inner frames: not IPv4).";
+    MalformedIpv4 => "malformed_ipv4", "Bad version, header length or total length.";
+    BadIpChecksum => "bad_ip_checksum", "IPv4 header checksum mismatch.";
+    TtlExceeded => "ttl_exceeded", "TTL would reach zero.";
+    ToVtep => "to_vtep", "Addressed to a VTEP address (the subnet's .0).";
+    NoSuchPort => "no_such_port", "In this cell's subnet, but no port has the address.";
+    NoLease => "no_lease", "Inside the overlay, but no cell holds that subnet.";
+    OutsideOverlay => "outside_overlay", "Outside the overlay (egress to other networks is not supported yet).";
+    NotLocal => "not_local", "From the underlay, but not addressed to this cell's subnet.";
+    MalformedL4 => "malformed_l4", "TCP/UDP/ICMP header truncated or invalid.";
+    UnknownVtep => "unknown_vtep", "VXLAN from an underlay address that holds no lease.";
+    MalformedVxlan => "malformed_vxlan", "VXLAN header truncated or without the I flag.";
+    WrongVni => "wrong_vni", "VXLAN network identifier is not ours.";
+    WrongVtepMac => "wrong_vtep_mac", "Inner destination MAC is not this cell's VTEP MAC.";
+    SpoofedRemoteIp => "spoofed_remote_ip", "Inner source IP is not in the sending cell's subnet.";
+    PolicyDenied => "policy_denied", "No policy admits the new flow (default deny).";
+    PolicyRevoked => "policy_revoked", "The policy that admitted the flow was removed.";
+    IcmpDenied => "icmp_denied", "ICMP that is not an error message (echo is not a policy protocol).";
+    IcmpUnrelated => "icmp_unrelated", "ICMP error whose embedded header matches no tracked flow.";
+    ProtocolDenied => "protocol_denied", "IP protocol other than TCP, UDP and ICMP.";
+    Fragment => "fragment", "Non-first fragment without an admitted first fragment.";
+    ConntrackFull => "conntrack_full", "Connection table full; the new flow was refused.";
+    FrameTooLarge => "frame_too_large", "No room to add the encapsulation.";
+}
+
+impl std::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Default)]
+struct PortCounters {
+    rx_packets: AtomicU64,
+    rx_bytes: AtomicU64,
+    tx_packets: AtomicU64,
+    tx_bytes: AtomicU64,
+    drop_packets: AtomicU64,
+    drop_bytes: AtomicU64,
+}
+
+/// One port's counters, read at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PortStats {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub drop_packets: u64,
+    pub drop_bytes: u64,
+}
+
+/// Cell-wide totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub drop_packets: u64,
+    pub underlay_rx_packets: u64,
+    pub underlay_rx_bytes: u64,
+    pub underlay_tx_packets: u64,
+    pub underlay_tx_bytes: u64,
+    pub conntrack_entries: u64,
+    pub conntrack_evictions: u64,
+}
+
+/// Everything counted, read at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct CountersSnapshot {
+    /// Every drop reason, in declaration order, with its count (zeros included).
+    pub drops: Vec<(&'static str, u64)>,
+    /// Ports sorted by id.
+    pub ports: Vec<(PortId, PortStats)>,
+    pub totals: Totals,
+}
+
+impl CountersSnapshot {
+    pub fn drop_count(&self, reason: DropReason) -> u64 {
+        self.drops
+            .iter()
+            .find(|(n, _)| *n == reason.as_str())
+            .map_or(0, |(_, c)| *c)
+    }
+
+    pub fn port(&self, id: PortId) -> PortStats {
+        self.ports
+            .iter()
+            .find(|(p, _)| *p == id)
+            .map(|(_, s)| *s)
+            .unwrap_or_default()
+    }
+}
+
+/// Shared counters; every method is a few relaxed atomic adds.
+#[derive(Debug)]
+pub struct Counters {
+    drops: Vec<AtomicU64>,
+    ports: papaya::HashMap<u32, PortCounters>,
+    underlay_rx_packets: AtomicU64,
+    underlay_rx_bytes: AtomicU64,
+    underlay_tx_packets: AtomicU64,
+    underlay_tx_bytes: AtomicU64,
+    conntrack_entries: AtomicU64,
+    conntrack_evictions: AtomicU64,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Counters {
+    pub fn new() -> Counters {
+        Counters {
+            drops: (0..DropReason::COUNT).map(|_| AtomicU64::new(0)).collect(),
+            ports: papaya::HashMap::new(),
+            underlay_rx_packets: AtomicU64::new(0),
+            underlay_rx_bytes: AtomicU64::new(0),
+            underlay_tx_packets: AtomicU64::new(0),
+            underlay_tx_bytes: AtomicU64::new(0),
+            conntrack_entries: AtomicU64::new(0),
+            conntrack_evictions: AtomicU64::new(0),
+        }
+    }
+
+    fn with_port(&self, id: PortId, f: impl FnOnce(&PortCounters)) {
+        let m = self.ports.pin();
+        f(m.get_or_insert_with(id.0, PortCounters::default))
+    }
+
+    pub fn port_rx(&self, id: PortId, bytes: usize) {
+        self.with_port(id, |p| {
+            p.rx_packets.fetch_add(1, Relaxed);
+            p.rx_bytes.fetch_add(bytes as u64, Relaxed);
+        })
+    }
+
+    pub fn port_tx(&self, id: PortId, bytes: usize) {
+        self.with_port(id, |p| {
+            p.tx_packets.fetch_add(1, Relaxed);
+            p.tx_bytes.fetch_add(bytes as u64, Relaxed);
+        })
+    }
+
+    /// Counts a drop by reason, and against `port` if given.
+    pub fn dropped(&self, reason: DropReason, port: Option<PortId>, bytes: usize) {
+        if let Some(c) = self.drops.get(reason as usize) {
+            c.fetch_add(1, Relaxed);
+        }
+        if let Some(id) = port {
+            self.with_port(id, |p| {
+                p.drop_packets.fetch_add(1, Relaxed);
+                p.drop_bytes.fetch_add(bytes as u64, Relaxed);
+            })
+        }
+    }
+
+    pub fn underlay_rx(&self, bytes: usize) {
+        self.underlay_rx_packets.fetch_add(1, Relaxed);
+        self.underlay_rx_bytes.fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub fn underlay_tx(&self, bytes: usize) {
+        self.underlay_tx_packets.fetch_add(1, Relaxed);
+        self.underlay_tx_bytes.fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub fn set_conntrack_entries(&self, n: usize) {
+        self.conntrack_entries.store(n as u64, Relaxed);
+    }
+
+    pub fn conntrack_evicted(&self, n: usize) {
+        if n > 0 {
+            self.conntrack_evictions.fetch_add(n as u64, Relaxed);
+        }
+    }
+
+    /// Forgets a removed port's counters.
+    pub fn remove_port(&self, id: PortId) {
+        self.ports.pin().remove(&id.0);
+    }
+
+    pub fn snapshot(&self) -> CountersSnapshot {
+        let drops: Vec<(&'static str, u64)> = DropReason::ALL
+            .iter()
+            .map(|r| {
+                (
+                    r.as_str(),
+                    self.drops.get(*r as usize).map_or(0, |c| c.load(Relaxed)),
+                )
+            })
+            .collect();
+        let mut ports: Vec<(PortId, PortStats)> = self
+            .ports
+            .pin()
+            .iter()
+            .map(|(id, p)| {
+                (
+                    PortId(*id),
+                    PortStats {
+                        rx_packets: p.rx_packets.load(Relaxed),
+                        rx_bytes: p.rx_bytes.load(Relaxed),
+                        tx_packets: p.tx_packets.load(Relaxed),
+                        tx_bytes: p.tx_bytes.load(Relaxed),
+                        drop_packets: p.drop_packets.load(Relaxed),
+                        drop_bytes: p.drop_bytes.load(Relaxed),
+                    },
+                )
+            })
+            .collect();
+        ports.sort_by_key(|(id, _)| *id);
+        let mut totals = Totals {
+            drop_packets: drops.iter().map(|(_, c)| c).sum(),
+            underlay_rx_packets: self.underlay_rx_packets.load(Relaxed),
+            underlay_rx_bytes: self.underlay_rx_bytes.load(Relaxed),
+            underlay_tx_packets: self.underlay_tx_packets.load(Relaxed),
+            underlay_tx_bytes: self.underlay_tx_bytes.load(Relaxed),
+            conntrack_entries: self.conntrack_entries.load(Relaxed),
+            conntrack_evictions: self.conntrack_evictions.load(Relaxed),
+            ..Totals::default()
+        };
+        for (_, s) in &ports {
+            totals.rx_packets += s.rx_packets;
+            totals.rx_bytes += s.rx_bytes;
+            totals.tx_packets += s.tx_packets;
+            totals.tx_bytes += s.tx_bytes;
+        }
+        CountersSnapshot {
+            drops,
+            ports,
+            totals,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_snake_case() {
+        let mut names: Vec<&str> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        assert!(names.iter().all(|n| n
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit())));
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::COUNT);
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+
+    #[test]
+    fn counts() {
+        let c = Counters::new();
+        c.port_rx(PortId(3), 100);
+        c.port_tx(PortId(3), 50);
+        c.dropped(DropReason::SpoofedIp, Some(PortId(3)), 100);
+        c.dropped(DropReason::UnknownVtep, None, 10);
+        c.underlay_rx(10);
+        let s = c.snapshot();
+        assert_eq!(s.drop_count(DropReason::SpoofedIp), 1);
+        assert_eq!(s.drop_count(DropReason::UnknownVtep), 1);
+        assert_eq!(
+            s.port(PortId(3)),
+            PortStats {
+                rx_packets: 1,
+                rx_bytes: 100,
+                tx_packets: 1,
+                tx_bytes: 50,
+                drop_packets: 1,
+                drop_bytes: 100
+            }
+        );
+        assert_eq!(s.totals.drop_packets, 2);
+        assert_eq!(s.totals.underlay_rx_bytes, 10);
+        assert_eq!(s.drops.len(), DropReason::COUNT);
+    }
+}

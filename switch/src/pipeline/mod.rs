@@ -1,0 +1,256 @@
+//! The sans-IO pipeline: a frame and `now` in, a [`Verdict`] out; the frame to send is left in
+//! the caller's [`PacketBuf`].
+
+mod decide;
+pub mod flow;
+pub mod frag;
+
+use std::net::SocketAddrV4;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::buf::PacketBuf;
+use crate::counters::{Counters, DropReason};
+use crate::tables::conntrack::Conntrack;
+use crate::tables::{container_mac, contains, network, Port, PortId, Route, Snapshot, Tables};
+use crate::wire::ethernet::{self, Frame, Mac};
+use crate::wire::{arp, ipv4, vxlan_gbp};
+use decide::Ctx;
+use frag::FragTable;
+
+/// What to do with the frame now in the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Write `pkt.data()` (an Ethernet frame) to this port.
+    ToPort(PortId),
+    /// Send `pkt.data()` (VXLAN-GBP header + inner frame) as a UDP payload to this address.
+    ToUnderlay(SocketAddrV4),
+    /// Nothing to send; the reason has been counted.
+    Drop(DropReason),
+}
+
+/// One pipeline per worker thread; the tables, connection tracker and counters are shared.
+#[derive(Debug)]
+pub struct Switch {
+    tables: Arc<Tables>,
+    conntrack: Arc<Conntrack>,
+    counters: Arc<Counters>,
+    frags: FragTable,
+}
+
+impl Switch {
+    pub fn new(tables: Arc<Tables>, conntrack: Arc<Conntrack>, counters: Arc<Counters>) -> Switch {
+        Switch {
+            tables,
+            conntrack,
+            counters,
+            frags: FragTable::default(),
+        }
+    }
+
+    pub fn tables(&self) -> &Arc<Tables> {
+        &self.tables
+    }
+    pub fn conntrack(&self) -> &Arc<Conntrack> {
+        &self.conntrack
+    }
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    /// A frame (plain Ethernet) read from a port.
+    pub fn from_port(&mut self, port: PortId, pkt: &mut PacketBuf, now: Instant) -> Verdict {
+        let len = pkt.len();
+        self.counters.port_rx(port, len);
+        let snap = self.tables.load();
+        let mut cx = Ctx {
+            snap: &snap,
+            ct: &self.conntrack,
+            counters: &self.counters,
+            frags: &mut self.frags,
+            now,
+        };
+        let v = from_port(&mut cx, port, pkt).unwrap_or_else(Verdict::Drop);
+        self.account(v, Some(port), len, pkt.len());
+        v
+    }
+
+    /// A UDP payload (VXLAN-GBP header + inner Ethernet frame) received from `src`.
+    pub fn from_underlay(
+        &mut self,
+        src: SocketAddrV4,
+        pkt: &mut PacketBuf,
+        now: Instant,
+    ) -> Verdict {
+        let len = pkt.len();
+        self.counters.underlay_rx(len);
+        let snap = self.tables.load();
+        let mut cx = Ctx {
+            snap: &snap,
+            ct: &self.conntrack,
+            counters: &self.counters,
+            frags: &mut self.frags,
+            now,
+        };
+        let mut dst_port = None;
+        let v = from_underlay(&mut cx, src, pkt, &mut dst_port).unwrap_or_else(Verdict::Drop);
+        self.account(v, dst_port, len, pkt.len());
+        v
+    }
+
+    fn account(&self, v: Verdict, drop_port: Option<PortId>, in_len: usize, out_len: usize) {
+        match v {
+            Verdict::ToPort(p) => self.counters.port_tx(p, out_len),
+            Verdict::ToUnderlay(_) => self.counters.underlay_tx(out_len),
+            Verdict::Drop(r) => {
+                tracing::trace!(reason = r.as_str(), "drop");
+                self.counters.dropped(r, drop_port, in_len)
+            }
+        }
+    }
+}
+
+/// The checked IPv4 packet inside an Ethernet frame.
+fn ethernet_ipv4(data: &[u8]) -> Result<ipv4::Packet<&[u8]>, DropReason> {
+    flow::check_ipv4(
+        data.get(ethernet::HEADER_LEN..)
+            .ok_or(DropReason::Truncated)?,
+    )
+}
+
+/// Rewrites the MACs and decrements the TTL of a checked Ethernet/IPv4 frame.
+fn rewrite(data: &mut [u8], src: Mac, dst: Mac) {
+    let mut eth = Frame::new_unchecked(&mut data[..]);
+    eth.set_src(src);
+    eth.set_dst(dst);
+    if let Ok(mut ip) = ipv4::Packet::new_checked(eth.payload_mut()) {
+        ip.decrement_ttl();
+    }
+}
+
+fn from_port(cx: &mut Ctx<'_>, id: PortId, pkt: &mut PacketBuf) -> Result<Verdict, DropReason> {
+    let snap: &Snapshot = cx.snap;
+    let port = *snap.port(id).ok_or(DropReason::UnknownPort)?;
+    let eth = Frame::new_checked(pkt.data()).map_err(|_| DropReason::Truncated)?;
+    if eth.src() != port.mac {
+        return Err(DropReason::SpoofedMac);
+    }
+    match eth.ethertype() {
+        ethernet::ETHERTYPE_ARP => return arp_reply(&port, pkt.data_mut()),
+        ethernet::ETHERTYPE_IPV4 if !ethernet::is_group(&eth.dst()) => {}
+        _ if ethernet::is_group(&eth.dst()) => return Err(DropReason::Multicast),
+        _ => return Err(DropReason::UnsupportedEthertype),
+    }
+    let ip = ethernet_ipv4(pkt.data())?;
+    if ip.src() != port.ip {
+        return Err(DropReason::SpoofedIp);
+    }
+    if ip.ttl() <= 1 {
+        return Err(DropReason::TtlExceeded);
+    }
+    let f = flow::parse(&ip)?;
+    match snap.route(ip.dst()) {
+        Route::Local => {
+            let dst = *snap.port_by_ip(ip.dst()).ok_or(DropReason::NoSuchPort)?;
+            // Ingress first, so a denied flow leaves no egress record behind.
+            cx.ingress(&dst, port.tag, &f, ip.payload())?;
+            cx.egress(&port, &f)?;
+            rewrite(pkt.data_mut(), dst.gateway_mac, dst.mac);
+            Ok(Verdict::ToPort(dst.id))
+        }
+        Route::Remote(remote) => {
+            cx.egress(&port, &f)?;
+            let remote_vtep = container_mac(network(remote.subnet));
+            rewrite(pkt.data_mut(), snap.vtep_mac(), remote_vtep);
+            if pkt.headroom() < vxlan_gbp::HEADER_LEN {
+                return Err(DropReason::FrameTooLarge);
+            }
+            let repr = vxlan_gbp::Repr {
+                vni: snap.config().vni,
+                // As the kernel: the G bit only with a non-zero tag.
+                group_policy_id: (port.tag != 0).then_some(port.tag),
+                dont_learn: false,
+                policy_applied: false,
+            };
+            repr.emit(&mut vxlan_gbp::Packet::new_unchecked(
+                pkt.push_front(vxlan_gbp::HEADER_LEN),
+            ));
+            Ok(Verdict::ToUnderlay(remote.underlay))
+        }
+        Route::Vtep => Err(DropReason::ToVtep),
+        Route::OverlayNoLease => Err(DropReason::NoLease),
+        Route::Outside => Err(DropReason::OutsideOverlay),
+    }
+}
+
+/// Answers the port's ARP request for any address but its own with its gateway MAC, in place.
+fn arp_reply(port: &Port, data: &mut [u8]) -> Result<Verdict, DropReason> {
+    let payload = data
+        .get_mut(ethernet::HEADER_LEN..)
+        .ok_or(DropReason::Truncated)?;
+    let p = arp::Packet::new_checked(&payload[..]).map_err(|_| DropReason::ArpDropped)?;
+    let req = arp::Repr::parse(&p).map_err(|_| DropReason::ArpDropped)?;
+    if req.oper != arp::OP_REQUEST
+        || req.spa != port.ip
+        || req.sha != port.mac
+        || req.tpa == port.ip
+    {
+        return Err(DropReason::ArpDropped);
+    }
+    let reply = arp::Repr {
+        oper: arp::OP_REPLY,
+        sha: port.gateway_mac,
+        spa: req.tpa,
+        tha: port.mac,
+        tpa: port.ip,
+    };
+    reply.emit(&mut arp::Packet::new_unchecked(&mut payload[..]));
+    let mut eth = Frame::new_unchecked(data);
+    eth.set_dst(port.mac);
+    eth.set_src(port.gateway_mac);
+    Ok(Verdict::ToPort(port.id))
+}
+
+fn from_underlay(
+    cx: &mut Ctx<'_>,
+    src: SocketAddrV4,
+    pkt: &mut PacketBuf,
+    dst_port: &mut Option<PortId>,
+) -> Result<Verdict, DropReason> {
+    let snap: &Snapshot = cx.snap;
+    let remotes = snap.remotes_at(*src.ip());
+    if remotes.is_empty() {
+        return Err(DropReason::UnknownVtep);
+    }
+    let vx = vxlan_gbp::Packet::new_checked(pkt.data()).map_err(|_| DropReason::MalformedVxlan)?;
+    let repr = vxlan_gbp::Repr::parse(&vx).map_err(|_| DropReason::MalformedVxlan)?;
+    if repr.vni != snap.config().vni {
+        return Err(DropReason::WrongVni);
+    }
+    let tag = repr.group_policy_id.unwrap_or(0);
+    pkt.pull_front(vxlan_gbp::HEADER_LEN);
+    let eth = Frame::new_checked(pkt.data()).map_err(|_| DropReason::Truncated)?;
+    if eth.ethertype() != ethernet::ETHERTYPE_IPV4 {
+        return Err(DropReason::UnsupportedEthertype);
+    }
+    if eth.dst() != snap.vtep_mac() {
+        return Err(DropReason::WrongVtepMac);
+    }
+    let ip = ethernet_ipv4(pkt.data())?;
+    if !remotes.iter().any(|r| contains(r.subnet, ip.src())) {
+        return Err(DropReason::SpoofedRemoteIp);
+    }
+    let dst = match snap.route(ip.dst()) {
+        Route::Local => *snap.port_by_ip(ip.dst()).ok_or(DropReason::NoSuchPort)?,
+        Route::Vtep => return Err(DropReason::ToVtep),
+        _ => return Err(DropReason::NotLocal),
+    };
+    *dst_port = Some(dst.id);
+    if ip.ttl() <= 1 {
+        return Err(DropReason::TtlExceeded);
+    }
+    let f = flow::parse(&ip)?;
+    cx.ingress(&dst, tag, &f, ip.payload())?;
+    rewrite(pkt.data_mut(), dst.gateway_mac, dst.mac);
+    Ok(Verdict::ToPort(dst.id))
+}
