@@ -39,6 +39,7 @@ enum Found {
     Allowed,
     Revoked,
     Other,
+    Untracked,
 }
 
 impl Ctx<'_> {
@@ -174,14 +175,19 @@ impl Ctx<'_> {
         let found = ct.with(&k, now, |e| match e.origin() {
             Origin::Ingress { src_tag: t } => {
                 if self.still_allowed(e.generation(), t, src_tag, dst, &k) {
-                    e.set_generation(gen);
+                    if t == src_tag {
+                        e.set_generation(gen);
+                    }
                     ct.observe(e, Dir::Original, f.tcp_flags, now);
                     Found::Allowed
+                } else if t != src_tag {
+                    // Another tag on the same 5-tuple: deny it, leave the flow alone.
+                    Found::Other
                 } else {
                     Found::Revoked
                 }
             }
-            Origin::Egress => Found::Other,
+            Origin::Egress => Found::Untracked,
         });
         match found {
             Some(Found::Allowed) => return Ok(()),
@@ -190,7 +196,8 @@ impl Ctx<'_> {
                 self.counters.set_conntrack_entries(ct.len());
                 return Err(DropReason::PolicyRevoked);
             }
-            _ => {}
+            Some(Found::Other) => return Err(DropReason::PolicyDenied),
+            Some(Found::Untracked) | None => {}
         }
         let proto = Proto::from_ip_proto(f.proto).ok_or(DropReason::ProtocolDenied)?;
         if !self.snap.policy_allows(src_tag, dst.tag, proto, f.dport) {

@@ -4,15 +4,20 @@
 
 use super::{FxHashMap, PolicyRule, Proto, TableError};
 
+/// (source tag, destination tag, protocol).
+type PolicyKey = (u16, u16, Proto);
+/// Sorted, merged, inclusive port ranges.
+type Ranges = Box<[(u16, u16)]>;
+
 #[derive(Debug, Default)]
 pub struct PolicyTable {
-    index: FxHashMap<(u16, u16, Proto), Box<[(u16, u16)]>>,
+    index: FxHashMap<PolicyKey, Ranges>,
     rules: usize,
 }
 
 impl PolicyTable {
     pub fn new(rules: &[PolicyRule]) -> Result<PolicyTable, TableError> {
-        let mut grouped: FxHashMap<(u16, u16, Proto), Vec<(u16, u16)>> = FxHashMap::default();
+        let mut grouped: FxHashMap<PolicyKey, Vec<(u16, u16)>> = FxHashMap::default();
         for r in rules {
             if r.start == 0 || r.start > r.end {
                 return Err(TableError::InvalidPortRange {

@@ -260,7 +260,7 @@ mod tests {
         assert!(p.dont_frag() && !p.is_fragment());
         assert_eq!(p.payload().len(), 0x54 - 20);
         let r = Repr::parse(&p).unwrap();
-        let mut out = vec![0u8; 20];
+        let mut out = [0u8; 20];
         r.emit(&mut Packet::new_unchecked(&mut out[..]));
         assert_eq!(&out[..], &b[..20]);
     }
@@ -324,7 +324,7 @@ mod tests {
         #[test]
         fn decrement_any(ttl in 1u8..=255, ident in any::<u16>(), src in any::<u32>()) {
             let r = Repr { src: src.into(), dst: Ipv4Addr::new(1,2,3,4), protocol: 6, payload_len: 0, ttl, tos: 0, ident, dont_frag: true };
-            let mut b = vec![0u8; 20];
+            let mut b = [0u8; 20];
             r.emit(&mut Packet::new_unchecked(&mut b[..]));
             let mut p = Packet::new_checked(&mut b[..]).unwrap();
             p.decrement_ttl();

@@ -1,0 +1,779 @@
+//! Pipeline behaviour without devices: cells wired by an in-memory underlay.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use common::*;
+use tapestry_switch::tables::{container_mac, gateway_mac};
+use tapestry_switch::wire::{arp, ethernet, ipv4, tcp, vxlan_gbp};
+use tapestry_switch::{DropReason as R, PacketBuf, PortId, Proto, Verdict};
+
+const SYN: u8 = tcp::SYN;
+const SYNACK: u8 = tcp::SYN | tcp::ACK;
+const ACK: u8 = tcp::ACK;
+
+/// Cells 0 and 1; app A (tag 1), B (tag 2), C (tag 3), D (no tag).
+/// a0, b0, d0 on cell 0; b1, c1 on cell 1. Policies: A->B tcp 8080 and 7000-7010, A->C udp 53.
+struct World {
+    net: Net,
+    a0: Ctr,
+    b0: Ctr,
+    d0: Ctr,
+    b1: Ctr,
+    c1: Ctr,
+}
+
+fn world() -> World {
+    world_with(1 << 16)
+}
+
+fn world_with(ct: usize) -> World {
+    let mut net = Net::new(2, ct);
+    let a0 = net.add(0, 1, 1);
+    let b0 = net.add(0, 2, 2);
+    let d0 = net.add(0, 3, 0);
+    let b1 = net.add(1, 1, 2);
+    let c1 = net.add(1, 2, 3);
+    net.allow(1, 2, Proto::Tcp, 8080, 8080);
+    net.allow(1, 2, Proto::Tcp, 7000, 7010);
+    net.allow(1, 3, Proto::Udp, 53, 53);
+    World {
+        net,
+        a0,
+        b0,
+        d0,
+        b1,
+        c1,
+    }
+}
+
+fn arp_request(from: &Ctr, spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
+    let mut f = vec![0u8; 42];
+    ethernet::Repr {
+        dst: ethernet::BROADCAST,
+        src: from.cfg.mac,
+        ethertype: ethernet::ETHERTYPE_ARP,
+    }
+    .emit(&mut ethernet::Frame::new_unchecked(&mut f[..]));
+    arp::Repr {
+        oper: arp::OP_REQUEST,
+        sha: from.cfg.mac,
+        spa,
+        tha: [0; 6],
+        tpa,
+    }
+    .emit(&mut arp::Packet::new_unchecked(&mut f[14..]));
+    f
+}
+
+#[test]
+fn arp_answered_with_gateway_mac() {
+    let mut w = world();
+    let gw = Ipv4Addr::new(169, 254, 0, 1);
+    let out = w.net.send(&w.a0, &arp_request(&w.a0, w.a0.ip(), gw));
+    let Outcome::Delivered(0, p, f) = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(p, w.a0.port());
+    let e = ethernet::Frame::new_checked(&f[..]).unwrap();
+    assert_eq!((e.dst(), e.src()), (w.a0.cfg.mac, gateway_mac(w.a0.ip())));
+    let r = arp::Repr::parse(&arp::Packet::new_checked(e.payload()).unwrap()).unwrap();
+    assert_eq!(
+        r,
+        arp::Repr {
+            oper: arp::OP_REPLY,
+            sha: gateway_mac(w.a0.ip()),
+            spa: gw,
+            tha: w.a0.cfg.mac,
+            tpa: w.a0.ip()
+        }
+    );
+    // Any other address gets the gateway MAC too.
+    assert!(w
+        .net
+        .send(&w.a0, &arp_request(&w.a0, w.a0.ip(), w.b1.ip()))
+        .delivered());
+    // Its own address (duplicate address detection), a foreign sender IP: dropped.
+    assert_eq!(
+        w.net
+            .send(&w.a0, &arp_request(&w.a0, w.a0.ip(), w.a0.ip()))
+            .reason(),
+        Some(R::ArpDropped)
+    );
+    assert_eq!(
+        w.net
+            .send(&w.a0, &arp_request(&w.a0, w.b0.ip(), gw))
+            .reason(),
+        Some(R::ArpDropped)
+    );
+    assert_eq!(w.net.drops(0, R::ArpDropped), 2);
+}
+
+#[test]
+fn same_cell_allow_reply_and_deny() {
+    let mut w = world();
+    let (a0, b0) = (w.a0, w.b0);
+    let out = w.net.send(&a0, &tcp_frame(&a0, b0.ip(), 40000, 8080, SYN));
+    assert_eq!(
+        out.clone(),
+        Outcome::Delivered(0, b0.port(), out.frame().to_vec())
+    );
+    assert_eq!(check_delivered(out.frame(), &b0), 63);
+    // Reply allowed.
+    let out = w
+        .net
+        .send(&b0, &tcp_frame(&b0, a0.ip(), 8080, 40000, SYNACK));
+    assert!(out.delivered(), "{out:?}");
+    check_delivered(out.frame(), &a0);
+    assert!(w
+        .net
+        .send(&a0, &tcp_frame(&a0, b0.ip(), 40000, 8080, ACK))
+        .delivered());
+    // One-way: B may not open a flow to A.
+    assert_eq!(
+        w.net
+            .send(&b0, &tcp_frame(&b0, a0.ip(), 40001, 8080, SYN))
+            .reason(),
+        Some(R::PolicyDenied)
+    );
+    // Ports outside the policy.
+    assert_eq!(
+        w.net
+            .send(&a0, &tcp_frame(&a0, b0.ip(), 40002, 9090, SYN))
+            .reason(),
+        Some(R::PolicyDenied)
+    );
+    // UDP to a TCP-only port.
+    assert_eq!(
+        w.net
+            .send(&a0, &udp_frame(&a0, b0.ip(), 40002, 8080))
+            .reason(),
+        Some(R::PolicyDenied)
+    );
+    // No tag: never admitted.
+    assert_eq!(
+        w.net
+            .send(&w.d0, &tcp_frame(&w.d0, b0.ip(), 40003, 8080, SYN))
+            .reason(),
+        Some(R::PolicyDenied)
+    );
+    assert_eq!(w.net.drops(0, R::PolicyDenied), 4);
+}
+
+#[test]
+fn port_ranges() {
+    let mut w = world();
+    let (a0, b1) = (w.a0, w.b1);
+    for (port, ok) in [
+        (6999, false),
+        (7000, true),
+        (7005, true),
+        (7010, true),
+        (7011, false),
+        (8080, true),
+        (8081, false),
+    ] {
+        let out = w
+            .net
+            .send(&a0, &tcp_frame(&a0, b1.ip(), 30000 + port, port, SYN));
+        assert_eq!(out.delivered(), ok, "port {port}: {out:?}");
+    }
+}
+
+#[test]
+fn cross_cell_vxlan_gbp_and_replies() {
+    let mut w = world();
+    let (a0, b1, c1) = (w.a0, w.b1, w.c1);
+    let out = w.net.send(&a0, &tcp_frame(&a0, b1.ip(), 40000, 8080, SYN));
+    assert_eq!(
+        out.clone(),
+        Outcome::Delivered(1, b1.port(), out.frame().to_vec())
+    );
+    assert_eq!(
+        check_delivered(out.frame(), &b1),
+        62,
+        "decremented at both cells"
+    );
+    // What went over the underlay: VXLAN-GBP with tag 1, VNI 1, Silk's inner MACs.
+    let (from, to, payload) = w.net.last_underlay.clone().unwrap();
+    assert_eq!((from, to), (0, SocketAddrV4::new(underlay(1), 4789)));
+    assert_eq!(
+        &payload[..8],
+        &[0x88, 0x00, 0x00, 0x01, 0x00, 0x00, 0x01, 0x00]
+    );
+    let inner = ethernet::Frame::new_checked(&payload[8..]).unwrap();
+    assert_eq!(inner.src(), container_mac(Ipv4Addr::new(10, 255, 1, 0)));
+    assert_eq!(inner.dst(), container_mac(Ipv4Addr::new(10, 255, 2, 0)));
+    // The reply comes back.
+    let out = w
+        .net
+        .send(&b1, &tcp_frame(&b1, a0.ip(), 8080, 40000, SYNACK));
+    assert_eq!(
+        out.clone(),
+        Outcome::Delivered(0, a0.port(), out.frame().to_vec())
+    );
+    assert_eq!(
+        &w.net.last_underlay.as_ref().unwrap().2[..4],
+        &[0x88, 0, 0, 2],
+        "B's tag"
+    );
+    assert!(w
+        .net
+        .send(&a0, &tcp_frame(&a0, b1.ip(), 40000, 8080, ACK))
+        .delivered());
+    // B may not open flows to A; C neither.
+    assert_eq!(
+        w.net.send(&b1, &tcp_frame(&b1, a0.ip(), 41000, 8080, SYN)),
+        Outcome::Dropped(0, R::PolicyDenied)
+    );
+    assert_eq!(
+        w.net.send(&c1, &tcp_frame(&c1, a0.ip(), 41000, 22, SYN)),
+        Outcome::Dropped(0, R::PolicyDenied)
+    );
+    // A -> C on TCP is not allowed (only UDP 53).
+    assert_eq!(
+        w.net.send(&a0, &tcp_frame(&a0, c1.ip(), 41000, 53, SYN)),
+        Outcome::Dropped(1, R::PolicyDenied)
+    );
+    let s = w.net.cells[0].counters.snapshot();
+    assert!(s.totals.underlay_tx_packets >= 2 && s.totals.underlay_rx_packets >= 2);
+    assert!(s.port(a0.port()).rx_packets >= 2 && s.port(a0.port()).tx_packets >= 1);
+}
+
+#[test]
+fn untagged_source_sends_no_g_bit() {
+    let mut w = world();
+    let (d0, b1) = (w.d0, w.b1);
+    assert_eq!(
+        w.net.send(&d0, &tcp_frame(&d0, b1.ip(), 40000, 8080, SYN)),
+        Outcome::Dropped(1, R::PolicyDenied)
+    );
+    assert_eq!(
+        &w.net.last_underlay.unwrap().2[..8],
+        &[0x08, 0, 0, 0, 0, 0, 1, 0]
+    );
+}
+
+#[test]
+fn udp_flows() {
+    let mut w = world();
+    let (a0, c1) = (w.a0, w.c1);
+    assert!(w
+        .net
+        .send(&a0, &udp_frame(&a0, c1.ip(), 5353, 53))
+        .delivered());
+    assert!(w
+        .net
+        .send(&c1, &udp_frame(&c1, a0.ip(), 53, 5353))
+        .delivered());
+    assert_eq!(
+        w.net.send(&c1, &udp_frame(&c1, a0.ip(), 53, 5354)).reason(),
+        Some(R::PolicyDenied)
+    );
+    assert_eq!(
+        w.net.send(&a0, &udp_frame(&a0, c1.ip(), 5353, 54)).reason(),
+        Some(R::PolicyDenied)
+    );
+    // Replied UDP lives 180 s; the reply path closes after that.
+    w.net.advance(Duration::from_secs(170));
+    assert!(w
+        .net
+        .send(&c1, &udp_frame(&c1, a0.ip(), 53, 5353))
+        .delivered());
+    w.net.advance(Duration::from_secs(181));
+    for c in &w.net.cells {
+        c.conntrack.expire(w.net.now);
+    }
+    assert_eq!(
+        w.net.send(&c1, &udp_frame(&c1, a0.ip(), 53, 5353)).reason(),
+        Some(R::PolicyDenied)
+    );
+}
+
+#[test]
+fn anti_spoofing_and_classification() {
+    let mut w = world();
+    let (a0, b0) = (w.a0, w.b0);
+    let mut f = tcp_frame(&a0, b0.ip(), 1, 8080, SYN);
+    f[6..12].copy_from_slice(&b0.cfg.mac);
+    assert_eq!(w.net.send(&a0, &f).reason(), Some(R::SpoofedMac));
+    let l4 = tcp_bytes(b0.ip(), b0.ip(), 1, 8080, SYN, b"");
+    let f = frame_with(
+        a0.cfg.mac,
+        gateway_mac(a0.ip()),
+        &Ip::new(b0.ip(), b0.ip(), ipv4::PROTO_TCP),
+        &l4,
+    );
+    assert_eq!(w.net.send(&a0, &f).reason(), Some(R::SpoofedIp));
+    // IPv6 ethertype, broadcast IPv4, short frame, bad checksum, bad version.
+    let mut f = tcp_frame(&a0, b0.ip(), 1, 8080, SYN);
+    f[12..14].copy_from_slice(&[0x86, 0xdd]);
+    assert_eq!(w.net.send(&a0, &f).reason(), Some(R::UnsupportedEthertype));
+    let mut f = tcp_frame(&a0, b0.ip(), 1, 8080, SYN);
+    f[0..6].copy_from_slice(&ethernet::BROADCAST);
+    assert_eq!(w.net.send(&a0, &f).reason(), Some(R::Multicast));
+    assert_eq!(w.net.send(&a0, &f[..10]).reason(), Some(R::Truncated));
+    let mut f = tcp_frame(&a0, b0.ip(), 1, 8080, SYN);
+    f[14 + 10] ^= 0xff;
+    assert_eq!(w.net.send(&a0, &f).reason(), Some(R::BadIpChecksum));
+    let mut f = tcp_frame(&a0, b0.ip(), 1, 8080, SYN);
+    f[14] = 0x65;
+    assert_eq!(w.net.send(&a0, &f).reason(), Some(R::MalformedIpv4));
+    // Routing drops.
+    let to =
+        |ip: Ipv4Addr, w: &mut World| w.net.send(&a0, &tcp_frame(&a0, ip, 1, 8080, SYN)).reason();
+    assert_eq!(
+        to(Ipv4Addr::new(10, 255, 1, 99), &mut w),
+        Some(R::NoSuchPort)
+    );
+    assert_eq!(to(Ipv4Addr::new(10, 255, 1, 0), &mut w), Some(R::ToVtep));
+    assert_eq!(to(Ipv4Addr::new(10, 255, 9, 9), &mut w), Some(R::NoLease));
+    assert_eq!(
+        to(Ipv4Addr::new(8, 8, 8, 8), &mut w),
+        Some(R::OutsideOverlay)
+    );
+    // Unknown port.
+    let mut buf = PacketBuf::from_slice(&tcp_frame(&a0, b0.ip(), 1, 8080, SYN));
+    let now = w.net.now;
+    assert_eq!(
+        w.net.cells[0].switch.from_port(PortId(77), &mut buf, now),
+        Verdict::Drop(R::UnknownPort)
+    );
+    let s = w.net.cells[0].counters.snapshot();
+    assert_eq!(s.port(a0.port()).drop_packets, 11);
+}
+
+fn vxlan(tag: Option<u16>, vni: u32, inner: &[u8]) -> Vec<u8> {
+    let mut b = vec![0u8; 8];
+    vxlan_gbp::Repr {
+        vni,
+        group_policy_id: tag,
+        dont_learn: false,
+        policy_applied: false,
+    }
+    .emit(&mut vxlan_gbp::Packet::new_unchecked(&mut b[..]));
+    b.extend_from_slice(inner);
+    b
+}
+
+/// An inner frame as cell 1 (or a kernel Silk cell at its address) would send it to cell 0.
+fn inner_from_cell1(src: Ipv4Addr, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    let l4 = tcp_bytes(src, dst, 50000, dport, SYN, b"");
+    frame_with(
+        container_mac(Ipv4Addr::new(10, 255, 2, 0)),
+        container_mac(Ipv4Addr::new(10, 255, 1, 0)),
+        &Ip::new(src, dst, ipv4::PROTO_TCP),
+        &l4,
+    )
+}
+
+#[test]
+fn underlay_checks() {
+    let mut w = world();
+    let a0 = w.a0;
+    let cell1 = SocketAddrV4::new(underlay(1), 4789);
+    let b1ip = w.b1.ip();
+    // A well-formed frame from cell 1, tagged B (2): denied (B->A has no policy); tagged A: allowed.
+    let good = inner_from_cell1(b1ip, w.b0.ip(), 8080);
+    assert!(w
+        .net
+        .inject_underlay(0, cell1, &vxlan(Some(1), 1, &good))
+        .delivered());
+    let good_to_a = inner_from_cell1(b1ip, a0.ip(), 8080);
+    assert_eq!(
+        w.net
+            .inject_underlay(0, cell1, &vxlan(Some(2), 1, &good_to_a))
+            .reason(),
+        Some(R::PolicyDenied)
+    );
+    // Unknown VTEP (any source port is fine, the address is not).
+    let stranger = SocketAddrV4::new(Ipv4Addr::new(192, 168, 0, 99), 4789);
+    assert_eq!(
+        w.net
+            .inject_underlay(0, stranger, &vxlan(Some(1), 1, &good))
+            .reason(),
+        Some(R::UnknownVtep)
+    );
+    assert_eq!(
+        w.net
+            .inject_underlay(0, cell1, &vxlan(Some(1), 2, &good))
+            .reason(),
+        Some(R::WrongVni)
+    );
+    let mut no_i = vxlan(Some(1), 1, &good);
+    no_i[0] = 0x80;
+    assert_eq!(
+        w.net.inject_underlay(0, cell1, &no_i).reason(),
+        Some(R::MalformedVxlan)
+    );
+    assert_eq!(
+        w.net.inject_underlay(0, cell1, &[0x88, 0, 0]).reason(),
+        Some(R::MalformedVxlan)
+    );
+    // Inner source outside the sending cell's subnet.
+    let spoof = inner_from_cell1(Ipv4Addr::new(10, 255, 1, 50), w.b0.ip(), 8080);
+    assert_eq!(
+        w.net
+            .inject_underlay(0, cell1, &vxlan(Some(1), 1, &spoof))
+            .reason(),
+        Some(R::SpoofedRemoteIp)
+    );
+    // Wrong inner destination MAC; not IPv4; not for this cell; to the VTEP.
+    let mut wrong_mac = good.clone();
+    wrong_mac[5] ^= 1;
+    assert_eq!(
+        w.net
+            .inject_underlay(0, cell1, &vxlan(Some(1), 1, &wrong_mac))
+            .reason(),
+        Some(R::WrongVtepMac)
+    );
+    let mut arp_inner = good.clone();
+    arp_inner[12..14].copy_from_slice(&[0x08, 0x06]);
+    assert_eq!(
+        w.net
+            .inject_underlay(0, cell1, &vxlan(Some(1), 1, &arp_inner))
+            .reason(),
+        Some(R::UnsupportedEthertype)
+    );
+    let elsewhere = inner_from_cell1(b1ip, Ipv4Addr::new(10, 255, 3, 1), 8080);
+    assert_eq!(
+        w.net
+            .inject_underlay(0, cell1, &vxlan(Some(1), 1, &elsewhere))
+            .reason(),
+        Some(R::NotLocal)
+    );
+    let vtep = inner_from_cell1(b1ip, Ipv4Addr::new(10, 255, 1, 0), 8080);
+    assert_eq!(
+        w.net
+            .inject_underlay(0, cell1, &vxlan(Some(1), 1, &vtep))
+            .reason(),
+        Some(R::ToVtep)
+    );
+    let missing = inner_from_cell1(b1ip, Ipv4Addr::new(10, 255, 1, 200), 8080);
+    assert_eq!(
+        w.net
+            .inject_underlay(0, cell1, &vxlan(Some(1), 1, &missing))
+            .reason(),
+        Some(R::NoSuchPort)
+    );
+    // No G bit: tag 0, never admitted.
+    assert_eq!(
+        w.net
+            .inject_underlay(0, cell1, &vxlan(None, 1, &good))
+            .reason(),
+        Some(R::PolicyDenied)
+    );
+    assert_eq!(w.net.drops(0, R::UnknownVtep), 1);
+    assert_eq!(w.net.drops(0, R::WrongVni), 1);
+}
+
+#[test]
+fn revocation_stops_an_established_flow() {
+    for same_cell in [false, true] {
+        let mut w = world();
+        let a0 = w.a0;
+        let b = if same_cell { w.b0 } else { w.b1 };
+        assert!(w
+            .net
+            .send(&a0, &tcp_frame(&a0, b.ip(), 40000, 8080, SYN))
+            .delivered());
+        assert!(w
+            .net
+            .send(&b, &tcp_frame(&b, a0.ip(), 8080, 40000, SYNACK))
+            .delivered());
+        assert!(w
+            .net
+            .send(&a0, &tcp_frame(&a0, b.ip(), 40000, 8080, ACK))
+            .delivered());
+        assert!(w
+            .net
+            .send(&b, &tcp_frame(&b, a0.ip(), 8080, 40000, ACK))
+            .delivered());
+        // A policy change that keeps A->B: the flow survives the re-check.
+        w.net.allow(1, 3, Proto::Tcp, 1, 2);
+        assert!(w
+            .net
+            .send(&b, &tcp_frame(&b, a0.ip(), 8080, 40000, ACK))
+            .delivered());
+        assert!(w
+            .net
+            .send(&a0, &tcp_frame(&a0, b.ip(), 40000, 8080, ACK))
+            .delivered());
+        // Delete the policies: the destination's reply is dropped as revoked...
+        w.net.revoke_all();
+        assert_eq!(
+            w.net
+                .send(&b, &tcp_frame(&b, a0.ip(), 8080, 40000, ACK))
+                .reason(),
+            Some(R::PolicyRevoked)
+        );
+        // ...and the source's next segment no longer gets in.
+        let out = w.net.send(&a0, &tcp_frame(&a0, b.ip(), 40000, 8080, ACK));
+        assert_eq!(out.reason(), Some(R::PolicyDenied), "same_cell={same_cell}");
+        assert_eq!(
+            w.net
+                .send(&a0, &tcp_frame(&a0, b.ip(), 40001, 8080, SYN))
+                .reason(),
+            Some(R::PolicyDenied)
+        );
+    }
+    // Original-direction packets re-check too.
+    let mut w = world();
+    let (a0, b1) = (w.a0, w.b1);
+    assert!(w
+        .net
+        .send(&a0, &tcp_frame(&a0, b1.ip(), 40000, 8080, SYN))
+        .delivered());
+    w.net.revoke_all();
+    assert_eq!(
+        w.net.send(&a0, &tcp_frame(&a0, b1.ip(), 40000, 8080, ACK)),
+        Outcome::Dropped(1, R::PolicyRevoked)
+    );
+}
+
+#[test]
+fn conntrack_full_refuses_new_flows() {
+    let mut w = world_with(2);
+    let (a0, b0) = (w.a0, w.b0);
+    // One established same-cell flow uses both entries (egress at a0, ingress at b0).
+    assert!(w
+        .net
+        .send(&a0, &tcp_frame(&a0, b0.ip(), 40000, 8080, SYN))
+        .delivered());
+    assert!(w
+        .net
+        .send(&b0, &tcp_frame(&b0, a0.ip(), 8080, 40000, SYNACK))
+        .delivered());
+    assert!(w
+        .net
+        .send(&a0, &tcp_frame(&a0, b0.ip(), 40000, 8080, ACK))
+        .delivered());
+    assert_eq!(w.net.cells[0].conntrack.len(), 2);
+    for sport in 40001..40010 {
+        assert_eq!(
+            w.net
+                .send(&a0, &tcp_frame(&a0, b0.ip(), sport, 8080, SYN))
+                .reason(),
+            Some(R::ConntrackFull)
+        );
+    }
+    assert_eq!(w.net.cells[0].conntrack.len(), 2);
+    assert_eq!(w.net.drops(0, R::ConntrackFull), 9);
+    // The established flow keeps working.
+    assert!(w
+        .net
+        .send(&b0, &tcp_frame(&b0, a0.ip(), 8080, 40000, ACK))
+        .delivered());
+    // Half-open flows are evicted for new ones.
+    let mut w = world_with(2);
+    let (a0, b1) = (w.a0, w.b1);
+    assert!(w
+        .net
+        .send(&a0, &tcp_frame(&a0, b1.ip(), 40000, 8080, SYN))
+        .delivered());
+    assert!(w
+        .net
+        .send(&a0, &tcp_frame(&a0, b1.ip(), 40001, 8080, SYN))
+        .delivered());
+    assert!(w
+        .net
+        .send(&a0, &tcp_frame(&a0, b1.ip(), 40002, 8080, SYN))
+        .delivered());
+    assert!(w.net.cells[0].conntrack.len() <= 2);
+    assert!(
+        w.net.cells[0]
+            .counters
+            .snapshot()
+            .totals
+            .conntrack_evictions
+            >= 1
+    );
+}
+
+#[test]
+fn ttl() {
+    let mut w = world();
+    let (a0, b0, b1) = (w.a0, w.b0, w.b1);
+    let mk = |ttl: u8, dst: Ipv4Addr| {
+        let l4 = tcp_bytes(a0.ip(), dst, 1, 8080, SYN, b"");
+        frame_with(
+            a0.cfg.mac,
+            gateway_mac(a0.ip()),
+            &Ip {
+                ttl,
+                ..Ip::new(a0.ip(), dst, ipv4::PROTO_TCP)
+            },
+            &l4,
+        )
+    };
+    assert_eq!(
+        w.net.send(&a0, &mk(1, b0.ip())).reason(),
+        Some(R::TtlExceeded)
+    );
+    assert_eq!(
+        check_delivered(w.net.send(&a0, &mk(2, b0.ip())).frame(), &b0),
+        1
+    );
+    // Across cells TTL 2 reaches 1 at the first cell, then the second drops it.
+    assert_eq!(
+        w.net.send(&a0, &mk(2, b1.ip())),
+        Outcome::Dropped(1, R::TtlExceeded)
+    );
+}
+
+#[test]
+fn fragments() {
+    let mut w = world();
+    let (a0, c1) = (w.a0, w.c1);
+    let l4 = udp_bytes(a0.ip(), c1.ip(), 5353, 53, &[7u8; 64]);
+    let first = Ip {
+        mf: true,
+        ident: 77,
+        ..Ip::new(a0.ip(), c1.ip(), ipv4::PROTO_UDP)
+    };
+    let later = Ip {
+        mf: false,
+        offset: 72,
+        ident: 77,
+        ..Ip::new(a0.ip(), c1.ip(), ipv4::PROTO_UDP)
+    };
+    let mac = (a0.cfg.mac, gateway_mac(a0.ip()));
+    // A later fragment with no admitted first fragment: dropped.
+    assert_eq!(
+        w.net
+            .send(&a0, &frame_with(mac.0, mac.1, &later, &[1u8; 40]))
+            .reason(),
+        Some(R::Fragment)
+    );
+    assert!(w
+        .net
+        .send(&a0, &frame_with(mac.0, mac.1, &first, &l4))
+        .delivered());
+    assert!(w
+        .net
+        .send(&a0, &frame_with(mac.0, mac.1, &later, &[1u8; 40]))
+        .delivered());
+    let other = Ip { ident: 78, ..later };
+    assert_eq!(
+        w.net
+            .send(&a0, &frame_with(mac.0, mac.1, &other, &[1u8; 40]))
+            .reason(),
+        Some(R::Fragment)
+    );
+    // The first fragment of a denied flow admits nothing.
+    let denied = Ip {
+        mf: true,
+        ident: 79,
+        ..Ip::new(a0.ip(), c1.ip(), ipv4::PROTO_UDP)
+    };
+    let l4 = udp_bytes(a0.ip(), c1.ip(), 5353, 54, &[7u8; 64]);
+    assert_eq!(
+        w.net
+            .send(&a0, &frame_with(mac.0, mac.1, &denied, &l4))
+            .reason(),
+        Some(R::PolicyDenied)
+    );
+    let later = Ip { ident: 79, ..later };
+    assert_eq!(
+        w.net
+            .send(&a0, &frame_with(mac.0, mac.1, &later, &[1u8; 40]))
+            .reason(),
+        Some(R::Fragment)
+    );
+    w.net.advance(Duration::from_secs(31));
+    let later = Ip { ident: 77, ..later };
+    assert_eq!(
+        w.net
+            .send(&a0, &frame_with(mac.0, mac.1, &later, &[1u8; 40]))
+            .reason(),
+        Some(R::Fragment)
+    );
+}
+
+#[test]
+fn icmp_echo_denied_errors_related() {
+    let mut w = world();
+    let (a0, b0, b1) = (w.a0, w.b0, w.b1);
+    let echo = icmp_bytes(8, 0, b"ping");
+    let f = frame_with(
+        a0.cfg.mac,
+        gateway_mac(a0.ip()),
+        &Ip::new(a0.ip(), b0.ip(), ipv4::PROTO_ICMP),
+        &echo,
+    );
+    assert_eq!(w.net.send(&a0, &f).reason(), Some(R::IcmpDenied));
+    let f = frame_with(
+        a0.cfg.mac,
+        gateway_mac(a0.ip()),
+        &Ip::new(a0.ip(), b1.ip(), ipv4::PROTO_ICMP),
+        &echo,
+    );
+    assert_eq!(w.net.send(&a0, &f), Outcome::Dropped(1, R::IcmpDenied));
+    // a0 opens a flow to b1; b1 answers with an ICMP error about it: related, admitted.
+    let syn = tcp_frame(&a0, b1.ip(), 40000, 8080, SYN);
+    assert!(w.net.send(&a0, &syn).delivered());
+    let embedded = &syn[14..14 + 28];
+    for (t, c) in [(3u8, 3u8), (3, 4), (11, 0)] {
+        let err = icmp_bytes(t, c, embedded);
+        let f = frame_with(
+            b1.cfg.mac,
+            gateway_mac(b1.ip()),
+            &Ip::new(b1.ip(), a0.ip(), ipv4::PROTO_ICMP),
+            &err,
+        );
+        assert!(w.net.send(&b1, &f).delivered(), "type {t} code {c}");
+    }
+    // An error about a flow nobody opened: dropped.
+    let other = tcp_frame(&a0, b1.ip(), 40001, 9999, SYN);
+    let err = icmp_bytes(3, 3, &other[14..14 + 28]);
+    let f = frame_with(
+        b1.cfg.mac,
+        gateway_mac(b1.ip()),
+        &Ip::new(b1.ip(), a0.ip(), ipv4::PROTO_ICMP),
+        &err,
+    );
+    assert_eq!(w.net.send(&b1, &f), Outcome::Dropped(0, R::IcmpUnrelated));
+    // Other IP protocols (GRE) are denied.
+    let f = frame_with(
+        a0.cfg.mac,
+        gateway_mac(a0.ip()),
+        &Ip::new(a0.ip(), b0.ip(), 47),
+        &[0u8; 8],
+    );
+    assert_eq!(w.net.send(&a0, &f).reason(), Some(R::ProtocolDenied));
+}
+
+#[test]
+fn three_cells() {
+    let mut net = Net::new(3, 1024);
+    let a = net.add(0, 1, 1);
+    let b = net.add(1, 1, 2);
+    let c = net.add(2, 1, 3);
+    net.allow(1, 2, Proto::Tcp, 80, 80);
+    net.allow(2, 3, Proto::Udp, 1000, 2000);
+    assert_eq!(
+        net.send(&a, &tcp_frame(&a, b.ip(), 1234, 80, SYN)).clone(),
+        Outcome::Delivered(
+            1,
+            b.port(),
+            net.send(&a, &tcp_frame(&a, b.ip(), 1234, 80, SYN))
+                .frame()
+                .to_vec()
+        )
+    );
+    assert!(net.send(&b, &udp_frame(&b, c.ip(), 999, 1500)).delivered());
+    assert_eq!(
+        net.send(&a, &udp_frame(&a, c.ip(), 999, 1500)),
+        Outcome::Dropped(2, R::PolicyDenied)
+    );
+    assert_eq!(
+        net.send(&c, &tcp_frame(&c, a.ip(), 1, 80, SYN)),
+        Outcome::Dropped(0, R::PolicyDenied)
+    );
+    assert_eq!(
+        net.last_underlay.unwrap().1,
+        SocketAddrV4::new(underlay(0), 4789)
+    );
+}
