@@ -356,3 +356,43 @@ pub fn check_delivered(frame: &[u8], to: &Ctr) -> u8 {
     assert_eq!(ip.dst(), to.ip());
     ip.ttl()
 }
+
+// ---- the standard two-cell world used by the simulation tests ----
+
+pub const SYN: u8 = tcp::SYN;
+pub const SYNACK: u8 = tcp::SYN | tcp::ACK;
+pub const ACK: u8 = tcp::ACK;
+/// Cells 0 and 1; app A (tag 1), B (tag 2), C (tag 3), D (no tag).
+/// a0, b0, d0 on cell 0; b1, c1 on cell 1. Policies: A->B tcp 8080 and 7000-7010, A->C udp 53.
+pub struct World {
+    pub net: Net,
+    pub a0: Ctr,
+    pub b0: Ctr,
+    pub d0: Ctr,
+    pub b1: Ctr,
+    pub c1: Ctr,
+}
+
+pub fn world() -> World {
+    world_with(1 << 16)
+}
+
+pub fn world_with(ct: usize) -> World {
+    let mut net = Net::new(2, ct);
+    let a0 = net.add(0, 1, 1);
+    let b0 = net.add(0, 2, 2);
+    let d0 = net.add(0, 3, 0);
+    let b1 = net.add(1, 1, 2);
+    let c1 = net.add(1, 2, 3);
+    net.allow(1, 2, Proto::Tcp, 8080, 8080);
+    net.allow(1, 2, Proto::Tcp, 7000, 7010);
+    net.allow(1, 3, Proto::Udp, 53, 53);
+    World {
+        net,
+        a0,
+        b0,
+        d0,
+        b1,
+        c1,
+    }
+}
