@@ -3,10 +3,18 @@
 //!
 //! Run one in-process with [`start`]; cells talk to it with [`client::InternalClient`] and keep
 //! a local replica in [`feed::View`].
+pub mod api;
+pub mod certs;
+pub mod client;
 pub mod error;
+pub mod feed;
 pub mod model;
 pub mod store;
+pub mod server;
+mod tls_serve;
 pub mod validate;
+
+pub use server::{create_token, open_store, start, ControlConfig, RunningControl};
 
 pub use error::{ClientError, ControlError, StoreError};
 

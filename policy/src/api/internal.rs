@@ -1,0 +1,185 @@
+//! The internal API for cells (served over mutual TLS): leases, instances and the change feed.
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{body, json, ApiError, ApiResult, AppState, MAX_BODY};
+use crate::model::{FeedResponse, Instance, Lease};
+use crate::store::{ops, Mode};
+
+/// Longest a feed request waits for a change.
+pub const MAX_WAIT_MS: u64 = 120_000;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/leases", get(list_leases))
+        .route("/leases/acquire", put(acquire))
+        .route("/leases/renew", put(renew))
+        .route("/leases/release", put(release))
+        .route("/internal/instances", post(instance_up))
+        .route("/internal/instances/delete", post(instance_down))
+        .route("/internal/cells/{underlay_ip}/instances", put(sync_cell))
+        .route("/internal/feed", get(feed))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not found") })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+fn parse_ip(field: &str, s: &str) -> ApiResult<Ipv4Addr> {
+    s.parse().map_err(|_| ApiError::bad_request(format!("{field}: '{s}' is not an IPv4 address")))
+}
+
+#[derive(Deserialize)]
+struct CellIp {
+    #[serde(default)]
+    underlay_ip: String,
+}
+
+async fn list_leases(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+    let leases = s.store.call(Mode::Read, ops::list_leases).await?;
+    Ok(Json(json!({ "leases": leases })))
+}
+
+async fn acquire(State(s): State<AppState>, b: Result<Bytes, BytesRejection>) -> ApiResult<Json<Lease>> {
+    let c: CellIp = json(&body(b)?)?;
+    let ip = parse_ip("underlay_ip", &c.underlay_ip)?;
+    let settings = s.store.settings.clone();
+    Ok(Json(s.store.call(Mode::Write, move |tx| ops::acquire(tx, &settings.leases, ip)).await?))
+}
+
+async fn renew(State(s): State<AppState>, b: Result<Bytes, BytesRejection>) -> ApiResult<Json<Lease>> {
+    #[derive(Deserialize)]
+    struct Want {
+        #[serde(default)]
+        underlay_ip: String,
+        #[serde(default)]
+        overlay_subnet: String,
+    }
+    let w: Want = json(&body(b)?)?;
+    let ip = parse_ip("underlay_ip", &w.underlay_ip)?;
+    let subnet: ipnet::Ipv4Net = w.overlay_subnet.parse().map_err(|_| {
+        ApiError::bad_request(format!("overlay_subnet: '{}' is not an IPv4 CIDR", w.overlay_subnet))
+    })?;
+    let want = Lease {
+        underlay_ip: ip,
+        overlay_subnet: subnet,
+        overlay_hardware_addr: crate::model::hardware_addr(&subnet),
+        expires_at: None,
+        kind: crate::model::LeaseKind::Tapestry,
+    };
+    let settings = s.store.settings.clone();
+    Ok(Json(s.store.call(Mode::Write, move |tx| ops::renew(tx, &settings.leases, &want)).await?))
+}
+
+async fn release(State(s): State<AppState>, b: Result<Bytes, BytesRejection>) -> ApiResult<Json<Value>> {
+    let c: CellIp = json(&body(b)?)?;
+    let ip = parse_ip("underlay_ip", &c.underlay_ip)?;
+    s.store.call(Mode::Write, move |tx| ops::release(tx, ip)).await?;
+    Ok(Json(json!({})))
+}
+
+fn check_instance(i: &Instance) -> ApiResult<()> {
+    for (field, v) in [("handle", &i.handle), ("app_id", &i.app_id)] {
+        if v.trim().is_empty() {
+            return Err(ApiError::bad_request(format!("{field}: required")));
+        }
+        if v.len() > 255 {
+            return Err(ApiError::bad_request(format!("{field}: must be at most 255 characters")));
+        }
+    }
+    Ok(())
+}
+
+fn parse_instance(b: &[u8]) -> ApiResult<Instance> {
+    let i: Instance = json(b)?;
+    check_instance(&i)?;
+    Ok(i)
+}
+
+async fn instance_up(State(s): State<AppState>, b: Result<Bytes, BytesRejection>) -> ApiResult<Json<Value>> {
+    let i = parse_instance(&body(b)?)?;
+    s.store.call(Mode::Write, move |tx| ops::put_instance(tx, &i)).await?;
+    Ok(Json(json!({})))
+}
+
+async fn instance_down(State(s): State<AppState>, b: Result<Bytes, BytesRejection>) -> ApiResult<Json<Value>> {
+    #[derive(Deserialize)]
+    struct Down {
+        #[serde(default)]
+        cell: String,
+        #[serde(default)]
+        handle: String,
+    }
+    let d: Down = json(&body(b)?)?;
+    let cell = parse_ip("cell", &d.cell)?;
+    if d.handle.is_empty() {
+        return Err(ApiError::bad_request("handle: required"));
+    }
+    s.store.call(Mode::Write, move |tx| ops::delete_instance(tx, cell, &d.handle)).await?;
+    Ok(Json(json!({})))
+}
+
+async fn sync_cell(
+    State(s): State<AppState>,
+    Path(ip): Path<String>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    #[derive(Deserialize)]
+    struct Set {
+        instances: Vec<Instance>,
+    }
+    let cell = parse_ip("underlay_ip", &ip)?;
+    let set: Set = json(&body(b)?)?;
+    for (n, i) in set.instances.iter().enumerate() {
+        check_instance(i).map_err(|e| ApiError::bad_request(format!("instances[{n}].{}", e.message)))?;
+        if i.cell != cell {
+            return Err(ApiError::bad_request(format!(
+                "instances[{n}].cell: {} is not the cell in the path ({cell})",
+                i.cell
+            )));
+        }
+    }
+    s.store.call(Mode::Write, move |tx| ops::sync_cell(tx, cell, &set.instances)).await?;
+    Ok(Json(json!({})))
+}
+
+#[derive(Deserialize)]
+struct FeedQuery {
+    #[serde(default)]
+    #[allow(dead_code)]
+    cell: Option<String>,
+    since: Option<u64>,
+    wait_ms: Option<u64>,
+}
+
+/// Long-poll: answers as soon as the version passes `since`, or after `wait_ms` unchanged.
+async fn feed(State(s): State<AppState>, q: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<FeedResponse>> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
+    let wait = Duration::from_millis(q.wait_ms.unwrap_or(30_000).min(MAX_WAIT_MS));
+    let mut rx = s.store.subscribe();
+    let mut shutdown = s.shutdown.clone();
+    if let Some(since) = q.since {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let cur = *rx.borrow_and_update();
+            if cur != since {
+                break; // newer (changes) or older (a different database: snapshot)
+            }
+            tokio::select! {
+                r = rx.changed() => if r.is_err() { break },
+                _ = tokio::time::sleep_until(deadline) => break,
+                _ = shutdown.changed() => break,
+            }
+        }
+    }
+    let since = q.since;
+    Ok(Json(s.store.call(Mode::Read, move |tx| ops::feed(tx, since)).await?))
+}

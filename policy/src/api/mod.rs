@@ -1,0 +1,158 @@
+//! HTTP APIs: the external CF-compatible API and the internal (mutual TLS) API for cells.
+pub mod external;
+pub mod internal;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use crate::error::StoreError;
+use crate::model::Principal;
+use crate::store::{ops, Mode, Store};
+
+/// Request bodies above this are refused with 413 (as CF).
+pub const MAX_BODY: usize = 10 * 1024 * 1024;
+
+/// Shared by all handlers.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    tokens: Arc<Mutex<HashMap<String, Principal>>>,
+    started: std::time::Instant,
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl AppState {
+    pub fn new(store: Store, shutdown: tokio::sync::watch::Receiver<bool>) -> AppState {
+        AppState {
+            store,
+            tokens: Default::default(),
+            started: std::time::Instant::now(),
+            shutdown,
+        }
+    }
+}
+
+/// An error answer: `{"error": message}` with `status`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, message: message.into() }
+    }
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(serde_json::json!({ "error": self.message }));
+        if self.status == StatusCode::UNAUTHORIZED {
+            (self.status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
+        } else {
+            (self.status, body).into_response()
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        let status = match &e {
+            StoreError::QuotaExceeded => StatusCode::FORBIDDEN,
+            StoreError::TagsExhausted | StoreError::NoLease | StoreError::Conflict(_) => StatusCode::CONFLICT,
+            StoreError::NotFound(_) => StatusCode::NOT_FOUND,
+            StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+            StoreError::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!("{e}");
+        }
+        ApiError::new(status, e.to_string())
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+/// The body, or 413 past [`MAX_BODY`].
+pub fn body(b: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    b.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large: the limit is 10 MB")
+        } else {
+            ApiError::bad_request(format!("reading the request body: {r}"))
+        }
+    })
+}
+
+/// Parses JSON, 400 naming the problem otherwise.
+pub fn json<T: DeserializeOwned>(b: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(b).map_err(|e| ApiError::bad_request(format!("invalid JSON: {e}")))
+}
+
+/// The SHA-256 (hex) under which a token is stored.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The principal of the request's bearer token, or 401.
+pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
+    let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(unauthorized("missing authorization header"));
+    };
+    let value = value.to_str().map_err(|_| unauthorized("invalid authorization header"))?;
+    let token = match value.split_once(' ') {
+        Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() => t.trim(),
+        _ => return Err(unauthorized("invalid authorization header: expected 'Bearer TOKEN'")),
+    };
+    let hash = token_hash(token);
+    if let Some(p) = state.tokens.lock().unwrap_or_else(|p| p.into_inner()).get(&hash) {
+        return Ok(p.clone());
+    }
+    let h = hash.clone();
+    let found = state.store.call(Mode::Read, move |tx| ops::lookup_token(tx, &h)).await?;
+    let Some(p) = found else {
+        return Err(unauthorized("failed to verify token"));
+    };
+    state.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(hash, p.clone());
+    Ok(p)
+}
+
+/// 403 unless admin.
+pub fn require_admin(p: &Principal) -> ApiResult<()> {
+    if p.is_admin() {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "token missing allowed scopes: network.admin required (token has {})",
+            p.scope
+        )))
+    }
+}
+
+/// 403 unless admin or network.write.
+pub fn require_write(p: &Principal) -> ApiResult<()> {
+    if p.is_admin() || p.scope == crate::SCOPE_WRITE {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "token missing allowed scopes: network.admin or network.write required (token has {})",
+            p.scope
+        )))
+    }
+}

@@ -1,0 +1,222 @@
+//! Starting the control plane: configuration checks, data directory, store, both listeners.
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::Ipv4Net;
+use rand::RngCore;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, token_hash, AppState};
+use crate::certs::CellCa;
+use crate::error::ControlError;
+use crate::model::Principal;
+use crate::store::{ops, Mode, Settings, Store};
+
+/// Everything `tapestry control` takes.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub internal_listen: SocketAddr,
+    /// `None` / "sqlite": `DIR/tapestry.db`; or `postgres://USER@HOST:PORT/DB`.
+    pub database: Option<String>,
+    pub overlay_network: Ipv4Net,
+    pub subnet_prefix: u8,
+    pub max_policies_per_source: usize,
+    pub lease_expiry: Duration,
+    /// Highest tag handed out; 65535 except in tests.
+    pub max_tag: u16,
+}
+
+impl ControlConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> ControlConfig {
+        ControlConfig {
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 4002)),
+            internal_listen: SocketAddr::from(([127, 0, 0, 1], 4003)),
+            database: None,
+            overlay_network: "10.255.0.0/16".parse().unwrap_or_else(|_| unreachable!()),
+            subnet_prefix: 24,
+            max_policies_per_source: 150,
+            lease_expiry: Duration::from_secs(168 * 3600),
+            max_tag: 65535,
+        }
+    }
+
+    /// Refuses a non-RFC 1918 overlay network or a prefix that leaves no room for a cell.
+    pub fn check(&self) -> Result<(), ControlError> {
+        let net = self.overlay_network;
+        let rfc1918: [Ipv4Net; 3] = [
+            Ipv4Net::new([10, 0, 0, 0].into(), 8).map_err(|e| ControlError::Config(e.to_string()))?,
+            Ipv4Net::new([172, 16, 0, 0].into(), 12).map_err(|e| ControlError::Config(e.to_string()))?,
+            Ipv4Net::new([192, 168, 0, 0].into(), 16).map_err(|e| ControlError::Config(e.to_string()))?,
+        ];
+        if !rfc1918.iter().any(|r| r.contains(&net)) {
+            return Err(ControlError::Config(format!(
+                "--overlay-network {net} is not inside an RFC 1918 private range (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16)"
+            )));
+        }
+        if net.trunc() != net {
+            return Err(ControlError::Config(format!(
+                "--overlay-network {net} has host bits set; did you mean {}?",
+                net.trunc()
+            )));
+        }
+        let p = self.subnet_prefix;
+        // The first subnet is reserved, so a cell needs at least two; a cell subnet needs room
+        // for the VTEP address and at least one container.
+        if p <= net.prefix_len() || p > 30 {
+            return Err(ControlError::Config(format!(
+                "--subnet-prefix {p} leaves no room for a cell in --overlay-network {net}: it must be longer than /{} (the first subnet is reserved) and at most /30",
+                net.prefix_len()
+            )));
+        }
+        if self.max_policies_per_source == 0 {
+            return Err(ControlError::Config("--max-policies-per-source must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    fn settings(&self) -> Settings {
+        let mut s = Settings::new(self.overlay_network, self.subnet_prefix);
+        s.max_policies_per_source = self.max_policies_per_source;
+        s.leases.expiry_secs = self.lease_expiry.as_secs() as i64;
+        s.max_tag = self.max_tag;
+        s
+    }
+}
+
+/// A running control plane.
+pub struct RunningControl {
+    pub external_addr: SocketAddr,
+    pub internal_addr: SocketAddr,
+    /// The network.admin token (also in `DIR/admin.token`).
+    pub admin_token: String,
+    /// `DIR/cell-credentials`, for [`crate::client::InternalClient::new`].
+    pub credentials_dir: PathBuf,
+    pub store: Store,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningControl {
+    /// Stops both listeners and waits for them (in-flight long-polls are answered).
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+    }
+}
+
+fn new_token() -> String {
+    let mut b = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut b);
+    hex::encode(b)
+}
+
+/// Reads `DIR/admin.token` or writes a new one (0600); makes sure the store knows it.
+async fn ensure_admin_token(dir: &Path, store: &Store) -> Result<String, ControlError> {
+    let path = dir.join("admin.token");
+    let token = match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => {
+            let t = new_token();
+            write_private(&path, &format!("{t}\n"))?;
+            t
+        }
+    };
+    let p = Principal { name: "admin".into(), scope: crate::SCOPE_ADMIN.into(), spaces: vec![] };
+    let h = token_hash(&token);
+    store.call(Mode::Write, move |tx| ops::insert_token(tx, &h, &p)).await?;
+    Ok(token)
+}
+
+fn write_private(path: &Path, data: &str) -> Result<(), ControlError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(ControlError::io(format!("writing {}", path.display())))?;
+    f.write_all(data.as_bytes()).map_err(ControlError::io(format!("writing {}", path.display())))
+}
+
+/// Opens the store a control plane with `config` uses (for `token create` and tests).
+pub async fn open_store(config: &ControlConfig) -> Result<Store, ControlError> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(ControlError::io(format!("creating {}", config.data_dir.display())))?;
+    Ok(Store::open(config.database.as_deref(), &config.data_dir, config.settings()).await?)
+}
+
+/// Mints a token with `scope` limited to `spaces`, stores its hash, returns the token.
+pub async fn create_token(store: &Store, scope: &str, spaces: Vec<String>) -> Result<String, ControlError> {
+    if scope != crate::SCOPE_ADMIN && scope != crate::SCOPE_WRITE {
+        return Err(ControlError::Config(format!(
+            "--scope {scope}: must be network.admin or network.write"
+        )));
+    }
+    if scope == crate::SCOPE_WRITE && spaces.is_empty() {
+        return Err(ControlError::Config("a network.write token needs at least one --space".into()));
+    }
+    let token = new_token();
+    let p = Principal { name: format!("token-{}", &token[..8]), scope: scope.into(), spaces };
+    let h = token_hash(&token);
+    store.call(Mode::Write, move |tx| ops::insert_token(tx, &h, &p)).await?;
+    Ok(token)
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, ControlError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(ControlError::io(format!("binding {what} {addr}")))
+}
+
+/// Starts the control plane: checks the config, prepares the data dir, opens the store,
+/// binds both listeners (port 0 allowed) and serves until [`RunningControl::shutdown`].
+pub async fn start(config: ControlConfig) -> Result<RunningControl, ControlError> {
+    config.check()?;
+    let store = open_store(&config).await?;
+    let admin_token = ensure_admin_token(&config.data_dir, &store).await?;
+    let ca = CellCa::ensure(&config.data_dir)?;
+    let tls = Arc::new(ca.server_config()?);
+    let ext = bind(config.listen, "--listen").await?;
+    let int = bind(config.internal_listen, "--internal-listen").await?;
+    let external_addr = ext.local_addr().map_err(ControlError::io("local address"))?;
+    let internal_addr = int.local_addr().map_err(ControlError::io("local address"))?;
+    let (shutdown, rx) = watch::channel(false);
+    let state = AppState::new(store.clone(), rx.clone());
+    let mut stop = rx.clone();
+    let ext_router = api::external::router(state.clone());
+    let ext_task = tokio::spawn(async move {
+        let r = axum::serve(ext, ext_router)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|v| *v).await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!("external API stopped: {e}");
+        }
+    });
+    let int_task = tokio::spawn(crate::tls_serve::serve(int, tls, api::internal::router(state), rx));
+    tracing::info!(
+        "control plane: external API http://{external_addr}, internal API (mTLS) https://{internal_addr}, database {}",
+        store.backend_name()
+    );
+    Ok(RunningControl {
+        external_addr,
+        internal_addr,
+        admin_token,
+        credentials_dir: crate::certs::credentials_dir(&config.data_dir),
+        store,
+        shutdown,
+        tasks: vec![ext_task, int_task],
+    })
+}
