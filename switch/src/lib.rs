@@ -13,6 +13,7 @@ pub use tables::{
     CellConfig, PolicyRule, PortConfig, PortId, Proto, RemoteCell, Snapshot, TableError, Tables,
 };
 pub mod counters;
+pub mod offload;
 pub mod pipeline;
 
 pub use counters::{Counters, CountersSnapshot, DropReason, PortStats, Totals};
