@@ -1,4 +1,11 @@
-//! Underlay UDP sockets: bind with buffer sizes and port reuse.
+//! Underlay UDP sockets: bind with buffer sizes and port reuse, UDP GSO send, UDP GRO receive,
+//! recvmmsg/sendmmsg batches over caller-owned buffers, and an offload probe.
+
+mod gso;
+mod mmsg;
+
+pub use gso::{enable_gro, probe_udp_offloads, recv_gro, send_gso, UdpOffloads, MAX_GSO_SEGMENTS};
+pub use mmsg::{recv_batch, send_batch, RecvMeta, Transmit, MAX_BATCH};
 
 use std::net::{SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
