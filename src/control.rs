@@ -1,7 +1,122 @@
-//! `tapestry control` (not yet wired).
-#[derive(clap::Args, Debug)]
-pub struct ControlArgs {}
+//! `tapestry control`: run the control plane (policy server, leases, feed), or mint tokens.
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
-pub fn run(_args: ControlArgs) -> anyhow::Result<()> {
-    anyhow::bail!("tapestry control is not implemented yet")
+use anyhow::{bail, Context, Result};
+use tapestry_policy::{ControlConfig, SCOPE_WRITE};
+
+#[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct ControlArgs {
+    #[command(subcommand)]
+    command: Option<ControlCommand>,
+    /// Where the control plane keeps its database, admin.token and cell-credentials/.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// External (CF-compatible) API address.
+    #[arg(long, default_value = "127.0.0.1:4002")]
+    listen: SocketAddr,
+    /// Internal (mutual TLS) API address for cells.
+    #[arg(long, default_value = "127.0.0.1:4003")]
+    internal_listen: SocketAddr,
+    /// `sqlite` (default: DIR/tapestry.db) or postgres://USER@HOST:PORT/DB.
+    #[arg(long)]
+    database: Option<String>,
+    /// The overlay network cell subnets are leased from (an RFC 1918 range).
+    #[arg(long, default_value = "10.255.0.0/16")]
+    overlay_network: String,
+    /// Prefix length of each cell's subnet.
+    #[arg(long, default_value_t = 24)]
+    subnet_prefix: u8,
+    /// Most policies one source app may have.
+    #[arg(long, default_value_t = 150)]
+    max_policies_per_source: usize,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum ControlCommand {
+    /// Manage bearer tokens of the external API.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum TokenCommand {
+    /// Mint a token, store its hash and print it (works while the control plane runs).
+    Create {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// network.write (limited to --space) or network.admin.
+        #[arg(long, default_value = SCOPE_WRITE)]
+        scope: String,
+        /// A space the token may act in (repeat, or comma-separate).
+        #[arg(long = "space", value_delimiter = ',')]
+        spaces: Vec<String>,
+        /// As for the control plane: sqlite (default) or postgres://...
+        #[arg(long)]
+        database: Option<String>,
+    },
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("control")
+        .build()
+        .context("starting the runtime")
+}
+
+pub fn run(args: ControlArgs) -> Result<()> {
+    if let Some(ControlCommand::Token { command: TokenCommand::Create { data_dir, scope, spaces, database } }) =
+        args.command
+    {
+        let mut config = ControlConfig::new(data_dir);
+        config.database = database;
+        let spaces: Vec<String> = spaces.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        let token = runtime()?.block_on(async move {
+            let store = tapestry_policy::open_store(&config).await?;
+            tapestry_policy::create_token(&store, &scope, spaces).await
+        })?;
+        println!("{token}");
+        return Ok(());
+    }
+    let Some(data_dir) = args.data_dir else {
+        bail!("tapestry control needs --data-dir DIR (where the database, admin.token and cell-credentials live)");
+    };
+    let overlay_network = args.overlay_network.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "--overlay-network '{}' is not an IPv4 network in CIDR form (e.g. 10.255.0.0/16)",
+            args.overlay_network
+        )
+    })?;
+    let mut config = ControlConfig::new(data_dir);
+    config.listen = args.listen;
+    config.internal_listen = args.internal_listen;
+    config.database = args.database;
+    config.overlay_network = overlay_network;
+    config.subnet_prefix = args.subnet_prefix;
+    config.max_policies_per_source = args.max_policies_per_source;
+    config.check()?;
+    runtime()?.block_on(async move {
+        let running = tapestry_policy::start(config.clone()).await.context("starting the control plane")?;
+        eprintln!(
+            "tapestry control: external API http://{} (admin token in {}), internal API https://{} (cell credentials in {})",
+            running.external_addr,
+            config.data_dir.join("admin.token").display(),
+            running.internal_addr,
+            running.credentials_dir.display()
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down");
+        running.shutdown().await;
+        Ok(())
+    })
 }

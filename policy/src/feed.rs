@@ -51,13 +51,9 @@ impl View {
         View::default()
     }
 
-    /// The version to pass as `since` (None before the first snapshot).
-    pub fn since(&self) -> Option<u64> {
+    /// The version to pass as `since`: None before the first snapshot.
+    pub fn version(&self) -> Option<u64> {
         self.synced.then_some(self.version)
-    }
-
-    pub fn version(&self) -> u64 {
-        self.version
     }
 
     fn replace(&mut self, s: Snapshot) {
@@ -202,13 +198,13 @@ mod tests {
     #[test]
     fn snapshot_then_changes_then_persist() {
         let mut v = View::new();
-        assert_eq!(v.since(), None);
+        assert_eq!(v.version(), None);
         let snap = Snapshot {
             tags: vec![Tag { id: "A".into(), kind: "app".into(), tag: "0001".into() }],
             ..Default::default()
         };
         assert!(v.apply(FeedResponse { version: 3, snapshot: Some(snap), changes: vec![] }));
-        assert_eq!(v.since(), Some(3));
+        assert_eq!(v.version(), Some(3));
         assert_eq!(v.tag_of("A"), Some(1));
         let p = Policy::new("A", "B", "tcp", 80, 80);
         v.apply(FeedResponse {
@@ -220,7 +216,7 @@ mod tests {
                 Change { version: 5, op: Op::Put, kind: Kind::Route, value: json!("garbage") },
             ],
         });
-        assert_eq!(v.version(), 5);
+        assert_eq!(v.version(), Some(5));
         assert_eq!(v.policies().count(), 1);
         assert_eq!(v.tag_of("A"), None);
         let s = serde_json::to_string(&v).unwrap();
