@@ -1,0 +1,263 @@
+//! Root tests: TAPs with the virtio-net header, offloads (USO both ways), txqueuelen, multiqueue.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::Duration;
+
+use common::*;
+use tapestry_sys::netlink::{self, IfaceConfig};
+use tapestry_sys::tap::{self, Tap, TapOptions};
+use tapestry_sys::vnet::*;
+use tapestry_sys::{netns, udp};
+
+const IP: Ipv4Addr = Ipv4Addr::new(10, 255, 2, 3);
+const GW: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 1);
+const MAC: [u8; 6] = [0xee, 0xee, 10, 255, 2, 3];
+const GW_MAC: [u8; 6] = [0xee, 0xee, 10, 255, 2, 0];
+
+fn configure(ns: &Netns) {
+    netlink::configure_container_iface(
+        &ns.path(),
+        &IfaceConfig {
+            name: "eth0".into(),
+            mac: MAC,
+            mtu: 1450,
+            ip: IP,
+            gateway: GW,
+            gateway_mac: Some(GW_MAC),
+            txqueuelen: None,
+        },
+    )
+    .unwrap();
+}
+
+fn vnet() -> TapOptions {
+    TapOptions {
+        vnet_hdr: true,
+        multi_queue: false,
+    }
+}
+
+#[test]
+fn vnet_header_offloads_and_txqueuelen() {
+    if !root_or_skip("vnet_header_offloads_and_txqueuelen") {
+        return;
+    }
+    let ns = Netns::new("vnet");
+    let tap = Tap::open_in_netns(&ns.path(), "eth0", vnet()).unwrap();
+    tap.set_nonblocking(true).unwrap();
+    configure(&ns);
+
+    assert_eq!(tap.vnet_hdr_size().unwrap(), VNET_HDR_LEN as i32);
+    let off = tap.probe_offload();
+    eprintln!("TAP offloads accepted: {off:#x}");
+    let tso = tap::TUN_F_CSUM | tap::TUN_F_TSO4 | tap::TUN_F_TSO6;
+    assert_eq!(off & tso, tso, "{off:#x}");
+    assert_ne!(off & tap::TUN_F_USO4, 0, "Linux >= 6.2 takes USO: {off:#x}");
+    // Offloads without the header are refused before the kernel sees them.
+    let plain = Tap::open_in_netns(&ns.path(), "plain0", TapOptions::default()).unwrap();
+    assert_eq!(plain.probe_offload(), 0);
+    assert!(plain
+        .set_offload(tap::TUN_F_CSUM)
+        .unwrap_err()
+        .to_string()
+        .contains("vnet_hdr"));
+
+    tap.set_txqueuelen(10_000).unwrap();
+    let link = ns.ip_json(&["link", "show", "dev", "eth0"]);
+    assert!(link.contains("\"txqlen\":10000"), "{link}");
+
+    // A ping arrives behind a 10-byte header with no GSO.
+    let mut ping = ns.spawn(&["ping", "-c1", "-W1", "169.254.0.1"]);
+    let f = read_until(&tap, Duration::from_secs(3), |f| {
+        f.len() > VNET_HDR_LEN && is_icmp(&f[VNET_HDR_LEN..], 8, GW.octets(), Some(GW_MAC))
+    });
+    let _ = ping.wait();
+    let f = f.expect("echo request behind a virtio-net header");
+    assert_eq!(
+        VnetHdr::parse(&f).unwrap().gso_type,
+        VIRTIO_NET_HDR_GSO_NONE
+    );
+
+    // Writes carry the header too: an echo request with a zero header gets answered.
+    let mut w = VnetHdr::default().to_bytes().to_vec();
+    w.extend(echo_request(GW_MAC, MAC, GW.octets(), IP.octets(), 0x4242));
+    assert_eq!(tap.write(&w).unwrap(), w.len());
+    let r = read_until(&tap, Duration::from_secs(3), |f| {
+        f.len() > VNET_HDR_LEN && is_icmp(&f[VNET_HDR_LEN..], 0, GW.octets(), Some(GW_MAC))
+    });
+    assert!(r.is_some(), "echo reply behind a header");
+
+    // A 12-byte header (mergeable rx buffers layout) moves the frame by two.
+    tap.set_vnet_hdr_size(12).unwrap();
+    assert_eq!(tap.vnet_hdr_size().unwrap(), 12);
+    let mut w = vec![0u8; VNET_HDR_LEN_MRG];
+    w.extend(echo_request(GW_MAC, MAC, GW.octets(), IP.octets(), 0x4343));
+    tap.write(&w).unwrap();
+    let r = read_until(&tap, Duration::from_secs(3), |f| {
+        f.len() > VNET_HDR_LEN_MRG && is_icmp(&f[VNET_HDR_LEN_MRG..], 0, GW.octets(), Some(GW_MAC))
+    });
+    assert!(r.is_some(), "echo reply behind a 12-byte header");
+    tap.set_vnet_hdr_size(VNET_HDR_LEN as i32).unwrap();
+}
+
+#[test]
+fn uso_super_frames_both_ways() {
+    if !root_or_skip("uso_super_frames_both_ways") {
+        return;
+    }
+    let ns = Netns::new("uso");
+    let tap = Tap::open_in_netns(&ns.path(), "eth0", vnet()).unwrap();
+    tap.set_nonblocking(true).unwrap();
+    configure(&ns);
+    let off = tap.probe_offload();
+    assert_ne!(off & tap::TUN_F_USO4, 0, "{off:#x}");
+
+    // Container -> TAP: a 3 x 1000-byte GSO send reaches us as one super-frame.
+    let container = netns::run_in_netns(&ns.path(), || {
+        Ok(udp::bind(SocketAddrV4::new(IP, 7777), false, 1 << 20).unwrap())
+    })
+    .unwrap();
+    let payload: Vec<u8> = (0..3000u32).map(|i| (i % 253) as u8).collect();
+    udp::send_gso(&container, SocketAddrV4::new(GW, 9999), &payload, 1000).unwrap();
+    let f = read_until(&tap, Duration::from_secs(3), |f| {
+        f.len() > VNET_HDR_LEN + 42 && f[VNET_HDR_LEN + 23] == 17
+    })
+    .expect("a UDP frame on the TAP");
+    let h = VnetHdr::parse(&f).unwrap();
+    assert_eq!(h.gso_type, VIRTIO_NET_HDR_GSO_UDP_L4, "{h:?}");
+    assert_eq!(h.gso_size, 1000, "{h:?}");
+    assert_eq!(
+        h.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        VIRTIO_NET_HDR_F_NEEDS_CSUM
+    );
+    assert_eq!((h.csum_start, h.csum_offset), (34, 6));
+    assert_eq!(f.len(), VNET_HDR_LEN + 42 + 3000);
+    assert_eq!(&f[VNET_HDR_LEN + 42..], &payload[..]);
+
+    // TAP -> container: a USO super-frame is segmented by the kernel into 3 datagrams.
+    let frame = udp_super_frame(GW, 9999, IP, 7777, &payload, 1000);
+    assert_eq!(tap.write(&frame).unwrap(), frame.len());
+    container.set_nonblocking(false).unwrap();
+    container
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let mut buf = [0u8; 2048];
+    for i in 0..3 {
+        let (n, from) = container
+            .recv_from(&mut buf)
+            .expect("a segment in the container");
+        assert_eq!(from.to_string(), "169.254.0.1:9999");
+        assert_eq!(&buf[..n], &payload[i * 1000..(i + 1) * 1000]);
+    }
+}
+
+/// virtio-net header (USO, NEEDS_CSUM) + Ethernet + IPv4 + UDP carrying `payload` in `seg`-byte
+/// segments; the UDP checksum field holds the pseudo-header sum, as for CHECKSUM_PARTIAL.
+fn udp_super_frame(
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    payload: &[u8],
+    seg: u16,
+) -> Vec<u8> {
+    let h = VnetHdr {
+        flags: VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        gso_type: VIRTIO_NET_HDR_GSO_UDP_L4,
+        hdr_len: 42,
+        gso_size: seg,
+        csum_start: 34,
+        csum_offset: 6,
+    };
+    let mut f = h.to_bytes().to_vec();
+    f.extend_from_slice(&MAC);
+    f.extend_from_slice(&GW_MAC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let udp_len = (8 + payload.len()) as u16;
+    let mut ip = vec![0x45, 0, 0, 0, 0, 7, 0x40, 0, 64, 17, 0, 0];
+    ip[2..4].copy_from_slice(&(20 + udp_len).to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    // Pseudo-header sum, folded, not complemented.
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&udp_len.to_be_bytes());
+    let partial = !checksum(&pseudo);
+    f.extend_from_slice(&sport.to_be_bytes());
+    f.extend_from_slice(&dport.to_be_bytes());
+    f.extend_from_slice(&udp_len.to_be_bytes());
+    f.extend_from_slice(&partial.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[test]
+fn multiqueue_queues_share_one_device() {
+    if !root_or_skip("multiqueue_queues_share_one_device") {
+        return;
+    }
+    let ns = Netns::new("mq");
+    let mq = TapOptions {
+        vnet_hdr: true,
+        multi_queue: true,
+    };
+    let q0 = Tap::open_in_netns(&ns.path(), "eth0", mq).unwrap();
+    let queues: Vec<Tap> = (0..3).map(|_| q0.open_queue().unwrap()).collect();
+    configure(&ns);
+    let link = ns.ip_json(&["-d", "link", "show", "dev", "eth0"]);
+    assert!(link.contains("multi_queue"), "{link}");
+    let all: Vec<&Tap> = std::iter::once(&q0).chain(queues.iter()).collect();
+    for q in &all {
+        q.set_nonblocking(true).unwrap();
+        assert_ne!(q.probe_offload(), 0);
+    }
+    // Every queue can write into the container: each echo request gets an answer on some queue.
+    for (i, q) in all.iter().enumerate() {
+        let mut w = VnetHdr::default().to_bytes().to_vec();
+        w.extend(echo_request(
+            GW_MAC,
+            MAC,
+            GW.octets(),
+            IP.octets(),
+            0x5000 + i as u16,
+        ));
+        q.write(&w).unwrap();
+    }
+    let mut ids = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut buf = vec![0u8; 65536];
+    while ids.len() < all.len() && std::time::Instant::now() < deadline {
+        for q in &all {
+            if let Ok(n) = q.read(&mut buf) {
+                let f = &buf[VNET_HDR_LEN..n];
+                if is_icmp(f, 0, GW.octets(), Some(GW_MAC)) {
+                    ids.push(u16::from_be_bytes([f[38], f[39]]));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    ids.sort();
+    assert_eq!(ids, vec![0x5000, 0x5001, 0x5002, 0x5003]);
+
+    // A single-queue TAP has no extra queues; dropping every queue keeps the device.
+    let single = Tap::open_in_netns(&ns.path(), "single0", vnet()).unwrap();
+    assert!(single
+        .open_queue()
+        .unwrap_err()
+        .to_string()
+        .contains("multi_queue"));
+    drop(all);
+    drop(queues);
+    drop(q0);
+    assert!(netlink::link_exists(&ns.path(), "eth0").unwrap());
+    tap::delete_in_netns(&ns.path(), "eth0").unwrap();
+    assert!(!netlink::link_exists(&ns.path(), "eth0").unwrap());
+}
