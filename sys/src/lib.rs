@@ -2,6 +2,17 @@
 //!
 //! This is the only crate in the workspace that uses `unsafe`; every block carries a
 //! `// SAFETY:` comment. Everything else in Tapestry calls the safe wrappers here.
+//!
+//! - [`netns::run_in_netns`]: run a closure on a thread inside a network namespace.
+//! - [`tap::Tap`]: persistent TAP devices (open, re-attach, `open_in_netns`, `open_queue`,
+//!   virtio-net header, TUNSETOFFLOAD probing); [`tap::delete_in_netns`].
+//! - [`netlink`]: hand-built rtnetlink requests; [`netlink::configure_container_iface`].
+//! - [`udp`]: `bind`, `send_gso` (UDP_SEGMENT), `enable_gro` / `recv_gro`, `recv_batch` /
+//!   `send_batch` (recvmmsg / sendmmsg over caller-owned buffers), `probe_udp_offloads`.
+//! - [`vnet`]: the virtio-net header.
+//!
+//! Errors ([`Error`]) name the operation and the device or namespace, e.g.
+//! `TUNSETIFF eth0 in /var/run/netns/x: Invalid argument (os error 22)`.
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 

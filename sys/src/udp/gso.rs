@@ -49,6 +49,10 @@ pub(crate) fn put_segment_cmsg(cmsg: &mut Cmsg, segment_size: u16) -> usize {
 /// Sends `buf` to `dst` as `ceil(len / segment_size)` datagrams of `segment_size` bytes (the
 /// last may be shorter) with one sendmsg carrying a UDP_SEGMENT control message. At most 64
 /// segments. Returns the bytes sent.
+///
+/// Errors: `InvalidInput` before any system call for a zero segment size or more than 64
+/// segments; from the kernel, `EIO` when the outgoing device cannot checksum (fall back to
+/// [`super::send_batch`] without `segment_size`) and `EINVAL` when a segment exceeds the path MTU.
 pub fn send_gso(
     sock: &impl AsRawFd,
     dst: SocketAddrV4,

@@ -10,7 +10,7 @@ use tapestry_sys::tap::Tap;
 
 /// True when running as root; otherwise prints a note so the skip is visible.
 pub fn root_or_skip(test: &str) -> bool {
-    // SAFETY-free: geteuid via std is not available; read /proc instead.
+    // The effective uid from /proc (keeps the tests free of unsafe).
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let euid0 = status
         .lines()
