@@ -261,3 +261,107 @@ fn multiqueue_queues_share_one_device() {
     tap::delete_in_netns(&ns.path(), "eth0").unwrap();
     assert!(!netlink::link_exists(&ns.path(), "eth0").unwrap());
 }
+
+#[test]
+fn tso_super_frames_from_the_container() {
+    if !root_or_skip("tso_super_frames_from_the_container") {
+        return;
+    }
+    let ns = Netns::new("tso");
+    let tap = Tap::open_in_netns(&ns.path(), "eth0", vnet()).unwrap();
+    tap.set_nonblocking(true).unwrap();
+    configure(&ns);
+    let off = tap.probe_offload();
+    assert_ne!(off & tap::TUN_F_TSO4, 0, "{off:#x}");
+
+    // The container connects to 169.254.0.1:8080 and sends 64 KiB; we play the peer on the TAP.
+    let path = ns.path();
+    let client = std::thread::spawn(move || {
+        netns::run_in_netns(&path, || {
+            use std::io::Write;
+            let mut s = std::net::TcpStream::connect_timeout(
+                &"169.254.0.1:8080".parse().unwrap(),
+                Duration::from_secs(3),
+            )
+            .expect("connect through the TAP");
+            // Nobody ACKs the data: never block longer than a second.
+            s.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+            let _ = s.write_all(&vec![0x61u8; 65536]);
+            std::thread::sleep(Duration::from_millis(500));
+            Ok(())
+        })
+    });
+    let l2 = VNET_HDR_LEN;
+    let syn = read_until(&tap, Duration::from_secs(3), |f| {
+        f.len() >= l2 + 54 && f[l2 + 23] == 6 && f[l2 + 47] & 0x02 != 0
+    })
+    .expect("a SYN on the TAP");
+    let sport = u16::from_be_bytes([syn[l2 + 34], syn[l2 + 35]]);
+    let seq = u32::from_be_bytes(syn[l2 + 38..l2 + 42].try_into().unwrap());
+    let synack = tcp_frame(sport, 7000, seq.wrapping_add(1), 0x12, &[2, 4, 0x05, 0x82]);
+    tap.write(&synack).unwrap();
+
+    // With TSO on, the kernel hands over the burst as one frame larger than the MTU.
+    let big = read_until(&tap, Duration::from_secs(3), |f| {
+        f.len() > l2 + 54
+            && f[l2 + 23] == 6
+            && VnetHdr::parse(f).unwrap().gso_type != VIRTIO_NET_HDR_GSO_NONE
+    })
+    .expect("a TSO super-frame");
+    let h = VnetHdr::parse(&big).unwrap();
+    eprintln!("TSO frame: {} bytes, {h:?}", big.len());
+    assert_eq!(
+        h.gso_type & !VIRTIO_NET_HDR_GSO_ECN,
+        VIRTIO_NET_HDR_GSO_TCPV4,
+        "{h:?}"
+    );
+    assert_eq!(
+        h.flags & VIRTIO_NET_HDR_F_NEEDS_CSUM,
+        VIRTIO_NET_HDR_F_NEEDS_CSUM
+    );
+    assert_eq!((h.csum_start, h.csum_offset), (34, 16));
+    assert!(h.gso_size > 0 && h.gso_size <= 1410, "{h:?}");
+    assert!(
+        big.len() - l2 > 1450 + 14,
+        "larger than one MTU: {}",
+        big.len()
+    );
+    drop(tap);
+    let _ = client.join();
+}
+
+/// virtio-net header (none) + Ethernet + IPv4 + TCP from 169.254.0.1:8080 to the container.
+fn tcp_frame(dport: u16, seq: u32, ack: u32, flags: u8, options: &[u8]) -> Vec<u8> {
+    let mut f = VnetHdr::default().to_bytes().to_vec();
+    f.extend_from_slice(&MAC);
+    f.extend_from_slice(&GW_MAC);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let tcp_len = 20 + options.len();
+    let mut ip = vec![0x45, 0, 0, 0, 0, 9, 0x40, 0, 64, 6, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
+    ip.extend_from_slice(&GW.octets());
+    ip.extend_from_slice(&IP.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    let mut tcp = Vec::new();
+    tcp.extend_from_slice(&8080u16.to_be_bytes());
+    tcp.extend_from_slice(&dport.to_be_bytes());
+    tcp.extend_from_slice(&seq.to_be_bytes());
+    tcp.extend_from_slice(&ack.to_be_bytes());
+    tcp.push(((tcp_len / 4) as u8) << 4);
+    tcp.push(flags);
+    tcp.extend_from_slice(&65535u16.to_be_bytes());
+    tcp.extend_from_slice(&[0, 0, 0, 0]);
+    tcp.extend_from_slice(options);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&GW.octets());
+    pseudo.extend_from_slice(&IP.octets());
+    pseudo.extend_from_slice(&[0, 6]);
+    pseudo.extend_from_slice(&(tcp_len as u16).to_be_bytes());
+    pseudo.extend_from_slice(&tcp);
+    let c = checksum(&pseudo);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&tcp);
+    f
+}
