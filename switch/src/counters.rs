@@ -65,6 +65,9 @@ impl std::fmt::Display for DropReason {
     }
 }
 
+/// Port ids below this are counted in a flat array.
+const FIXED_PORTS: usize = 1024;
+
 #[derive(Debug, Default)]
 struct PortCounters {
     rx_packets: AtomicU64,
@@ -133,6 +136,8 @@ impl CountersSnapshot {
 #[derive(Debug)]
 pub struct Counters {
     drops: Vec<AtomicU64>,
+    /// Ports with small ids (offsets in the cell subnet) in a flat array: no hashing per packet.
+    ports_fixed: Box<[PortCounters]>,
     ports: papaya::HashMap<u32, PortCounters>,
     underlay_rx_packets: AtomicU64,
     underlay_rx_bytes: AtomicU64,
@@ -152,6 +157,7 @@ impl Counters {
     pub fn new() -> Counters {
         Counters {
             drops: (0..DropReason::COUNT).map(|_| AtomicU64::new(0)).collect(),
+            ports_fixed: (0..FIXED_PORTS).map(|_| PortCounters::default()).collect(),
             ports: papaya::HashMap::new(),
             underlay_rx_packets: AtomicU64::new(0),
             underlay_rx_bytes: AtomicU64::new(0),
@@ -163,6 +169,9 @@ impl Counters {
     }
 
     fn with_port(&self, id: PortId, f: impl FnOnce(&PortCounters)) {
+        if let Some(p) = self.ports_fixed.get(id.0 as usize) {
+            return f(p);
+        }
         let m = self.ports.pin();
         f(m.get_or_insert_with(id.0, PortCounters::default))
     }
@@ -216,6 +225,18 @@ impl Counters {
 
     /// Forgets a removed port's counters.
     pub fn remove_port(&self, id: PortId) {
+        if let Some(p) = self.ports_fixed.get(id.0 as usize) {
+            for c in [
+                &p.rx_packets,
+                &p.rx_bytes,
+                &p.tx_packets,
+                &p.tx_bytes,
+                &p.drop_packets,
+                &p.drop_bytes,
+            ] {
+                c.store(0, Relaxed);
+            }
+        }
         self.ports.pin().remove(&id.0);
     }
 
@@ -229,24 +250,27 @@ impl Counters {
                 )
             })
             .collect();
+        let read = |p: &PortCounters| PortStats {
+            rx_packets: p.rx_packets.load(Relaxed),
+            rx_bytes: p.rx_bytes.load(Relaxed),
+            tx_packets: p.tx_packets.load(Relaxed),
+            tx_bytes: p.tx_bytes.load(Relaxed),
+            drop_packets: p.drop_packets.load(Relaxed),
+            drop_bytes: p.drop_bytes.load(Relaxed),
+        };
         let mut ports: Vec<(PortId, PortStats)> = self
-            .ports
-            .pin()
+            .ports_fixed
             .iter()
-            .map(|(id, p)| {
-                (
-                    PortId(*id),
-                    PortStats {
-                        rx_packets: p.rx_packets.load(Relaxed),
-                        rx_bytes: p.rx_bytes.load(Relaxed),
-                        tx_packets: p.tx_packets.load(Relaxed),
-                        tx_bytes: p.tx_bytes.load(Relaxed),
-                        drop_packets: p.drop_packets.load(Relaxed),
-                        drop_bytes: p.drop_bytes.load(Relaxed),
-                    },
-                )
-            })
+            .enumerate()
+            .map(|(i, p)| (PortId(i as u32), read(p)))
+            .filter(|(_, s)| *s != PortStats::default())
             .collect();
+        ports.extend(
+            self.ports
+                .pin()
+                .iter()
+                .map(|(id, p)| (PortId(*id), read(p))),
+        );
         ports.sort_by_key(|(id, _)| *id);
         let mut totals = Totals {
             drop_packets: drops.iter().map(|(_, c)| c).sum(),
@@ -298,7 +322,12 @@ mod tests {
         c.dropped(DropReason::SpoofedIp, Some(PortId(3)), 100);
         c.dropped(DropReason::UnknownVtep, None, 10);
         c.underlay_rx(10);
+        c.port_rx(PortId(5000), 7);
         let s = c.snapshot();
+        assert_eq!(s.port(PortId(5000)).rx_bytes, 7);
+        assert_eq!(s.ports.len(), 2);
+        c.remove_port(PortId(5000));
+        c.remove_port(PortId(77));
         assert_eq!(s.drop_count(DropReason::SpoofedIp), 1);
         assert_eq!(s.drop_count(DropReason::UnknownVtep), 1);
         assert_eq!(

@@ -11,14 +11,14 @@ use std::time::Instant;
 use super::flow::{icmp_embedded, Flow, Frag};
 use super::frag::{FragKey, FragTable};
 use crate::counters::{Counters, DropReason};
-use crate::tables::conntrack::{Conntrack, Dir, FlowKey, Origin, State};
+use crate::tables::conntrack::{Dir, FlowKey, Origin, Pinned, State};
 use crate::tables::{Port, Proto, Snapshot};
 use crate::wire::{icmp, ipv4, tcp};
 
 /// Everything one decision needs.
 pub struct Ctx<'a> {
     pub snap: &'a Snapshot,
-    pub ct: &'a Conntrack,
+    pub ct: Pinned<'a>,
     pub counters: &'a Counters,
     pub frags: &'a mut FragTable,
     pub now: Instant,
@@ -83,7 +83,7 @@ impl Ctx<'_> {
         }
         let k = key(src, f);
         let rev = k.reversed();
-        let (ct, now, gen) = (self.ct, self.now, self.snap.generation());
+        let (ct, now, gen) = (&self.ct, self.now, self.snap.generation());
         let found = ct.with(&rev, now, |e| match e.origin() {
             Origin::Ingress { src_tag } => {
                 if self.still_allowed(e.generation(), src_tag, src_tag, src, &rev) {
@@ -157,7 +157,7 @@ impl Ctx<'_> {
 
     fn ingress_tracked(&mut self, dst: &Port, src_tag: u16, f: &Flow) -> Result<(), DropReason> {
         let k = key(dst, f);
-        let (ct, now, gen) = (self.ct, self.now, self.snap.generation());
+        let (ct, now, gen) = (&self.ct, self.now, self.snap.generation());
         // A reply on a flow `dst` originated.
         if ct
             .with(&k.reversed(), now, |e| {

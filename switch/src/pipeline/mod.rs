@@ -65,12 +65,13 @@ impl Switch {
         let snap = self.tables.load();
         let mut cx = Ctx {
             snap: &snap,
-            ct: &self.conntrack,
+            ct: self.conntrack.pin(),
             counters: &self.counters,
             frags: &mut self.frags,
             now,
         };
         let v = from_port(&mut cx, port, pkt).unwrap_or_else(Verdict::Drop);
+        drop(cx);
         self.account(v, Some(port), len, pkt.len());
         v
     }
@@ -87,13 +88,14 @@ impl Switch {
         let snap = self.tables.load();
         let mut cx = Ctx {
             snap: &snap,
-            ct: &self.conntrack,
+            ct: self.conntrack.pin(),
             counters: &self.counters,
             frags: &mut self.frags,
             now,
         };
         let mut dst_port = None;
         let v = from_underlay(&mut cx, src, pkt, &mut dst_port).unwrap_or_else(Verdict::Drop);
+        drop(cx);
         self.account(v, dst_port, len, pkt.len());
         v
     }

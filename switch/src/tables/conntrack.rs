@@ -25,7 +25,7 @@ const FULL_RESCAN_AFTER: Duration = Duration::from_secs(1);
 const EVICT_BATCH: usize = 64;
 
 /// A flow in its original direction, in the zone of one local port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowKey {
     pub zone: u32,
     pub proto: u8,
@@ -33,6 +33,19 @@ pub struct FlowKey {
     pub dst: Ipv4Addr,
     pub sport: u16,
     pub dport: u16,
+}
+
+impl std::hash::Hash for FlowKey {
+    /// Two words instead of six field writes: hashing is on the per-packet path.
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        h.write_u64(((u32::from(self.src) as u64) << 32) | u32::from(self.dst) as u64);
+        h.write_u64(
+            ((self.zone as u64) << 40)
+                | ((self.proto as u64) << 32)
+                | ((self.sport as u64) << 16)
+                | self.dport as u64,
+        );
+    }
 }
 
 impl FlowKey {
@@ -248,13 +261,15 @@ impl Conntrack {
 
     /// Looks up a live (not expired) entry and runs `f` on it.
     pub fn with<R>(&self, key: &FlowKey, now: Instant, f: impl FnOnce(&Entry) -> R) -> Option<R> {
-        let t = self.nanos(now);
-        let m = self.map.pin();
-        let e = m.get(key)?;
-        if e.expires() <= t {
-            return None;
+        self.pin().with(key, now, f)
+    }
+
+    /// Enters the map once for several operations (one per packet on the hot path).
+    pub fn pin(&self) -> Pinned<'_> {
+        Pinned {
+            ct: self,
+            map: self.map.pin(),
         }
-        Some(f(e))
     }
 
     /// Records a packet of a tracked flow: advances the state and pushes out the expiry.
@@ -282,6 +297,18 @@ impl Conntrack {
         state: State,
         now: Instant,
     ) -> Result<usize, ConntrackFull> {
+        self.pin().insert(key, origin, generation, state, now)
+    }
+
+    fn insert_in(
+        &self,
+        m: &PinnedMap<'_>,
+        key: FlowKey,
+        origin: Origin,
+        generation: u64,
+        state: State,
+        now: Instant,
+    ) -> Result<usize, ConntrackFull> {
         let t = self.nanos(now);
         let make = || Entry {
             origin,
@@ -289,7 +316,6 @@ impl Conntrack {
             state: AtomicU8::new(state as u8),
             expires: AtomicU64::new(t.saturating_add(state.timeout().as_nanos() as u64)),
         };
-        let m = self.map.pin();
         if let Some(old) = m.get(&key) {
             if old.expires() > t {
                 return Ok(0);
@@ -322,7 +348,7 @@ impl Conntrack {
                 self.refused.fetch_add(1, Ordering::Relaxed);
                 return Err(ConntrackFull);
             }
-            evicted = self.evict(t);
+            evicted = self.evict(m, t);
             if evicted == 0 {
                 self.full_since.store(t + 1, Ordering::Relaxed);
                 self.refused.fetch_add(1, Ordering::Relaxed);
@@ -336,8 +362,7 @@ impl Conntrack {
     }
 
     /// Removes up to a batch of expired or not-established entries.
-    fn evict(&self, t: u64) -> usize {
-        let m = self.map.pin();
+    fn evict(&self, m: &PinnedMap<'_>, t: u64) -> usize {
         let evictable = |e: &Entry| e.expires() <= t || !e.state().is_established();
         let victims: Vec<FlowKey> = m
             .iter()
@@ -361,7 +386,11 @@ impl Conntrack {
     }
 
     pub fn remove(&self, key: &FlowKey) -> bool {
-        if self.map.pin().remove(key).is_some() {
+        self.pin().remove(key)
+    }
+
+    fn remove_in(&self, m: &PinnedMap<'_>, key: &FlowKey) -> bool {
+        if m.remove(key).is_some() {
             self.count.fetch_sub(1, Ordering::Relaxed);
             true
         } else {
@@ -391,6 +420,60 @@ impl Conntrack {
         }
         self.full_since.store(0, Ordering::Relaxed);
         n
+    }
+}
+
+type PinnedMap<'a> =
+    papaya::HashMapRef<'a, FlowKey, Entry, std::hash::RandomState, papaya::LocalGuard<'a>>;
+
+/// The connection table entered once: lookups, inserts and removals without re-entering.
+pub struct Pinned<'a> {
+    ct: &'a Conntrack,
+    map: PinnedMap<'a>,
+}
+
+impl Pinned<'_> {
+    pub fn conntrack(&self) -> &Conntrack {
+        self.ct
+    }
+
+    /// Looks up a live (not expired) entry and runs `f` on it.
+    pub fn with<R>(&self, key: &FlowKey, now: Instant, f: impl FnOnce(&Entry) -> R) -> Option<R> {
+        let t = self.ct.nanos(now);
+        let e = self.map.get(key)?;
+        if e.expires() <= t {
+            return None;
+        }
+        Some(f(e))
+    }
+
+    pub fn observe(&self, entry: &Entry, dir: Dir, tcp_flags: u8, now: Instant) {
+        self.ct.observe(entry, dir, tcp_flags, now)
+    }
+
+    /// See [`Conntrack::insert`].
+    pub fn insert(
+        &self,
+        key: FlowKey,
+        origin: Origin,
+        generation: u64,
+        state: State,
+        now: Instant,
+    ) -> Result<usize, ConntrackFull> {
+        self.ct
+            .insert_in(&self.map, key, origin, generation, state, now)
+    }
+
+    pub fn remove(&self, key: &FlowKey) -> bool {
+        self.ct.remove_in(&self.map, key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.ct.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ct.is_empty()
     }
 }
 
