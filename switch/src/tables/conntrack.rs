@@ -9,14 +9,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::wire::tcp;
-
-pub const TCP_SYN_SENT_TIMEOUT: Duration = Duration::from_secs(120);
-pub const TCP_ESTABLISHED_TIMEOUT: Duration = Duration::from_secs(432_000);
-pub const TCP_FIN_TIMEOUT: Duration = Duration::from_secs(120);
-pub const TCP_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
-pub const UDP_UNREPLIED_TIMEOUT: Duration = Duration::from_secs(30);
-pub const UDP_REPLIED_TIMEOUT: Duration = Duration::from_secs(180);
+pub use super::flow_state::*;
 
 /// When the table is full and a scan found nothing to evict, new flows are refused without
 /// scanning again for this long (or until [`Conntrack::expire`] runs).
@@ -69,103 +62,6 @@ pub enum Origin {
     Egress,
     /// Ingress policy admitted it at the zone's port, for this source tag.
     Ingress { src_tag: u16 },
-}
-
-/// Direction of a packet relative to the entry's key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dir {
-    Original,
-    Reply,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum State {
-    TcpSynSent = 1,
-    TcpSynRecv = 2,
-    TcpEstablished = 3,
-    TcpFinWait = 4,
-    TcpClose = 5,
-    UdpUnreplied = 6,
-    UdpReplied = 7,
-    Other = 8,
-}
-
-impl State {
-    fn from_u8(v: u8) -> State {
-        match v {
-            1 => State::TcpSynSent,
-            2 => State::TcpSynRecv,
-            3 => State::TcpEstablished,
-            4 => State::TcpFinWait,
-            5 => State::TcpClose,
-            6 => State::UdpUnreplied,
-            7 => State::UdpReplied,
-            _ => State::Other,
-        }
-    }
-
-    pub fn timeout(self) -> Duration {
-        match self {
-            State::TcpSynSent | State::TcpSynRecv => TCP_SYN_SENT_TIMEOUT,
-            State::TcpEstablished => TCP_ESTABLISHED_TIMEOUT,
-            State::TcpFinWait => TCP_FIN_TIMEOUT,
-            State::TcpClose => TCP_CLOSE_TIMEOUT,
-            State::UdpUnreplied | State::Other => UDP_UNREPLIED_TIMEOUT,
-            State::UdpReplied => UDP_REPLIED_TIMEOUT,
-        }
-    }
-
-    /// Established flows are kept when the table is full; others may be evicted.
-    pub fn is_established(self) -> bool {
-        matches!(self, State::TcpEstablished | State::UdpReplied)
-    }
-
-    /// The state a new entry starts in, given its first packet.
-    pub fn initial(proto: u8, tcp_flags: u8) -> State {
-        match proto {
-            crate::wire::ipv4::PROTO_TCP => {
-                if tcp_flags & tcp::RST != 0 {
-                    State::TcpClose
-                } else if tcp_flags & tcp::FIN != 0 {
-                    State::TcpFinWait
-                } else if tcp_flags & tcp::SYN != 0 {
-                    State::TcpSynSent
-                } else {
-                    // Picked up mid-stream (e.g. after a restart), as conntrack's loose mode.
-                    State::TcpEstablished
-                }
-            }
-            crate::wire::ipv4::PROTO_UDP => State::UdpUnreplied,
-            _ => State::Other,
-        }
-    }
-
-    /// The next state after a packet in `dir` with `tcp_flags` (0 for UDP).
-    pub fn next(self, dir: Dir, tcp_flags: u8) -> State {
-        use State::*;
-        match self {
-            UdpUnreplied if dir == Dir::Reply => UdpReplied,
-            UdpUnreplied | UdpReplied | Other => self,
-            _ if tcp_flags & tcp::RST != 0 => TcpClose,
-            _ if tcp_flags & tcp::FIN != 0 => TcpFinWait,
-            TcpClose | TcpFinWait
-                if dir == Dir::Original && tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN =>
-            {
-                TcpSynSent
-            }
-            TcpSynSent
-                if dir == Dir::Reply
-                    && tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN | tcp::ACK =>
-            {
-                TcpSynRecv
-            }
-            TcpSynRecv if dir == Dir::Original && tcp_flags & (tcp::SYN | tcp::ACK) == tcp::ACK => {
-                TcpEstablished
-            }
-            s => s,
-        }
-    }
 }
 
 /// One tracked flow.
@@ -398,6 +294,18 @@ impl Conntrack {
         }
     }
 
+    /// Removes every entry of one port's zone; returns how many. Call when a port goes away, so
+    /// a container that later reuses its IP (and port id) inherits none of its flows.
+    pub fn purge_zone(&self, zone: u32) -> usize {
+        let m = self.map.pin();
+        let keys: Vec<FlowKey> = m
+            .iter()
+            .filter(|(k, _)| k.zone == zone)
+            .map(|(k, _)| *k)
+            .collect();
+        keys.iter().filter(|k| self.remove_in(&m, k)).count()
+    }
+
     /// Removes expired entries; returns how many. Call periodically.
     pub fn expire(&self, now: Instant) -> usize {
         let t = self.nanos(now);
@@ -480,7 +388,7 @@ impl Pinned<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::ipv4::{PROTO_TCP, PROTO_UDP};
+    use crate::wire::ipv4::PROTO_UDP;
 
     fn key(sport: u16) -> FlowKey {
         FlowKey {
@@ -491,26 +399,6 @@ mod tests {
             sport,
             dport: 53,
         }
-    }
-
-    #[test]
-    fn tcp_states() {
-        use State::*;
-        let s = State::initial(PROTO_TCP, tcp::SYN);
-        assert_eq!(s, TcpSynSent);
-        let s = s.next(Dir::Reply, tcp::SYN | tcp::ACK);
-        assert_eq!(s, TcpSynRecv);
-        let s = s.next(Dir::Original, tcp::ACK);
-        assert_eq!(s, TcpEstablished);
-        assert_eq!(s.timeout(), TCP_ESTABLISHED_TIMEOUT);
-        let s = s.next(Dir::Original, tcp::FIN | tcp::ACK);
-        assert_eq!(s, TcpFinWait);
-        assert_eq!(s.next(Dir::Reply, tcp::RST), TcpClose);
-        assert_eq!(TcpClose.timeout(), TCP_CLOSE_TIMEOUT);
-        assert_eq!(TcpClose.next(Dir::Original, tcp::SYN), TcpSynSent);
-        assert_eq!(State::initial(PROTO_TCP, tcp::ACK), TcpEstablished);
-        assert_eq!(UdpUnreplied.next(Dir::Original, 0), UdpUnreplied);
-        assert_eq!(UdpUnreplied.next(Dir::Reply, 0), UdpReplied);
     }
 
     #[test]
@@ -588,6 +476,27 @@ mod tests {
             zero.insert(key(1), Origin::Egress, 1, State::UdpUnreplied, t0),
             Err(ConntrackFull)
         );
+    }
+
+    #[test]
+    fn purge_zone() {
+        let ct = Conntrack::new(10);
+        let t0 = Instant::now();
+        ct.insert(key(1), Origin::Egress, 1, State::UdpReplied, t0)
+            .unwrap();
+        ct.insert(
+            FlowKey { zone: 2, ..key(1) },
+            Origin::Egress,
+            1,
+            State::UdpReplied,
+            t0,
+        )
+        .unwrap();
+        assert_eq!(ct.purge_zone(1), 1);
+        assert_eq!(ct.len(), 1);
+        assert!(ct
+            .with(&FlowKey { zone: 2, ..key(1) }, t0, |_| ())
+            .is_some());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! the control side builds and swaps in ([`Tables`]), and the shared connection tracker.
 
 pub mod conntrack;
+pub mod flow_state;
 pub mod policy;
 pub mod ports;
 pub mod routes;
