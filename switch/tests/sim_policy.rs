@@ -318,3 +318,41 @@ fn three_cells() {
         SocketAddrV4::new(underlay(0), 4789)
     );
 }
+
+#[test]
+fn destination_tag_change_rechecks_admitted_flows() {
+    let mut w = world();
+    let (a0, b1) = (w.a0, w.b1);
+    assert!(w
+        .net
+        .send(&a0, &tcp_frame(&a0, b1.ip(), 40000, 8080, SYN))
+        .delivered());
+    // b1's app is re-tagged (3): A->3 has no TCP policy, so the flow stops.
+    w.net.cells[1].ports[0].tag = 3;
+    w.net.publish();
+    assert_eq!(
+        w.net.send(&a0, &tcp_frame(&a0, b1.ip(), 40000, 8080, ACK)),
+        Outcome::Dropped(1, R::PolicyRevoked)
+    );
+}
+
+#[test]
+fn purged_port_leaves_no_flows_for_the_next_container() {
+    let mut w = world();
+    let (a0, b1) = (w.a0, w.b1);
+    assert!(w
+        .net
+        .send(&a0, &tcp_frame(&a0, b1.ip(), 40000, 8080, SYN))
+        .delivered());
+    assert!(w
+        .net
+        .send(&b1, &tcp_frame(&b1, a0.ip(), 8080, 40000, SYNACK))
+        .delivered());
+    // a0 goes away; its zone is purged; the next container with its IP gets no replies.
+    let purged = w.net.cells[0].conntrack.purge_zone(a0.port().0);
+    assert_eq!(purged, 1);
+    assert_eq!(
+        w.net.send(&b1, &tcp_frame(&b1, a0.ip(), 8080, 40000, ACK)),
+        Outcome::Dropped(0, R::PolicyDenied)
+    );
+}
