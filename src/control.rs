@@ -70,12 +70,23 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub fn run(args: ControlArgs) -> Result<()> {
-    if let Some(ControlCommand::Token { command: TokenCommand::Create { data_dir, scope, spaces, database } }) =
-        args.command
+    if let Some(ControlCommand::Token {
+        command:
+            TokenCommand::Create {
+                data_dir,
+                scope,
+                spaces,
+                database,
+            },
+    }) = args.command
     {
         let mut config = ControlConfig::new(data_dir);
         config.database = database;
-        let spaces: Vec<String> = spaces.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        let spaces: Vec<String> = spaces
+            .into_iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
         let token = runtime()?.block_on(async move {
             let store = tapestry_policy::open_store(&config).await?;
             tapestry_policy::create_token(&store, &scope, spaces).await

@@ -35,17 +35,28 @@ fn ca_params() -> Result<CertificateParams, ControlError> {
     dn.push(DnType::OrganizationName, "Tapestry");
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     Ok(p)
 }
 
-fn leaf_params(cn: &str, sans: Vec<String>, eku: Vec<ExtendedKeyUsagePurpose>) -> Result<CertificateParams, ControlError> {
+fn leaf_params(
+    cn: &str,
+    sans: Vec<String>,
+    eku: Vec<ExtendedKeyUsagePurpose>,
+) -> Result<CertificateParams, ControlError> {
     let mut p = CertificateParams::new(sans).map_err(tls_err)?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
     p.distinguished_name = dn;
     p.extended_key_usages = eku;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    p.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
     Ok(p)
 }
 
@@ -87,12 +98,21 @@ impl CellCa {
     pub fn ensure(data_dir: &Path) -> Result<CellCa, ControlError> {
         let dir = credentials_dir(data_dir);
         let ca_key_path = data_dir.join("ca-key.pem");
-        let files = [dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"), ca_key_path.clone()];
+        let files = [
+            dir.join("ca.pem"),
+            dir.join("cert.pem"),
+            dir.join("key.pem"),
+            ca_key_path.clone(),
+        ];
         if files.iter().all(|f| f.is_file()) {
             let key = KeyPair::from_pem(&read(&ca_key_path)?).map_err(tls_err)?;
-            return Ok(CellCa { ca_pem: read(&dir.join("ca.pem"))?, issuer: Issuer::new(ca_params()?, key) });
+            return Ok(CellCa {
+                ca_pem: read(&dir.join("ca.pem"))?,
+                issuer: Issuer::new(ca_params()?, key),
+            });
         }
-        std::fs::create_dir_all(&dir).map_err(ControlError::io(format!("creating {}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(ControlError::io(format!("creating {}", dir.display())))?;
         let ca_key = KeyPair::generate().map_err(tls_err)?;
         let params = ca_params()?;
         let ca_cert = params.self_signed(&ca_key).map_err(tls_err)?;
@@ -109,7 +129,10 @@ impl CellCa {
         write_file(&dir.join("key.pem"), &key.serialize_pem(), true)?;
         write_file(&dir.join("cert.pem"), &cert.pem(), false)?;
         write_file(&dir.join("ca.pem"), &ca_cert.pem(), false)?;
-        Ok(CellCa { ca_pem: ca_cert.pem(), issuer })
+        Ok(CellCa {
+            ca_pem: ca_cert.pem(),
+            issuer,
+        })
     }
 
     /// A server configuration with a fresh certificate from this CA, requiring client certs
@@ -118,7 +141,11 @@ impl CellCa {
         let key = KeyPair::generate().map_err(tls_err)?;
         let cert = leaf_params(
             "tapestry-control",
-            vec!["tapestry-control".into(), "localhost".into(), "127.0.0.1".into()],
+            vec![
+                "tapestry-control".into(),
+                "localhost".into(),
+                "127.0.0.1".into(),
+            ],
             vec![ExtendedKeyUsagePurpose::ServerAuth],
         )?
         .signed_by(&key, &self.issuer)
@@ -129,7 +156,8 @@ impl CellCa {
         let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
             .map_err(tls_err)?;
-        let key_der = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).map_err(tls_err)?;
+        let key_der =
+            PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).map_err(tls_err)?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(tls_err)?
@@ -158,7 +186,10 @@ impl ServerCertVerifier for CaOnlyVerifier {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -189,8 +220,12 @@ impl ServerCertVerifier for CaOnlyVerifier {
 /// The client configuration a cell uses: its certificate from `credentials_dir`, and the
 /// server verified against `ca.pem`. With `with_identity: false` no client cert is sent
 /// (used by tests to show the server refuses such clients).
-pub fn client_config(credentials_dir: &Path, with_identity: bool) -> Result<rustls::ClientConfig, ControlError> {
-    let ca = CertificateDer::from_pem_slice(read(&credentials_dir.join("ca.pem"))?.as_bytes()).map_err(tls_err)?;
+pub fn client_config(
+    credentials_dir: &Path,
+    with_identity: bool,
+) -> Result<rustls::ClientConfig, ControlError> {
+    let ca = CertificateDer::from_pem_slice(read(&credentials_dir.join("ca.pem"))?.as_bytes())
+        .map_err(tls_err)?;
     let mut roots = RootCertStore::empty();
     roots.add(ca).map_err(tls_err)?;
     let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
@@ -202,10 +237,12 @@ pub fn client_config(credentials_dir: &Path, with_identity: bool) -> Result<rust
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(CaOnlyVerifier(inner)));
     let mut cfg = if with_identity {
-        let chain = CertificateDer::pem_slice_iter(read(&credentials_dir.join("cert.pem"))?.as_bytes())
-            .collect::<Result<Vec<_>, _>>()
+        let chain =
+            CertificateDer::pem_slice_iter(read(&credentials_dir.join("cert.pem"))?.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(tls_err)?;
+        let key = PrivateKeyDer::from_pem_slice(read(&credentials_dir.join("key.pem"))?.as_bytes())
             .map_err(tls_err)?;
-        let key = PrivateKeyDer::from_pem_slice(read(&credentials_dir.join("key.pem"))?.as_bytes()).map_err(tls_err)?;
         b.with_client_auth_cert(chain, key).map_err(tls_err)?
     } else {
         b.with_no_client_auth()

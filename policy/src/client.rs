@@ -20,7 +20,10 @@ async fn send<T: DeserializeOwned>(req: RequestBuilder) -> Result<T, ClientError
             .ok()
             .and_then(|v| v.get("error").and_then(Value::as_str).map(String::from))
             .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_string());
-        return Err(ClientError::Status { status: status.as_u16(), message });
+        return Err(ClientError::Status {
+            status: status.as_u16(),
+            message,
+        });
     }
     serde_json::from_slice(&bytes).map_err(|e| ClientError::Status {
         status: status.as_u16(),
@@ -42,7 +45,10 @@ impl InternalClient {
     }
 
     /// A client that presents no certificate (the server must refuse it); for tests.
-    pub fn without_identity(base_url: &str, credentials_dir: &Path) -> Result<InternalClient, ClientError> {
+    pub fn without_identity(
+        base_url: &str,
+        credentials_dir: &Path,
+    ) -> Result<InternalClient, ClientError> {
         Self::build(base_url, credentials_dir, false)
     }
 
@@ -55,16 +61,25 @@ impl InternalClient {
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(300))
             .build()?;
-        Ok(InternalClient { http, base: base_url.trim_end_matches('/').to_string() })
+        Ok(InternalClient {
+            http,
+            base: base_url.trim_end_matches('/').to_string(),
+        })
     }
 
     fn req(&self, method: Method, path: &str) -> RequestBuilder {
-        self.http.request(method, format!("{}{path}", self.base)).timeout(Duration::from_secs(30))
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(30))
     }
 
     /// Acquires (or gets back) this cell's subnet.
     pub async fn acquire_lease(&self, underlay_ip: Ipv4Addr) -> Result<Lease, ClientError> {
-        send(self.req(Method::PUT, "/leases/acquire").json(&json!({"underlay_ip": underlay_ip}))).await
+        send(
+            self.req(Method::PUT, "/leases/acquire")
+                .json(&json!({"underlay_ip": underlay_ip})),
+        )
+        .await
     }
 
     /// Renews a lease: 404 when it is gone, 409 when its subnet belongs to someone else.
@@ -73,7 +88,11 @@ impl InternalClient {
     }
 
     pub async fn release_lease(&self, underlay_ip: Ipv4Addr) -> Result<(), ClientError> {
-        let _: Value = send(self.req(Method::PUT, "/leases/release").json(&json!({"underlay_ip": underlay_ip}))).await?;
+        let _: Value = send(
+            self.req(Method::PUT, "/leases/release")
+                .json(&json!({"underlay_ip": underlay_ip})),
+        )
+        .await?;
         Ok(())
     }
 
@@ -92,14 +111,19 @@ impl InternalClient {
 
     pub async fn instance_down(&self, cell: Ipv4Addr, handle: &str) -> Result<(), ClientError> {
         let _: Value = send(
-            self.req(Method::POST, "/internal/instances/delete").json(&json!({"cell": cell, "handle": handle})),
+            self.req(Method::POST, "/internal/instances/delete")
+                .json(&json!({"cell": cell, "handle": handle})),
         )
         .await?;
         Ok(())
     }
 
     /// Replaces the cell's whole set of instances (after a restart).
-    pub async fn sync_instances(&self, cell: Ipv4Addr, instances: Vec<Instance>) -> Result<(), ClientError> {
+    pub async fn sync_instances(
+        &self,
+        cell: Ipv4Addr,
+        instances: Vec<Instance>,
+    ) -> Result<(), ClientError> {
         let _: Value = send(
             self.req(Method::PUT, &format!("/internal/cells/{cell}/instances"))
                 .json(&json!({ "instances": instances })),
@@ -110,12 +134,21 @@ impl InternalClient {
 
     /// Long-polls the feed: returns at once when there are changes after `since` (or a snapshot
     /// is due), else after `wait` with no changes.
-    pub async fn feed(&self, cell: Ipv4Addr, since: Option<u64>, wait: Duration) -> Result<FeedResponse, ClientError> {
+    pub async fn feed(
+        &self,
+        cell: Ipv4Addr,
+        since: Option<u64>,
+        wait: Duration,
+    ) -> Result<FeedResponse, ClientError> {
         let mut url = format!("/internal/feed?cell={cell}&wait_ms={}", wait.as_millis());
         if let Some(s) = since {
             url.push_str(&format!("&since={s}"));
         }
-        send(self.req(Method::GET, &url).timeout(wait + Duration::from_secs(30))).await
+        send(
+            self.req(Method::GET, &url)
+                .timeout(wait + Duration::from_secs(30)),
+        )
+        .await
     }
 }
 
@@ -134,7 +167,9 @@ struct PolicyList {
 
 impl ExternalClient {
     pub fn new(base_url: &str, token: &str) -> Result<ExternalClient, ClientError> {
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
         Ok(ExternalClient {
             http,
             base: base_url.trim_end_matches('/').to_string(),
@@ -143,7 +178,12 @@ impl ExternalClient {
     }
 
     /// Any request: `path` is below the base URL; returns the JSON answer or the server's error.
-    pub async fn request(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, ClientError> {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ClientError> {
         let mut r = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -156,39 +196,71 @@ impl ExternalClient {
     }
 
     pub async fn list_policies(&self) -> Result<Vec<Policy>, ClientError> {
-        let v = self.request(Method::GET, "/networking/v1/external/policies", None).await?;
-        Ok(serde_json::from_value::<PolicyList>(v).map_err(bad)?.policies)
+        let v = self
+            .request(Method::GET, "/networking/v1/external/policies", None)
+            .await?;
+        Ok(serde_json::from_value::<PolicyList>(v)
+            .map_err(bad)?
+            .policies)
     }
 
     pub async fn create_policies(&self, policies: &[Policy]) -> Result<(), ClientError> {
         let body = json!({ "policies": policies });
-        self.request(Method::POST, "/networking/v1/external/policies", Some(&body)).await.map(|_| ())
+        self.request(
+            Method::POST,
+            "/networking/v1/external/policies",
+            Some(&body),
+        )
+        .await
+        .map(|_| ())
     }
 
     pub async fn delete_policies(&self, policies: &[Policy]) -> Result<(), ClientError> {
         let body = json!({ "policies": policies });
-        self.request(Method::POST, "/networking/v1/external/policies/delete", Some(&body)).await.map(|_| ())
+        self.request(
+            Method::POST,
+            "/networking/v1/external/policies/delete",
+            Some(&body),
+        )
+        .await
+        .map(|_| ())
     }
 
     pub async fn list_tags(&self) -> Result<Vec<Tag>, ClientError> {
-        let v = self.request(Method::GET, "/networking/v1/external/tags", None).await?;
+        let v = self
+            .request(Method::GET, "/networking/v1/external/tags", None)
+            .await?;
         serde_json::from_value(v.get("tags").cloned().unwrap_or_default()).map_err(bad)
     }
 
     pub async fn list_security_groups(&self) -> Result<Vec<SecurityGroup>, ClientError> {
-        let v = self.request(Method::GET, "/networking/v1/external/security_groups", None).await?;
+        let v = self
+            .request(Method::GET, "/networking/v1/external/security_groups", None)
+            .await?;
         serde_json::from_value(v.get("security_groups").cloned().unwrap_or_default()).map_err(bad)
     }
 
     pub async fn create_security_group(&self, g: &SecurityGroup) -> Result<(), ClientError> {
         let body = serde_json::to_value(g).map_err(bad)?;
-        self.request(Method::POST, "/networking/v1/external/security_groups", Some(&body)).await.map(|_| ())
+        self.request(
+            Method::POST,
+            "/networking/v1/external/security_groups",
+            Some(&body),
+        )
+        .await
+        .map(|_| ())
     }
 
-    pub async fn update_security_group(&self, name: &str, g: &SecurityGroup) -> Result<(), ClientError> {
+    pub async fn update_security_group(
+        &self,
+        name: &str,
+        g: &SecurityGroup,
+    ) -> Result<(), ClientError> {
         let body = serde_json::to_value(g).map_err(bad)?;
         let path = format!("/networking/v1/external/security_groups/{}", encode(name));
-        self.request(Method::PUT, &path, Some(&body)).await.map(|_| ())
+        self.request(Method::PUT, &path, Some(&body))
+            .await
+            .map(|_| ())
     }
 
     pub async fn delete_security_group(&self, name: &str) -> Result<(), ClientError> {
@@ -197,34 +269,55 @@ impl ExternalClient {
     }
 
     pub async fn list_routes(&self) -> Result<Vec<Route>, ClientError> {
-        let v = self.request(Method::GET, "/networking/v1/external/routes", None).await?;
+        let v = self
+            .request(Method::GET, "/networking/v1/external/routes", None)
+            .await?;
         serde_json::from_value(v.get("routes").cloned().unwrap_or_default()).map_err(bad)
     }
 
     pub async fn add_route(&self, host: &str, app_id: &str) -> Result<(), ClientError> {
         let body = json!({"host": host, "app_id": app_id});
-        self.request(Method::POST, "/networking/v1/external/routes", Some(&body)).await.map(|_| ())
+        self.request(Method::POST, "/networking/v1/external/routes", Some(&body))
+            .await
+            .map(|_| ())
     }
 
     pub async fn delete_route(&self, host: &str, app_id: &str) -> Result<(), ClientError> {
         let body = json!({"host": host, "app_id": app_id});
-        self.request(Method::POST, "/networking/v1/external/routes/delete", Some(&body)).await.map(|_| ())
+        self.request(
+            Method::POST,
+            "/networking/v1/external/routes/delete",
+            Some(&body),
+        )
+        .await
+        .map(|_| ())
     }
 
     pub async fn list_leases(&self) -> Result<Vec<Lease>, ClientError> {
-        let v = self.request(Method::GET, "/networking/v1/external/leases", None).await?;
+        let v = self
+            .request(Method::GET, "/networking/v1/external/leases", None)
+            .await?;
         serde_json::from_value(v.get("leases").cloned().unwrap_or_default()).map_err(bad)
     }
 
-    pub async fn add_static_lease(&self, underlay_ip: Ipv4Addr, subnet: ipnet::Ipv4Net) -> Result<Lease, ClientError> {
+    pub async fn add_static_lease(
+        &self,
+        underlay_ip: Ipv4Addr,
+        subnet: ipnet::Ipv4Net,
+    ) -> Result<Lease, ClientError> {
         let body = json!({"underlay_ip": underlay_ip, "overlay_subnet": subnet});
-        let v = self.request(Method::POST, "/networking/v1/external/leases", Some(&body)).await?;
+        let v = self
+            .request(Method::POST, "/networking/v1/external/leases", Some(&body))
+            .await?;
         serde_json::from_value(v).map_err(bad)
     }
 }
 
 fn bad(e: serde_json::Error) -> ClientError {
-    ClientError::Status { status: 200, message: format!("unexpected response body: {e}") }
+    ClientError::Status {
+        status: 200,
+        message: format!("unexpected response body: {e}"),
+    }
 }
 
 /// Percent-encodes a path segment.

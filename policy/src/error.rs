@@ -11,7 +11,9 @@ pub enum StoreError {
     #[error("policy quota exceeded")]
     QuotaExceeded,
     /// All 65,535 tags are in use.
-    #[error("no free tag: all 65535 tags are in use; delete policies of apps that no longer need them")]
+    #[error(
+        "no free tag: all 65535 tags are in use; delete policies of apps that no longer need them"
+    )]
     TagsExhausted,
     /// No overlay subnet is free and no expired lease can be reclaimed.
     #[error("no lease available")]

@@ -4,7 +4,10 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Change, FeedResponse, Instance, Kind, Lease, Op, Policy, PolicyKey, Route, SecurityGroup, Snapshot, Tag};
+use crate::model::{
+    Change, FeedResponse, Instance, Kind, Lease, Op, Policy, PolicyKey, Route, SecurityGroup,
+    Snapshot, Tag,
+};
 
 /// What a cell knows, at `version`. Serialises as `{"version":N,"snapshot":{...}}` so a cell can
 /// persist it and keep enforcing across restarts without the control plane.
@@ -32,7 +35,11 @@ struct Persisted {
 
 impl From<View> for Persisted {
     fn from(v: View) -> Persisted {
-        Persisted { version: v.version, synced: v.synced, snapshot: v.snapshot() }
+        Persisted {
+            version: v.version,
+            synced: v.synced,
+            snapshot: v.snapshot(),
+        }
     }
 }
 
@@ -61,9 +68,21 @@ impl View {
         self.leases = s.leases.into_iter().map(|l| (l.underlay_ip, l)).collect();
         self.tags = s.tags.into_iter().map(|t| (t.id.clone(), t)).collect();
         self.policies = s.policies.into_iter().map(|p| (p.key(), p)).collect();
-        self.instances = s.instances.into_iter().map(|i| ((i.cell, i.handle.clone()), i)).collect();
-        self.routes = s.routes.into_iter().map(|r| ((r.host.clone(), r.app_id.clone()), r)).collect();
-        self.asgs = s.security_groups.into_iter().map(|g| (g.name.clone(), g)).collect();
+        self.instances = s
+            .instances
+            .into_iter()
+            .map(|i| ((i.cell, i.handle.clone()), i))
+            .collect();
+        self.routes = s
+            .routes
+            .into_iter()
+            .map(|r| ((r.host.clone(), r.app_id.clone()), r))
+            .collect();
+        self.asgs = s
+            .security_groups
+            .into_iter()
+            .map(|g| (g.name.clone(), g))
+            .collect();
     }
 
     /// Applies a feed response: a snapshot replaces everything, then changes apply in order.
@@ -162,7 +181,9 @@ impl View {
     }
     /// The app's tag number.
     pub fn tag_of(&self, app_id: &str) -> Option<u16> {
-        self.tags.get(app_id).and_then(|t| crate::model::parse_tag(&t.tag))
+        self.tags
+            .get(app_id)
+            .and_then(|t| crate::model::parse_tag(&t.tag))
     }
     pub fn policies(&self) -> impl Iterator<Item = &Policy> {
         self.policies.values()
@@ -200,10 +221,18 @@ mod tests {
         let mut v = View::new();
         assert_eq!(v.version(), None);
         let snap = Snapshot {
-            tags: vec![Tag { id: "A".into(), kind: "app".into(), tag: "0001".into() }],
+            tags: vec![Tag {
+                id: "A".into(),
+                kind: "app".into(),
+                tag: "0001".into(),
+            }],
             ..Default::default()
         };
-        assert!(v.apply(FeedResponse { version: 3, snapshot: Some(snap), changes: vec![] }));
+        assert!(v.apply(FeedResponse {
+            version: 3,
+            snapshot: Some(snap),
+            changes: vec![]
+        }));
         assert_eq!(v.version(), Some(3));
         assert_eq!(v.tag_of("A"), Some(1));
         let p = Policy::new("A", "B", "tcp", 80, 80);
@@ -211,9 +240,24 @@ mod tests {
             version: 5,
             snapshot: None,
             changes: vec![
-                Change { version: 4, op: Op::Put, kind: Kind::Policy, value: serde_json::to_value(&p).unwrap() },
-                Change { version: 5, op: Op::Delete, kind: Kind::Tag, value: json!({"id":"A","type":"app","tag":"0001"}) },
-                Change { version: 5, op: Op::Put, kind: Kind::Route, value: json!("garbage") },
+                Change {
+                    version: 4,
+                    op: Op::Put,
+                    kind: Kind::Policy,
+                    value: serde_json::to_value(&p).unwrap(),
+                },
+                Change {
+                    version: 5,
+                    op: Op::Delete,
+                    kind: Kind::Tag,
+                    value: json!({"id":"A","type":"app","tag":"0001"}),
+                },
+                Change {
+                    version: 5,
+                    op: Op::Put,
+                    kind: Kind::Route,
+                    value: json!("garbage"),
+                },
             ],
         });
         assert_eq!(v.version(), Some(5));
@@ -226,7 +270,12 @@ mod tests {
         v.apply(FeedResponse {
             version: 5,
             snapshot: None,
-            changes: vec![Change { version: 4, op: Op::Delete, kind: Kind::Policy, value: serde_json::to_value(&p).unwrap() }],
+            changes: vec![Change {
+                version: 4,
+                op: Op::Delete,
+                kind: Kind::Policy,
+                value: serde_json::to_value(&p).unwrap(),
+            }],
         });
         assert_eq!(v.policies().count(), 1);
     }

@@ -9,8 +9,8 @@ pub mod client;
 pub mod error;
 pub mod feed;
 pub mod model;
-pub mod store;
 pub mod server;
+pub mod store;
 mod tls_serve;
 pub mod validate;
 

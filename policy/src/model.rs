@@ -42,7 +42,10 @@ pub type PolicyKey = (String, String, String, u16, u16);
 impl Policy {
     pub fn new(src: &str, dst: &str, protocol: &str, start: u16, end: u16) -> Policy {
         Policy {
-            source: Source { id: src.into(), tag: None },
+            source: Source {
+                id: src.into(),
+                tag: None,
+            },
             destination: Destination {
                 id: dst.into(),
                 tag: None,

@@ -51,9 +51,12 @@ impl ControlConfig {
     pub fn check(&self) -> Result<(), ControlError> {
         let net = self.overlay_network;
         let rfc1918: [Ipv4Net; 3] = [
-            Ipv4Net::new([10, 0, 0, 0].into(), 8).map_err(|e| ControlError::Config(e.to_string()))?,
-            Ipv4Net::new([172, 16, 0, 0].into(), 12).map_err(|e| ControlError::Config(e.to_string()))?,
-            Ipv4Net::new([192, 168, 0, 0].into(), 16).map_err(|e| ControlError::Config(e.to_string()))?,
+            Ipv4Net::new([10, 0, 0, 0].into(), 8)
+                .map_err(|e| ControlError::Config(e.to_string()))?,
+            Ipv4Net::new([172, 16, 0, 0].into(), 12)
+                .map_err(|e| ControlError::Config(e.to_string()))?,
+            Ipv4Net::new([192, 168, 0, 0].into(), 16)
+                .map_err(|e| ControlError::Config(e.to_string()))?,
         ];
         if !rfc1918.iter().any(|r| r.contains(&net)) {
             return Err(ControlError::Config(format!(
@@ -76,7 +79,9 @@ impl ControlConfig {
             )));
         }
         if self.max_policies_per_source == 0 {
-            return Err(ControlError::Config("--max-policies-per-source must be at least 1".into()));
+            return Err(ControlError::Config(
+                "--max-policies-per-source must be at least 1".into(),
+            ));
         }
         Ok(())
     }
@@ -130,9 +135,15 @@ async fn ensure_admin_token(dir: &Path, store: &Store) -> Result<String, Control
             t
         }
     };
-    let p = Principal { name: "admin".into(), scope: crate::SCOPE_ADMIN.into(), spaces: vec![] };
+    let p = Principal {
+        name: "admin".into(),
+        scope: crate::SCOPE_ADMIN.into(),
+        spaces: vec![],
+    };
     let h = token_hash(&token);
-    store.call(Mode::Write, move |tx| ops::insert_token(tx, &h, &p)).await?;
+    store
+        .call(Mode::Write, move |tx| ops::insert_token(tx, &h, &p))
+        .await?;
     Ok(token)
 }
 
@@ -146,30 +157,50 @@ fn write_private(path: &Path, data: &str) -> Result<(), ControlError> {
         .mode(0o600)
         .open(path)
         .map_err(ControlError::io(format!("writing {}", path.display())))?;
-    f.write_all(data.as_bytes()).map_err(ControlError::io(format!("writing {}", path.display())))
+    f.write_all(data.as_bytes())
+        .map_err(ControlError::io(format!("writing {}", path.display())))
 }
 
 /// Opens the store a control plane with `config` uses (for `token create` and tests).
 pub async fn open_store(config: &ControlConfig) -> Result<Store, ControlError> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(ControlError::io(format!("creating {}", config.data_dir.display())))?;
-    Ok(Store::open(config.database.as_deref(), &config.data_dir, config.settings()).await?)
+    std::fs::create_dir_all(&config.data_dir).map_err(ControlError::io(format!(
+        "creating {}",
+        config.data_dir.display()
+    )))?;
+    Ok(Store::open(
+        config.database.as_deref(),
+        &config.data_dir,
+        config.settings(),
+    )
+    .await?)
 }
 
 /// Mints a token with `scope` limited to `spaces`, stores its hash, returns the token.
-pub async fn create_token(store: &Store, scope: &str, spaces: Vec<String>) -> Result<String, ControlError> {
+pub async fn create_token(
+    store: &Store,
+    scope: &str,
+    spaces: Vec<String>,
+) -> Result<String, ControlError> {
     if scope != crate::SCOPE_ADMIN && scope != crate::SCOPE_WRITE {
         return Err(ControlError::Config(format!(
             "--scope {scope}: must be network.admin or network.write"
         )));
     }
     if scope == crate::SCOPE_WRITE && spaces.is_empty() {
-        return Err(ControlError::Config("a network.write token needs at least one --space".into()));
+        return Err(ControlError::Config(
+            "a network.write token needs at least one --space".into(),
+        ));
     }
     let token = new_token();
-    let p = Principal { name: format!("token-{}", &token[..8]), scope: scope.into(), spaces };
+    let p = Principal {
+        name: format!("token-{}", &token[..8]),
+        scope: scope.into(),
+        spaces,
+    };
     let h = token_hash(&token);
-    store.call(Mode::Write, move |tx| ops::insert_token(tx, &h, &p)).await?;
+    store
+        .call(Mode::Write, move |tx| ops::insert_token(tx, &h, &p))
+        .await?;
     Ok(token)
 }
 
@@ -189,8 +220,12 @@ pub async fn start(config: ControlConfig) -> Result<RunningControl, ControlError
     let tls = Arc::new(ca.server_config()?);
     let ext = bind(config.listen, "--listen").await?;
     let int = bind(config.internal_listen, "--internal-listen").await?;
-    let external_addr = ext.local_addr().map_err(ControlError::io("local address"))?;
-    let internal_addr = int.local_addr().map_err(ControlError::io("local address"))?;
+    let external_addr = ext
+        .local_addr()
+        .map_err(ControlError::io("local address"))?;
+    let internal_addr = int
+        .local_addr()
+        .map_err(ControlError::io("local address"))?;
     let (shutdown, rx) = watch::channel(false);
     let state = AppState::new(store.clone(), rx.clone());
     let mut stop = rx.clone();
@@ -205,7 +240,12 @@ pub async fn start(config: ControlConfig) -> Result<RunningControl, ControlError
             tracing::error!("external API stopped: {e}");
         }
     });
-    let int_task = tokio::spawn(crate::tls_serve::serve(int, tls, api::internal::router(state), rx));
+    let int_task = tokio::spawn(crate::tls_serve::serve(
+        int,
+        tls,
+        api::internal::router(state),
+        rx,
+    ));
     tracing::info!(
         "control plane: external API http://{external_addr}, internal API (mTLS) https://{internal_addr}, database {}",
         store.backend_name()

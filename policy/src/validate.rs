@@ -72,7 +72,9 @@ fn validate_policies(input: InPolicies, v0: bool) -> Result<Vec<Policy>, String>
             return Err(at("missing destination id"));
         }
         if src_id.len() > 255 || dst_id.len() > 255 {
-            return Err(at("source.id and destination.id must be at most 255 characters"));
+            return Err(at(
+                "source.id and destination.id must be at most 255 characters",
+            ));
         }
         if src.tag.is_some() || dst.tag.is_some() {
             return Err(at("tags may not be specified"));
@@ -138,7 +140,10 @@ pub fn route(host: &str, app_id: &str) -> Result<Route, String> {
             ));
         }
     }
-    Ok(Route { host, app_id: app_id.to_string() })
+    Ok(Route {
+        host,
+        app_id: app_id.to_string(),
+    })
 }
 
 fn ip(s: &str) -> Option<Ipv4Addr> {
@@ -153,7 +158,9 @@ fn destination_part(s: &str) -> Result<(), String> {
             return Err(format!("'{s}' is not a valid IP address range"));
         };
         if u32::from(a) > u32::from(b) {
-            return Err(format!("range '{s}': the first address must not be after the last"));
+            return Err(format!(
+                "range '{s}': the first address must not be after the last"
+            ));
         }
         return Ok(());
     }
@@ -163,9 +170,9 @@ fn destination_part(s: &str) -> Result<(), String> {
             .map(|_| ())
             .map_err(|_| format!("'{s}' is not a valid CIDR"));
     }
-    ip(s).map(|_| ()).ok_or_else(|| {
-        format!("'{s}' must be a valid IP address, CIDR, or IP address range")
-    })
+    ip(s)
+        .map(|_| ())
+        .ok_or_else(|| format!("'{s}' must be a valid IP address, CIDR, or IP address range"))
 }
 
 /// Parses CF ports ("443", "80-90", "80,443,8080-8090") into ranges.
@@ -187,7 +194,10 @@ pub fn parse_ports(s: &str) -> Result<Vec<(u16, u16)>, String> {
         if let Some((a, b)) = part.split_once('-') {
             let (a, b) = (parse(a)?, parse(b)?);
             if a > b {
-                return Err(format!("range '{}': start must not exceed end", part.trim()));
+                return Err(format!(
+                    "range '{}': start must not exceed end",
+                    part.trim()
+                ));
             }
             out.push((a, b));
         } else {
@@ -214,21 +224,22 @@ fn rule(i: usize, r: &Rule) -> Result<(), String> {
         destination_part(part).map_err(|m| at("destination", m))?;
     }
     match (proto, &r.ports) {
-        ("tcp" | "udp", None) => {
-            return Err(at("ports", format!("required for protocol {proto}")))
-        }
+        ("tcp" | "udp", None) => return Err(at("ports", format!("required for protocol {proto}"))),
         ("tcp" | "udp", Some(p)) => {
             parse_ports(p).map_err(|m| at("ports", m))?;
         }
-        (_, Some(_)) => {
-            return Err(at("ports", format!("not allowed for protocol {proto}")))
-        }
+        (_, Some(_)) => return Err(at("ports", format!("not allowed for protocol {proto}"))),
         _ => {}
     }
     if proto == "icmp" {
         for (field, v) in [("type", r.icmp_type), ("code", r.code)] {
             match v {
-                None => return Err(at(field, "required for protocol icmp (-1 means any)".into())),
+                None => {
+                    return Err(at(
+                        field,
+                        "required for protocol icmp (-1 means any)".into(),
+                    ))
+                }
                 Some(v) if !(-1..=255).contains(&v) => {
                     return Err(at(field, format!("{v} is not between -1 and 255")))
                 }
@@ -266,7 +277,10 @@ pub fn security_group(g: &SecurityGroup) -> Result<(), String> {
     for (i, r) in g.rules.iter().enumerate() {
         rule(i, r)?;
     }
-    for (field, spaces) in [("running_spaces", &g.running_spaces), ("staging_spaces", &g.staging_spaces)] {
+    for (field, spaces) in [
+        ("running_spaces", &g.running_spaces),
+        ("staging_spaces", &g.staging_spaces),
+    ] {
         if spaces.iter().any(|s| s.trim().is_empty()) {
             return Err(format!("{field}: space ids must not be empty"));
         }
@@ -306,7 +320,10 @@ mod tests {
 
     #[test]
     fn routes() {
-        assert_eq!(route("Backend.apps.internal", "B").unwrap().host, "backend.apps.internal");
+        assert_eq!(
+            route("Backend.apps.internal", "B").unwrap().host,
+            "backend.apps.internal"
+        );
         assert!(route("apps.internal", "B").is_err());
         assert!(route("a..apps.internal", "B").is_err());
         assert!(route("-a.apps.internal", "B").is_err());
@@ -331,19 +348,37 @@ mod tests {
         ])))
         .unwrap_err();
         assert!(e.starts_with("rules[1].ports:"), "{e}");
-        let e = security_group(&g(serde_json::json!([{"protocol":"tcp","destination":"10.0.0.0/8","ports":"0"}]))).unwrap_err();
+        let e = security_group(&g(
+            serde_json::json!([{"protocol":"tcp","destination":"10.0.0.0/8","ports":"0"}]),
+        ))
+        .unwrap_err();
         assert!(e.starts_with("rules[0].ports:"), "{e}");
         let e = security_group(&g(serde_json::json!([{"protocol":"icmp","destination":"10.0.0.0/8","type":8,"code":0,"ports":"1"}]))).unwrap_err();
         assert!(e.starts_with("rules[0].ports:"), "{e}");
-        let e = security_group(&g(serde_json::json!([{"protocol":"tcp","destination":"10.0.0.0/8","ports":"1","type":1}]))).unwrap_err();
+        let e = security_group(&g(
+            serde_json::json!([{"protocol":"tcp","destination":"10.0.0.0/8","ports":"1","type":1}]),
+        ))
+        .unwrap_err();
         assert!(e.starts_with("rules[0].type:"), "{e}");
-        let e = security_group(&g(serde_json::json!([{"protocol":"gre","destination":"10.0.0.0/8"}]))).unwrap_err();
+        let e = security_group(&g(
+            serde_json::json!([{"protocol":"gre","destination":"10.0.0.0/8"}]),
+        ))
+        .unwrap_err();
         assert!(e.starts_with("rules[0].protocol:"), "{e}");
-        let e = security_group(&g(serde_json::json!([{"protocol":"all","destination":"10.0.0.9-10.0.0.1"}]))).unwrap_err();
+        let e = security_group(&g(
+            serde_json::json!([{"protocol":"all","destination":"10.0.0.9-10.0.0.1"}]),
+        ))
+        .unwrap_err();
         assert!(e.starts_with("rules[0].destination:"), "{e}");
-        let e = security_group(&g(serde_json::json!([{"protocol":"all","destination":"nope"}]))).unwrap_err();
+        let e = security_group(&g(
+            serde_json::json!([{"protocol":"all","destination":"nope"}]),
+        ))
+        .unwrap_err();
         assert!(e.starts_with("rules[0].destination:"), "{e}");
-        let e = security_group(&g(serde_json::json!([{"protocol":"icmp","destination":"1.2.3.4","type":300,"code":0}]))).unwrap_err();
+        let e = security_group(&g(
+            serde_json::json!([{"protocol":"icmp","destination":"1.2.3.4","type":300,"code":0}]),
+        ))
+        .unwrap_err();
         assert!(e.starts_with("rules[0].type:"), "{e}");
     }
 

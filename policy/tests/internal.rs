@@ -53,20 +53,47 @@ async fn leases(db: Db) {
     });
     let c = h.internal();
     let a = c.acquire_lease(ip("10.0.0.1")).await.unwrap();
-    assert_ne!(a.overlay_subnet.to_string(), "10.255.0.0/30", "first subnet is reserved");
+    assert_ne!(
+        a.overlay_subnet.to_string(),
+        "10.255.0.0/30",
+        "first subnet is reserved"
+    );
     assert_eq!(a.kind, LeaseKind::Tapestry);
     let o = a.overlay_subnet.network().octets();
-    assert_eq!(a.overlay_hardware_addr, format!("ee:ee:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3]));
-    assert!(a.expires_at.unwrap() > 100_000 + std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64);
+    assert_eq!(
+        a.overlay_hardware_addr,
+        format!("ee:ee:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+    );
+    assert!(
+        a.expires_at.unwrap()
+            > 100_000
+                + std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs() as i64
+    );
     // Same cell, same subnet.
-    assert_eq!(c.acquire_lease(ip("10.0.0.1")).await.unwrap().overlay_subnet, a.overlay_subnet);
+    assert_eq!(
+        c.acquire_lease(ip("10.0.0.1"))
+            .await
+            .unwrap()
+            .overlay_subnet,
+        a.overlay_subnet
+    );
     let b = c.acquire_lease(ip("10.0.0.2")).await.unwrap();
     let d = c.acquire_lease(ip("10.0.0.3")).await.unwrap();
-    assert!(a.overlay_subnet != b.overlay_subnet && b.overlay_subnet != d.overlay_subnet && a.overlay_subnet != d.overlay_subnet);
+    assert!(
+        a.overlay_subnet != b.overlay_subnet
+            && b.overlay_subnet != d.overlay_subnet
+            && a.overlay_subnet != d.overlay_subnet
+    );
     let (s, m) = status(c.acquire_lease(ip("10.0.0.4")).await.unwrap_err());
     assert_eq!((s, m.as_str()), (409, "no lease available"));
     // Renew: ok; wrong subnet 409; after release 404.
-    assert_eq!(c.renew_lease(&a).await.unwrap().overlay_subnet, a.overlay_subnet);
+    assert_eq!(
+        c.renew_lease(&a).await.unwrap().overlay_subnet,
+        a.overlay_subnet
+    );
     let mut wrong = a.clone();
     wrong.overlay_subnet = b.overlay_subnet;
     assert_eq!(status(c.renew_lease(&wrong).await.unwrap_err()).0, 409);
@@ -76,7 +103,9 @@ async fn leases(db: Db) {
     assert_eq!(e.overlay_subnet, a.overlay_subnet);
     // Bad input.
     let raw = reqwest::Client::builder()
-        .use_preconfigured_tls(tapestry_policy::certs::client_config(&h.c().credentials_dir, true).unwrap())
+        .use_preconfigured_tls(
+            tapestry_policy::certs::client_config(&h.c().credentials_dir, true).unwrap(),
+        )
         .build()
         .unwrap();
     let r = raw
@@ -112,7 +141,10 @@ async fn lease_expiry_reclaim(db: Db) {
 async fn static_leases(db: Db) {
     let h = harness!(db);
     let admin = h.admin();
-    let l = admin.add_static_lease(ip("10.0.0.9"), "10.255.9.0/24".parse().unwrap()).await.unwrap();
+    let l = admin
+        .add_static_lease(ip("10.0.0.9"), "10.255.9.0/24".parse().unwrap())
+        .await
+        .unwrap();
     assert_eq!(l.kind, LeaseKind::Static);
     assert_eq!(l.expires_at, None);
     assert_eq!(l.overlay_hardware_addr, "ee:ee:0a:ff:09:00");
@@ -122,10 +154,18 @@ async fn static_leases(db: Db) {
         ("10.0.0.8", "10.255.9.0/25", 400),
         ("10.0.0.8", "10.255.9.1/24", 400),
     ] {
-        let e = admin.add_static_lease(ip(ip_s), subnet.parse().unwrap()).await.unwrap_err();
+        let e = admin
+            .add_static_lease(ip(ip_s), subnet.parse().unwrap())
+            .await
+            .unwrap_err();
         assert_eq!(status(e).0, want, "{subnet}");
     }
-    let (s, v) = h.post("/networking/v1/external/leases", serde_json::json!({"underlay_ip":"x","overlay_subnet":"10.255.3.0/24"})).await;
+    let (s, v) = h
+        .post(
+            "/networking/v1/external/leases",
+            serde_json::json!({"underlay_ip":"x","overlay_subnet":"10.255.3.0/24"}),
+        )
+        .await;
     assert_eq!(s, 400);
     assert!(v["error"].as_str().unwrap().starts_with("underlay_ip"));
     let list = admin.list_leases().await.unwrap();
@@ -149,17 +189,31 @@ async fn feed_snapshot_resume_and_wake(db: Db) {
     let c2 = c.clone();
     let waiter = tokio::spawn(async move {
         let t = Instant::now();
-        let r = c2.feed(cell, Some(v0), Duration::from_secs(20)).await.unwrap();
+        let r = c2
+            .feed(cell, Some(v0), Duration::from_secs(20))
+            .await
+            .unwrap();
         (r, t.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t0 = Instant::now();
-    h.post("/networking/v1/external/policies", policies(vec![policy("A", "B", 8080)])).await;
+    h.post(
+        "/networking/v1/external/policies",
+        policies(vec![policy("A", "B", 8080)]),
+    )
+    .await;
     let (r, _) = waiter.await.unwrap();
-    assert!(t0.elapsed() < Duration::from_secs(2), "woke after {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(2),
+        "woke after {:?}",
+        t0.elapsed()
+    );
     assert!(r.snapshot.is_none());
     let kinds: Vec<(Op, Kind)> = r.changes.iter().map(|c| (c.op, c.kind)).collect();
-    assert!(kinds.contains(&(Op::Put, Kind::Policy)) && kinds.contains(&(Op::Put, Kind::Tag)), "{kinds:?}");
+    assert!(
+        kinds.contains(&(Op::Put, Kind::Policy)) && kinds.contains(&(Op::Put, Kind::Tag)),
+        "{kinds:?}"
+    );
     let pol = r.changes.iter().find(|c| c.kind == Kind::Policy).unwrap();
     assert_eq!(pol.value["source"]["tag"], "0001");
     assert_eq!(pol.value["destination"]["tag"], "0002");
@@ -169,15 +223,34 @@ async fn feed_snapshot_resume_and_wake(db: Db) {
     // No change: waits, then the same version with no changes.
     let v1 = view.version().unwrap();
     let t = Instant::now();
-    let r = c.feed(cell, Some(v1), Duration::from_millis(300)).await.unwrap();
+    let r = c
+        .feed(cell, Some(v1), Duration::from_millis(300))
+        .await
+        .unwrap();
     assert!(t.elapsed() >= Duration::from_millis(250));
-    assert_eq!((r.version, r.changes.len(), r.snapshot.is_none()), (v1, 0, true));
+    assert_eq!(
+        (r.version, r.changes.len(), r.snapshot.is_none()),
+        (v1, 0, true)
+    );
     // Instances, routes, ASGs, leases all flow through the feed.
-    c.instance_up(&inst("10.0.0.1", "h1", "B", "S", "10.255.7.2")).await.unwrap();
-    h.post("/networking/v1/external/routes", serde_json::json!({"host":"b.apps.internal","app_id":"B"})).await;
-    h.post("/networking/v1/external/security_groups", serde_json::json!({"name":"web","rules":[{"protocol":"all","destination":"0.0.0.0/0"}]})).await;
+    c.instance_up(&inst("10.0.0.1", "h1", "B", "S", "10.255.7.2"))
+        .await
+        .unwrap();
+    h.post(
+        "/networking/v1/external/routes",
+        serde_json::json!({"host":"b.apps.internal","app_id":"B"}),
+    )
+    .await;
+    h.post(
+        "/networking/v1/external/security_groups",
+        serde_json::json!({"name":"web","rules":[{"protocol":"all","destination":"0.0.0.0/0"}]}),
+    )
+    .await;
     c.acquire_lease(cell).await.unwrap();
-    let r = c.feed(cell, Some(v1), Duration::from_millis(10)).await.unwrap();
+    let r = c
+        .feed(cell, Some(v1), Duration::from_millis(10))
+        .await
+        .unwrap();
     view.apply(r);
     assert_eq!(view.instances().count(), 1);
     assert_eq!(view.routes().count(), 1);
@@ -185,8 +258,15 @@ async fn feed_snapshot_resume_and_wake(db: Db) {
     assert_eq!(view.leases().count(), 1);
     // Deletes.
     c.instance_down(cell, "h1").await.unwrap();
-    h.post("/networking/v1/external/policies/delete", policies(vec![policy("A", "B", 8080)])).await;
-    let r = c.feed(cell, view.version(), Duration::from_millis(10)).await.unwrap();
+    h.post(
+        "/networking/v1/external/policies/delete",
+        policies(vec![policy("A", "B", 8080)]),
+    )
+    .await;
+    let r = c
+        .feed(cell, view.version(), Duration::from_millis(10))
+        .await
+        .unwrap();
     view.apply(r);
     assert_eq!(view.instances().count(), 0);
     assert_eq!(view.policies().count(), 0);
@@ -198,7 +278,14 @@ async fn feed_snapshot_resume_and_wake(db: Db) {
     assert_eq!(fresh_view.snapshot(), view.snapshot());
     assert_eq!(fresh_view.version(), view.version());
     // A version from a different (newer) database gets a snapshot.
-    let r = c.feed(cell, Some(view.version().unwrap() + 1000), Duration::from_millis(10)).await.unwrap();
+    let r = c
+        .feed(
+            cell,
+            Some(view.version().unwrap() + 1000),
+            Duration::from_millis(10),
+        )
+        .await
+        .unwrap();
     assert!(r.snapshot.is_some());
     // A persisted view round-trips.
     let json = serde_json::to_string(&view).unwrap();
@@ -211,18 +298,38 @@ async fn instances_sync(db: Db) {
     let h = harness!(db);
     let c = h.internal();
     let cell = ip("10.0.0.1");
-    c.instance_up(&inst("10.0.0.1", "h1", "A", "S", "10.255.7.2")).await.unwrap();
-    c.instance_up(&inst("10.0.0.1", "h2", "A", "S", "10.255.7.3")).await.unwrap();
-    c.instance_up(&inst("10.0.0.2", "h9", "B", "S", "10.255.8.3")).await.unwrap();
-    c.sync_instances(cell, vec![inst("10.0.0.1", "h2", "A", "S", "10.255.7.3"), inst("10.0.0.1", "h3", "C", "S", "10.255.7.4")])
+    c.instance_up(&inst("10.0.0.1", "h1", "A", "S", "10.255.7.2"))
         .await
         .unwrap();
-    let snap = c.feed(cell, None, Duration::ZERO).await.unwrap().snapshot.unwrap();
+    c.instance_up(&inst("10.0.0.1", "h2", "A", "S", "10.255.7.3"))
+        .await
+        .unwrap();
+    c.instance_up(&inst("10.0.0.2", "h9", "B", "S", "10.255.8.3"))
+        .await
+        .unwrap();
+    c.sync_instances(
+        cell,
+        vec![
+            inst("10.0.0.1", "h2", "A", "S", "10.255.7.3"),
+            inst("10.0.0.1", "h3", "C", "S", "10.255.7.4"),
+        ],
+    )
+    .await
+    .unwrap();
+    let snap = c
+        .feed(cell, None, Duration::ZERO)
+        .await
+        .unwrap()
+        .snapshot
+        .unwrap();
     let mut handles: Vec<&str> = snap.instances.iter().map(|i| i.handle.as_str()).collect();
     handles.sort();
     assert_eq!(handles, vec!["h2", "h3", "h9"]);
     // Wrong cell in the body.
-    let e = c.sync_instances(cell, vec![inst("10.0.0.2", "h4", "C", "S", "10.255.7.4")]).await.unwrap_err();
+    let e = c
+        .sync_instances(cell, vec![inst("10.0.0.2", "h4", "C", "S", "10.255.7.4")])
+        .await
+        .unwrap_err();
     assert_eq!(status(e).0, 400);
     let mut bad = inst("10.0.0.1", "", "A", "S", "10.255.7.2");
     let e = c.instance_up(&bad).await.unwrap_err();
@@ -273,8 +380,13 @@ async fn asgs_and_routes(db: Db) {
     let bad = serde_json::json!({"name":"x","rules":[{"protocol":"tcp","destination":"10.0.0.0/8","ports":"1"},{"protocol":"udp","destination":"10.0.0.0/8"}]});
     let (s, v) = h.post(base, bad).await;
     assert_eq!(s, 400);
-    assert!(v["error"].as_str().unwrap().starts_with("rules[1].ports:"), "{v}");
-    let (s, _) = h.post(base, serde_json::json!({"name":"","rules":[]})).await;
+    assert!(
+        v["error"].as_str().unwrap().starts_with("rules[1].ports:"),
+        "{v}"
+    );
+    let (s, _) = h
+        .post(base, serde_json::json!({"name":"","rules":[]}))
+        .await;
     assert_eq!(s, 400);
     // Update through the admin client, then delete.
     let admin = h.admin();
@@ -282,24 +394,55 @@ async fn asgs_and_routes(db: Db) {
     sg.running_spaces.push("s2".into());
     admin.update_security_group("web", &sg).await.unwrap();
     let list = admin.list_security_groups().await.unwrap();
-    assert_eq!(list[0].running_spaces, vec!["s1".to_string(), "s2".to_string()]);
-    assert_eq!(status(admin.update_security_group("nope", &sg).await.unwrap_err()).0, 404);
+    assert_eq!(
+        list[0].running_spaces,
+        vec!["s1".to_string(), "s2".to_string()]
+    );
+    assert_eq!(
+        status(admin.update_security_group("nope", &sg).await.unwrap_err()).0,
+        404
+    );
     admin.delete_security_group("web").await.unwrap();
-    assert_eq!(status(admin.delete_security_group("web").await.unwrap_err()).0, 404);
+    assert_eq!(
+        status(admin.delete_security_group("web").await.unwrap_err()).0,
+        404
+    );
     // Routes.
     admin.add_route("Backend.apps.internal", "B").await.unwrap();
     admin.add_route("backend.apps.internal", "B").await.unwrap();
     let routes = admin.list_routes().await.unwrap();
     assert_eq!(routes.len(), 1);
     assert_eq!(routes[0].host, "backend.apps.internal");
-    let (s, v) = status(admin.add_route("backend.example.com", "B").await.unwrap_err());
+    let (s, v) = status(
+        admin
+            .add_route("backend.example.com", "B")
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(s, 400);
     assert!(v.starts_with("host:"), "{v}");
-    assert_eq!(status(admin.add_route("x.apps.internal", "").await.unwrap_err()).0, 400);
-    admin.delete_route("backend.apps.internal", "B").await.unwrap();
-    admin.delete_route("backend.apps.internal", "B").await.unwrap();
+    assert_eq!(
+        status(admin.add_route("x.apps.internal", "").await.unwrap_err()).0,
+        400
+    );
+    admin
+        .delete_route("backend.apps.internal", "B")
+        .await
+        .unwrap();
+    admin
+        .delete_route("backend.apps.internal", "B")
+        .await
+        .unwrap();
     assert!(admin.list_routes().await.unwrap().is_empty());
     h.shutdown().await;
 }
 
-dual!(leases, lease_expiry_reclaim, static_leases, feed_snapshot_resume_and_wake, instances_sync, mtls_required, asgs_and_routes);
+dual!(
+    leases,
+    lease_expiry_reclaim,
+    static_leases,
+    feed_snapshot_resume_and_wake,
+    instances_sync,
+    mtls_required,
+    asgs_and_routes
+);

@@ -21,10 +21,20 @@ macro_rules! harness {
 
 async fn policies_crud(db: Db) {
     let h = harness!(db);
-    let (s, v) = h.post("/networking/v1/external/policies", policies(vec![policy("A", "B", 8080), policy("A", "C", 8080)])).await;
+    let (s, v) = h
+        .post(
+            "/networking/v1/external/policies",
+            policies(vec![policy("A", "B", 8080), policy("A", "C", 8080)]),
+        )
+        .await;
     assert_eq!((s, v), (200, json!({})));
     // Idempotent.
-    let (s, _) = h.post("/networking/v1/external/policies", policies(vec![policy("A", "B", 8080)])).await;
+    let (s, _) = h
+        .post(
+            "/networking/v1/external/policies",
+            policies(vec![policy("A", "B", 8080)]),
+        )
+        .await;
     assert_eq!(s, 200);
     let (s, v) = h.get("/networking/v1/external/policies").await;
     assert_eq!(s, 200);
@@ -35,7 +45,9 @@ async fn policies_crud(db: Db) {
     assert_eq!(v["total_policies"], 1);
     let (_, v) = h.get("/networking/v1/external/policies?id=A,Z").await;
     assert_eq!(v["total_policies"], 2);
-    let (_, v) = h.get("/networking/v1/external/policies?source_id=A&dest_id=B").await;
+    let (_, v) = h
+        .get("/networking/v1/external/policies?source_id=A&dest_id=B")
+        .await;
     assert_eq!(v["total_policies"], 1);
     let (_, v) = h.get("/networking/v1/external/policies?source_id=B").await;
     assert_eq!(v["total_policies"], 0);
@@ -56,20 +68,38 @@ async fn policies_crud(db: Db) {
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| (t["id"].as_str().unwrap().into(), t["tag"].as_str().unwrap().into()))
+        .map(|t| {
+            (
+                t["id"].as_str().unwrap().into(),
+                t["tag"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     assert_eq!(tags[0], ("A".into(), "0001".into()));
     assert_eq!(tags.len(), 5);
     // Delete (a missing one is skipped); B's tag is freed and reused by the next new app.
     let (s, v) = h
-        .post("/networking/v1/external/policies/delete", policies(vec![policy("A", "B", 8080), policy("X", "Y", 1)]))
+        .post(
+            "/networking/v1/external/policies/delete",
+            policies(vec![policy("A", "B", 8080), policy("X", "Y", 1)]),
+        )
         .await;
     assert_eq!((s, v), (200, json!({})));
     let (_, v) = h.get("/networking/v1/external/tags").await;
     assert!(!v["tags"].as_array().unwrap().iter().any(|t| t["id"] == "B"));
-    h.post("/networking/v1/external/policies", policies(vec![policy("F", "C", 1)])).await;
+    h.post(
+        "/networking/v1/external/policies",
+        policies(vec![policy("F", "C", 1)]),
+    )
+    .await;
     let (_, v) = h.get("/networking/v1/external/tags").await;
-    let f = v["tags"].as_array().unwrap().iter().find(|t| t["id"] == "F").unwrap().clone();
+    let f = v["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == "F")
+        .unwrap()
+        .clone();
     assert_eq!(f["tag"], "0002");
     assert_eq!(f["type"], "app");
     h.shutdown().await;
@@ -87,8 +117,18 @@ async fn policy_errors(db: Db) {
         assert!(v["error"].is_string());
     }
     // 406.
-    let (s, v, _) = h.raw(Method::GET, "/networking/v2/external/policies", Some(&t), None).await;
-    assert_eq!((s, v), (406, json!({"error": "api version 'v2' not supported"})));
+    let (s, v, _) = h
+        .raw(
+            Method::GET,
+            "/networking/v2/external/policies",
+            Some(&t),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (s, v),
+        (406, json!({"error": "api version 'v2' not supported"}))
+    );
     // 400: malformed JSON, validation naming the field.
     let cases: Vec<(&[u8], &str)> = vec![
         (b"{nope", "mapper: unmarshal json"),
@@ -102,7 +142,9 @@ async fn policy_errors(db: Db) {
         (br#"{"policies":[{"source":{"id":"A","tag":"0001"},"destination":{"id":"B","protocol":"tcp","ports":{"start":1,"end":1}}}]}"#, "tags may not be specified"),
     ];
     for (body, want) in cases {
-        let (s, v, _) = h.raw(Method::POST, path, Some(&t), Some(body.to_vec())).await;
+        let (s, v, _) = h
+            .raw(Method::POST, path, Some(&t), Some(body.to_vec()))
+            .await;
         assert_eq!(s, 400, "{}", String::from_utf8_lossy(body));
         let e = v["error"].as_str().unwrap();
         assert!(e.contains(want), "{e} should mention {want}");
@@ -113,7 +155,16 @@ async fn policy_errors(db: Db) {
     assert_eq!(s, 413);
     assert!(v["error"].as_str().unwrap().contains("too large"));
     // 403 quota.
-    let (s, _) = h.post(path, policies(vec![policy("A", "B", 1), policy("A", "B", 2), policy("A", "B", 3)])).await;
+    let (s, _) = h
+        .post(
+            path,
+            policies(vec![
+                policy("A", "B", 1),
+                policy("A", "B", 2),
+                policy("A", "B", 3),
+            ]),
+        )
+        .await;
     assert_eq!(s, 200);
     let (s, v) = h.post(path, policies(vec![policy("A", "B", 4)])).await;
     assert_eq!((s, v), (403, json!({"error": "policy quota exceeded"})));
@@ -144,15 +195,41 @@ async fn network_write_scope(db: Db) {
         };
         int.instance_up(&i).await.unwrap();
     }
-    let token = tapestry_policy::create_token(&h.c().store, "network.write", vec!["S1".into()]).await.unwrap();
+    let token = tapestry_policy::create_token(&h.c().store, "network.write", vec!["S1".into()])
+        .await
+        .unwrap();
     let path = "/networking/v1/external/policies";
     let body = |v: Value| Some(v.to_string().into_bytes());
-    let (s, _, _) = h.raw(Method::POST, path, Some(&token), body(policies(vec![policy("A", "B", 80)]))).await;
+    let (s, _, _) = h
+        .raw(
+            Method::POST,
+            path,
+            Some(&token),
+            body(policies(vec![policy("A", "B", 80)])),
+        )
+        .await;
     assert_eq!(s, 200);
-    let (s, v, _) = h.raw(Method::POST, path, Some(&token), body(policies(vec![policy("A", "C", 80)]))).await;
+    let (s, v, _) = h
+        .raw(
+            Method::POST,
+            path,
+            Some(&token),
+            body(policies(vec![policy("A", "C", 80)])),
+        )
+        .await;
     assert_eq!(s, 403);
-    assert_eq!(v["error"], "one or more applications cannot be found or accessed");
-    let (s, _, _) = h.raw(Method::POST, path, Some(&token), body(policies(vec![policy("A", "UNKNOWN", 80)]))).await;
+    assert_eq!(
+        v["error"],
+        "one or more applications cannot be found or accessed"
+    );
+    let (s, _, _) = h
+        .raw(
+            Method::POST,
+            path,
+            Some(&token),
+            body(policies(vec![policy("A", "UNKNOWN", 80)])),
+        )
+        .await;
     assert_eq!(s, 403);
     // The admin creates A->C; the write token does not see it.
     h.post(path, policies(vec![policy("A", "C", 80)])).await;
@@ -160,11 +237,32 @@ async fn network_write_scope(db: Db) {
     assert_eq!(s, 200);
     assert_eq!(v["total_policies"], 1);
     // Admin-only endpoints.
-    let (s, v, _) = h.raw(Method::GET, "/networking/v1/external/tags", Some(&token), None).await;
+    let (s, v, _) = h
+        .raw(
+            Method::GET,
+            "/networking/v1/external/tags",
+            Some(&token),
+            None,
+        )
+        .await;
     assert_eq!(s, 403, "{v}");
-    let (s, _, _) = h.raw(Method::GET, "/networking/v1/external/leases", Some(&token), None).await;
+    let (s, _, _) = h
+        .raw(
+            Method::GET,
+            "/networking/v1/external/leases",
+            Some(&token),
+            None,
+        )
+        .await;
     assert_eq!(s, 403);
-    let (s, v, _) = h.raw(Method::GET, "/networking/v1/external/whoami", Some(&token), None).await;
+    let (s, v, _) = h
+        .raw(
+            Method::GET,
+            "/networking/v1/external/whoami",
+            Some(&token),
+            None,
+        )
+        .await;
     assert_eq!(s, 200);
     assert_eq!(v["scope"], "network.write");
     h.shutdown().await;
@@ -178,9 +276,19 @@ async fn concurrent_creates(db: Db) {
         let url = h.url("/networking/v1/external/policies");
         let token = h.c().admin_token.clone();
         // Overlapping sets: apps s0..s9 -> d0..d9, each policy requested several times.
-        let body = policies(vec![policy(&format!("s{}", i % 10), &format!("d{}", i % 7), 8080), policy("s0", "d0", 8080)]);
+        let body = policies(vec![
+            policy(&format!("s{}", i % 10), &format!("d{}", i % 7), 8080),
+            policy("s0", "d0", 8080),
+        ]);
         tasks.push(tokio::spawn(async move {
-            http.post(url).bearer_auth(token).json(&body).send().await.unwrap().status().as_u16()
+            http.post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
         }));
     }
     for t in tasks {
@@ -203,34 +311,82 @@ async fn concurrent_creates(db: Db) {
 
 async fn restart_loses_nothing(db: Db) {
     let mut h = harness!(db);
-    h.post("/networking/v1/external/policies", policies(vec![policy("A", "B", 8080)])).await;
-    let lease = h.internal().acquire_lease("10.0.0.7".parse().unwrap()).await.unwrap();
-    h.post("/networking/v1/external/routes", json!({"host":"b.apps.internal","app_id":"B"})).await;
+    h.post(
+        "/networking/v1/external/policies",
+        policies(vec![policy("A", "B", 8080)]),
+    )
+    .await;
+    let lease = h
+        .internal()
+        .acquire_lease("10.0.0.7".parse().unwrap())
+        .await
+        .unwrap();
+    h.post(
+        "/networking/v1/external/routes",
+        json!({"host":"b.apps.internal","app_id":"B"}),
+    )
+    .await;
     let token_before = h.c().admin_token.clone();
     let ca_before = std::fs::read(h.dir.path().join("cell-credentials/ca.pem")).unwrap();
-    let (_, feed_before) = (0, h.internal().feed("10.0.0.7".parse().unwrap(), None, Default::default()).await.unwrap());
+    let (_, feed_before) = (
+        0,
+        h.internal()
+            .feed("10.0.0.7".parse().unwrap(), None, Default::default())
+            .await
+            .unwrap(),
+    );
     h.restart().await;
     assert_eq!(h.c().admin_token, token_before);
-    assert_eq!(std::fs::read(h.dir.path().join("cell-credentials/ca.pem")).unwrap(), ca_before);
+    assert_eq!(
+        std::fs::read(h.dir.path().join("cell-credentials/ca.pem")).unwrap(),
+        ca_before
+    );
     let (_, v) = h.get("/networking/v1/external/policies").await;
     assert_eq!(v["total_policies"], 1);
     let (_, v) = h.get("/networking/v1/external/routes").await;
     assert_eq!(v["routes"].as_array().unwrap().len(), 1);
     // The old client credentials still work against the restarted server; same lease back.
-    let again = h.internal().acquire_lease("10.0.0.7".parse().unwrap()).await.unwrap();
+    let again = h
+        .internal()
+        .acquire_lease("10.0.0.7".parse().unwrap())
+        .await
+        .unwrap();
     assert_eq!(again.overlay_subnet, lease.overlay_subnet);
-    let feed_after = h.internal().feed("10.0.0.7".parse().unwrap(), feed_before.version.into(), Default::default()).await.unwrap();
+    let feed_after = h
+        .internal()
+        .feed(
+            "10.0.0.7".parse().unwrap(),
+            feed_before.version.into(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
     assert!(feed_after.snapshot.is_none());
     h.shutdown().await;
 }
 
 async fn tags_exhausted(db: Db) {
     let h = harness!(db, |c| c.max_tag = 3);
-    let (s, _) = h.post("/networking/v1/external/policies", policies(vec![policy("A", "B", 1)])).await;
+    let (s, _) = h
+        .post(
+            "/networking/v1/external/policies",
+            policies(vec![policy("A", "B", 1)]),
+        )
+        .await;
     assert_eq!(s, 200);
-    let (s, _) = h.post("/networking/v1/external/policies", policies(vec![policy("A", "C", 1)])).await;
+    let (s, _) = h
+        .post(
+            "/networking/v1/external/policies",
+            policies(vec![policy("A", "C", 1)]),
+        )
+        .await;
     assert_eq!(s, 200);
-    let (s, v) = h.post("/networking/v1/external/policies", policies(vec![policy("D", "C", 1)])).await;
+    let (s, v) = h
+        .post(
+            "/networking/v1/external/policies",
+            policies(vec![policy("D", "C", 1)]),
+        )
+        .await;
     assert_eq!(s, 409);
     assert!(v["error"].as_str().unwrap().contains("no free tag"), "{v}");
     // Nothing half-written: D has no tag and no policy.
@@ -241,4 +397,11 @@ async fn tags_exhausted(db: Db) {
     h.shutdown().await;
 }
 
-dual!(policies_crud, policy_errors, network_write_scope, concurrent_creates, restart_loses_nothing, tags_exhausted);
+dual!(
+    policies_crud,
+    policy_errors,
+    network_write_scope,
+    concurrent_creates,
+    restart_loses_nothing,
+    tags_exhausted
+);

@@ -13,7 +13,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{authenticate, body, json, require_admin, require_write, ApiError, ApiResult, AppState, MAX_BODY};
+use super::{
+    authenticate, body, json, require_admin, require_write, ApiError, ApiResult, AppState, MAX_BODY,
+};
 use crate::model::{Policy, Principal, Route, SecurityGroup};
 use crate::store::{ops, Mode, PolicyFilter};
 use crate::validate;
@@ -23,18 +25,36 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(root))
         .route("/networking", get(root))
         .route("/health", get(health))
-        .route("/networking/{version}/external/policies", get(list_policies).post(create_policies))
-        .route("/networking/{version}/external/policies/delete", post(delete_policies))
+        .route(
+            "/networking/{version}/external/policies",
+            get(list_policies).post(create_policies),
+        )
+        .route(
+            "/networking/{version}/external/policies/delete",
+            post(delete_policies),
+        )
         .route("/networking/{version}/external/tags", get(tags))
         .route("/networking/{version}/external/whoami", get(whoami))
-        .route("/networking/{version}/external/security_groups", get(list_asgs).post(create_asg))
+        .route(
+            "/networking/{version}/external/security_groups",
+            get(list_asgs).post(create_asg),
+        )
         .route(
             "/networking/{version}/external/security_groups/{name}",
             get(get_asg).put(update_asg).delete(delete_asg),
         )
-        .route("/networking/{version}/external/routes", get(list_routes).post(add_route))
-        .route("/networking/{version}/external/routes/delete", post(delete_route))
-        .route("/networking/{version}/external/leases", get(list_leases).post(add_lease))
+        .route(
+            "/networking/{version}/external/routes",
+            get(list_routes).post(add_route),
+        )
+        .route(
+            "/networking/{version}/external/routes/delete",
+            post(delete_route),
+        )
+        .route(
+            "/networking/{version}/external/leases",
+            get(list_leases).post(add_lease),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -66,7 +86,8 @@ async fn root(State(s): State<AppState>) -> String {
 
 async fn health(State(s): State<AppState>) -> Response {
     match s.store.call(Mode::Read, ops::current_version).await {
-        Ok(v) => Json(json!({"healthy": true, "database": s.store.backend_name(), "version": v})).into_response(),
+        Ok(v) => Json(json!({"healthy": true, "database": s.store.backend_name(), "version": v}))
+            .into_response(),
         Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
     }
 }
@@ -77,20 +98,35 @@ async fn allowed_apps(s: &AppState, p: &Principal) -> ApiResult<Option<HashSet<S
         return Ok(None);
     }
     let spaces = p.spaces.clone();
-    Ok(Some(s.store.call(Mode::Read, move |tx| ops::apps_in_spaces(tx, &spaces)).await?))
+    Ok(Some(
+        s.store
+            .call(Mode::Read, move |tx| ops::apps_in_spaces(tx, &spaces))
+            .await?,
+    ))
 }
 
-fn check_apps<'a>(allowed: &Option<HashSet<String>>, apps: impl IntoIterator<Item = &'a str>) -> ApiResult<()> {
+fn check_apps<'a>(
+    allowed: &Option<HashSet<String>>,
+    apps: impl IntoIterator<Item = &'a str>,
+) -> ApiResult<()> {
     if let Some(allowed) = allowed {
         if apps.into_iter().any(|a| !allowed.contains(a)) {
-            return Err(ApiError::forbidden("one or more applications cannot be found or accessed"));
+            return Err(ApiError::forbidden(
+                "one or more applications cannot be found or accessed",
+            ));
         }
     }
     Ok(())
 }
 
 fn ids(q: &HashMap<String, String>, key: &str) -> Option<Vec<String>> {
-    q.get(key).map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+    q.get(key).map(|v| {
+        v.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
+    })
 }
 
 fn strip_tags(mut p: Policy) -> Policy {
@@ -108,17 +144,28 @@ async fn list_policies(
     let v0 = version(&v)?;
     let p = authenticate(&s, &headers).await?;
     require_write(&p)?;
-    let filter = PolicyFilter { id: ids(&q, "id"), source_id: ids(&q, "source_id"), dest_id: ids(&q, "dest_id") };
-    let mut list = s.store.call(Mode::Read, move |tx| ops::list_policies(tx, &filter)).await?;
+    let filter = PolicyFilter {
+        id: ids(&q, "id"),
+        source_id: ids(&q, "source_id"),
+        dest_id: ids(&q, "dest_id"),
+    };
+    let mut list = s
+        .store
+        .call(Mode::Read, move |tx| ops::list_policies(tx, &filter))
+        .await?;
     if let Some(allowed) = allowed_apps(&s, &p).await? {
         list.retain(|p| allowed.contains(&p.source.id) && allowed.contains(&p.destination.id));
     }
     let policies: Vec<Value> = if v0 {
         list.iter().map(Policy::to_v0).collect()
     } else {
-        list.into_iter().map(|p| serde_json::to_value(strip_tags(p)).unwrap_or(Value::Null)).collect()
+        list.into_iter()
+            .map(|p| serde_json::to_value(strip_tags(p)).unwrap_or(Value::Null))
+            .collect()
     };
-    Ok(Json(json!({"total_policies": policies.len(), "policies": policies})))
+    Ok(Json(
+        json!({"total_policies": policies.len(), "policies": policies}),
+    ))
 }
 
 async fn policies_input(
@@ -133,7 +180,12 @@ async fn policies_input(
     let b = body(b)?;
     let policies = validate::parse_policies(&b, v0).map_err(ApiError::bad_request)?;
     let allowed = allowed_apps(s, &p).await?;
-    check_apps(&allowed, policies.iter().flat_map(|p| [p.source.id.as_str(), p.destination.id.as_str()]))?;
+    check_apps(
+        &allowed,
+        policies
+            .iter()
+            .flat_map(|p| [p.source.id.as_str(), p.destination.id.as_str()]),
+    )?;
     Ok(policies)
 }
 
@@ -145,7 +197,11 @@ async fn create_policies(
 ) -> ApiResult<Json<Value>> {
     let policies = policies_input(&s, &v, &headers, b).await?;
     let settings = s.store.settings.clone();
-    s.store.call(Mode::Write, move |tx| ops::create_policies(tx, &settings, &policies)).await?;
+    s.store
+        .call(Mode::Write, move |tx| {
+            ops::create_policies(tx, &settings, &policies)
+        })
+        .await?;
     Ok(ok())
 }
 
@@ -156,11 +212,17 @@ async fn delete_policies(
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
     let policies = policies_input(&s, &v, &headers, b).await?;
-    s.store.call(Mode::Write, move |tx| ops::delete_policies(tx, &policies)).await?;
+    s.store
+        .call(Mode::Write, move |tx| ops::delete_policies(tx, &policies))
+        .await?;
     Ok(ok())
 }
 
-async fn tags(State(s): State<AppState>, Path(v): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+async fn tags(
+    State(s): State<AppState>,
+    Path(v): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
     version(&v)?;
     let p = authenticate(&s, &headers).await?;
     require_admin(&p)?;
@@ -168,13 +230,23 @@ async fn tags(State(s): State<AppState>, Path(v): Path<String>, headers: HeaderM
     Ok(Json(json!({ "tags": tags })))
 }
 
-async fn whoami(State(s): State<AppState>, Path(v): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+async fn whoami(
+    State(s): State<AppState>,
+    Path(v): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
     version(&v)?;
     let p = authenticate(&s, &headers).await?;
-    Ok(Json(json!({"user_name": p.name, "scope": p.scope, "spaces": p.spaces})))
+    Ok(Json(
+        json!({"user_name": p.name, "scope": p.scope, "spaces": p.spaces}),
+    ))
 }
 
-async fn list_asgs(State(s): State<AppState>, Path(v): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+async fn list_asgs(
+    State(s): State<AppState>,
+    Path(v): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
     version(&v)?;
     require_write(&authenticate(&s, &headers).await?)?;
     let groups = s.store.call(Mode::Read, ops::list_security_groups).await?;
@@ -197,7 +269,11 @@ async fn create_asg(
     require_admin(&authenticate(&s, &headers).await?)?;
     let g = parse_asg(&body(b)?)?;
     let stored = g.clone();
-    s.store.call(Mode::Write, move |tx| ops::put_security_group(tx, None, &stored)).await?;
+    s.store
+        .call(Mode::Write, move |tx| {
+            ops::put_security_group(tx, None, &stored)
+        })
+        .await?;
     Ok(Json(g))
 }
 
@@ -209,9 +285,16 @@ async fn get_asg(
     version(&v)?;
     require_write(&authenticate(&s, &headers).await?)?;
     let n = name.clone();
-    match s.store.call(Mode::Read, move |tx| ops::get_security_group(tx, &n)).await? {
+    match s
+        .store
+        .call(Mode::Read, move |tx| ops::get_security_group(tx, &n))
+        .await?
+    {
         Some(g) => Ok(Json(g)),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("security group '{name}' not found"))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("security group '{name}' not found"),
+        )),
     }
 }
 
@@ -227,11 +310,16 @@ async fn update_asg(
     // The name may be omitted in the body; it defaults to the one in the path.
     let mut raw: Value = json(&b)?;
     if let Some(o) = raw.as_object_mut() {
-        o.entry("name").or_insert_with(|| Value::String(name.clone()));
+        o.entry("name")
+            .or_insert_with(|| Value::String(name.clone()));
     }
     let g = parse_asg(&serde_json::to_vec(&raw).unwrap_or_default())?;
     let stored = g.clone();
-    s.store.call(Mode::Write, move |tx| ops::put_security_group(tx, Some(&name), &stored)).await?;
+    s.store
+        .call(Mode::Write, move |tx| {
+            ops::put_security_group(tx, Some(&name), &stored)
+        })
+        .await?;
     Ok(Json(g))
 }
 
@@ -242,7 +330,9 @@ async fn delete_asg(
 ) -> ApiResult<Json<Value>> {
     version(&v)?;
     require_admin(&authenticate(&s, &headers).await?)?;
-    s.store.call(Mode::Write, move |tx| ops::delete_security_group(tx, &name)).await?;
+    s.store
+        .call(Mode::Write, move |tx| ops::delete_security_group(tx, &name))
+        .await?;
     Ok(ok())
 }
 
@@ -254,7 +344,11 @@ struct RouteBody {
     app_id: String,
 }
 
-async fn list_routes(State(s): State<AppState>, Path(v): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+async fn list_routes(
+    State(s): State<AppState>,
+    Path(v): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
     version(&v)?;
     let p = authenticate(&s, &headers).await?;
     require_write(&p)?;
@@ -265,7 +359,12 @@ async fn list_routes(State(s): State<AppState>, Path(v): Path<String>, headers: 
     Ok(Json(json!({ "routes": routes })))
 }
 
-async fn route_input(s: &AppState, v: &str, headers: &HeaderMap, b: Result<Bytes, BytesRejection>) -> ApiResult<Route> {
+async fn route_input(
+    s: &AppState,
+    v: &str,
+    headers: &HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<Route> {
     version(v)?;
     let p = authenticate(s, headers).await?;
     require_write(&p)?;
@@ -282,7 +381,9 @@ async fn add_route(
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
     let r = route_input(&s, &v, &headers, b).await?;
-    s.store.call(Mode::Write, move |tx| ops::add_route(tx, &r)).await?;
+    s.store
+        .call(Mode::Write, move |tx| ops::add_route(tx, &r))
+        .await?;
     Ok(ok())
 }
 
@@ -293,11 +394,17 @@ async fn delete_route(
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
     let r = route_input(&s, &v, &headers, b).await?;
-    s.store.call(Mode::Write, move |tx| ops::delete_route(tx, &r)).await?;
+    s.store
+        .call(Mode::Write, move |tx| ops::delete_route(tx, &r))
+        .await?;
     Ok(ok())
 }
 
-async fn list_leases(State(s): State<AppState>, Path(v): Path<String>, headers: HeaderMap) -> ApiResult<Json<Value>> {
+async fn list_leases(
+    State(s): State<AppState>,
+    Path(v): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
     version(&v)?;
     require_admin(&authenticate(&s, &headers).await?)?;
     let leases = s.store.call(Mode::Read, ops::list_leases).await?;
@@ -321,17 +428,24 @@ async fn add_lease(
     version(&v)?;
     require_admin(&authenticate(&s, &headers).await?)?;
     let sl: StaticLease = json(&body(b)?)?;
-    let ip: Ipv4Addr = sl
-        .underlay_ip
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("underlay_ip: '{}' is not an IPv4 address", sl.underlay_ip)))?;
+    let ip: Ipv4Addr = sl.underlay_ip.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "underlay_ip: '{}' is not an IPv4 address",
+            sl.underlay_ip
+        ))
+    })?;
     let subnet: ipnet::Ipv4Net = sl.overlay_subnet.parse().map_err(|_| {
-        ApiError::bad_request(format!("overlay_subnet: '{}' is not an IPv4 CIDR", sl.overlay_subnet))
+        ApiError::bad_request(format!(
+            "overlay_subnet: '{}' is not an IPv4 CIDR",
+            sl.overlay_subnet
+        ))
     })?;
     let settings = s.store.settings.clone();
     let l = s
         .store
-        .call(Mode::Write, move |tx| ops::register_static(tx, &settings.leases, ip, subnet))
+        .call(Mode::Write, move |tx| {
+            ops::register_static(tx, &settings.leases, ip, subnet)
+        })
         .await?;
     Ok(Json(serde_json::to_value(l).unwrap_or_default()))
 }

@@ -34,7 +34,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 fn parse_ip(field: &str, s: &str) -> ApiResult<Ipv4Addr> {
-    s.parse().map_err(|_| ApiError::bad_request(format!("{field}: '{s}' is not an IPv4 address")))
+    s.parse()
+        .map_err(|_| ApiError::bad_request(format!("{field}: '{s}' is not an IPv4 address")))
 }
 
 #[derive(Deserialize)]
@@ -48,14 +49,26 @@ async fn list_leases(State(s): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({ "leases": leases })))
 }
 
-async fn acquire(State(s): State<AppState>, b: Result<Bytes, BytesRejection>) -> ApiResult<Json<Lease>> {
+async fn acquire(
+    State(s): State<AppState>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Lease>> {
     let c: CellIp = json(&body(b)?)?;
     let ip = parse_ip("underlay_ip", &c.underlay_ip)?;
     let settings = s.store.settings.clone();
-    Ok(Json(s.store.call(Mode::Write, move |tx| ops::acquire(tx, &settings.leases, ip)).await?))
+    Ok(Json(
+        s.store
+            .call(Mode::Write, move |tx| {
+                ops::acquire(tx, &settings.leases, ip)
+            })
+            .await?,
+    ))
 }
 
-async fn renew(State(s): State<AppState>, b: Result<Bytes, BytesRejection>) -> ApiResult<Json<Lease>> {
+async fn renew(
+    State(s): State<AppState>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Lease>> {
     #[derive(Deserialize)]
     struct Want {
         #[serde(default)]
@@ -66,7 +79,10 @@ async fn renew(State(s): State<AppState>, b: Result<Bytes, BytesRejection>) -> A
     let w: Want = json(&body(b)?)?;
     let ip = parse_ip("underlay_ip", &w.underlay_ip)?;
     let subnet: ipnet::Ipv4Net = w.overlay_subnet.parse().map_err(|_| {
-        ApiError::bad_request(format!("overlay_subnet: '{}' is not an IPv4 CIDR", w.overlay_subnet))
+        ApiError::bad_request(format!(
+            "overlay_subnet: '{}' is not an IPv4 CIDR",
+            w.overlay_subnet
+        ))
     })?;
     let want = Lease {
         underlay_ip: ip,
@@ -76,13 +92,24 @@ async fn renew(State(s): State<AppState>, b: Result<Bytes, BytesRejection>) -> A
         kind: crate::model::LeaseKind::Tapestry,
     };
     let settings = s.store.settings.clone();
-    Ok(Json(s.store.call(Mode::Write, move |tx| ops::renew(tx, &settings.leases, &want)).await?))
+    Ok(Json(
+        s.store
+            .call(Mode::Write, move |tx| {
+                ops::renew(tx, &settings.leases, &want)
+            })
+            .await?,
+    ))
 }
 
-async fn release(State(s): State<AppState>, b: Result<Bytes, BytesRejection>) -> ApiResult<Json<Value>> {
+async fn release(
+    State(s): State<AppState>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
     let c: CellIp = json(&body(b)?)?;
     let ip = parse_ip("underlay_ip", &c.underlay_ip)?;
-    s.store.call(Mode::Write, move |tx| ops::release(tx, ip)).await?;
+    s.store
+        .call(Mode::Write, move |tx| ops::release(tx, ip))
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -92,7 +119,9 @@ fn check_instance(i: &Instance) -> ApiResult<()> {
             return Err(ApiError::bad_request(format!("{field}: required")));
         }
         if v.len() > 255 {
-            return Err(ApiError::bad_request(format!("{field}: must be at most 255 characters")));
+            return Err(ApiError::bad_request(format!(
+                "{field}: must be at most 255 characters"
+            )));
         }
     }
     Ok(())
@@ -104,13 +133,21 @@ fn parse_instance(b: &[u8]) -> ApiResult<Instance> {
     Ok(i)
 }
 
-async fn instance_up(State(s): State<AppState>, b: Result<Bytes, BytesRejection>) -> ApiResult<Json<Value>> {
+async fn instance_up(
+    State(s): State<AppState>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
     let i = parse_instance(&body(b)?)?;
-    s.store.call(Mode::Write, move |tx| ops::put_instance(tx, &i)).await?;
+    s.store
+        .call(Mode::Write, move |tx| ops::put_instance(tx, &i))
+        .await?;
     Ok(Json(json!({})))
 }
 
-async fn instance_down(State(s): State<AppState>, b: Result<Bytes, BytesRejection>) -> ApiResult<Json<Value>> {
+async fn instance_down(
+    State(s): State<AppState>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
     #[derive(Deserialize)]
     struct Down {
         #[serde(default)]
@@ -123,7 +160,11 @@ async fn instance_down(State(s): State<AppState>, b: Result<Bytes, BytesRejectio
     if d.handle.is_empty() {
         return Err(ApiError::bad_request("handle: required"));
     }
-    s.store.call(Mode::Write, move |tx| ops::delete_instance(tx, cell, &d.handle)).await?;
+    s.store
+        .call(Mode::Write, move |tx| {
+            ops::delete_instance(tx, cell, &d.handle)
+        })
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -139,7 +180,8 @@ async fn sync_cell(
     let cell = parse_ip("underlay_ip", &ip)?;
     let set: Set = json(&body(b)?)?;
     for (n, i) in set.instances.iter().enumerate() {
-        check_instance(i).map_err(|e| ApiError::bad_request(format!("instances[{n}].{}", e.message)))?;
+        check_instance(i)
+            .map_err(|e| ApiError::bad_request(format!("instances[{n}].{}", e.message)))?;
         if i.cell != cell {
             return Err(ApiError::bad_request(format!(
                 "instances[{n}].cell: {} is not the cell in the path ({cell})",
@@ -147,7 +189,11 @@ async fn sync_cell(
             )));
         }
     }
-    s.store.call(Mode::Write, move |tx| ops::sync_cell(tx, cell, &set.instances)).await?;
+    s.store
+        .call(Mode::Write, move |tx| {
+            ops::sync_cell(tx, cell, &set.instances)
+        })
+        .await?;
     Ok(Json(json!({})))
 }
 
@@ -161,7 +207,10 @@ struct FeedQuery {
 }
 
 /// Long-poll: answers as soon as the version passes `since`, or after `wait_ms` unchanged.
-async fn feed(State(s): State<AppState>, q: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<FeedResponse>> {
+async fn feed(
+    State(s): State<AppState>,
+    q: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<FeedResponse>> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(30_000).min(MAX_WAIT_MS));
     let mut rx = s.store.subscribe();
@@ -181,5 +230,9 @@ async fn feed(State(s): State<AppState>, q: Result<Query<FeedQuery>, axum::extra
         }
     }
     let since = q.since;
-    Ok(Json(s.store.call(Mode::Read, move |tx| ops::feed(tx, since)).await?))
+    Ok(Json(
+        s.store
+            .call(Mode::Read, move |tx| ops::feed(tx, since))
+            .await?,
+    ))
 }

@@ -49,7 +49,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
-        ApiError { status, message: message.into() }
+        ApiError {
+            status,
+            message: message.into(),
+        }
     }
     pub fn bad_request(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
@@ -74,7 +77,9 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         let status = match &e {
             StoreError::QuotaExceeded => StatusCode::FORBIDDEN,
-            StoreError::TagsExhausted | StoreError::NoLease | StoreError::Conflict(_) => StatusCode::CONFLICT,
+            StoreError::TagsExhausted | StoreError::NoLease | StoreError::Conflict(_) => {
+                StatusCode::CONFLICT
+            }
             StoreError::NotFound(_) => StatusCode::NOT_FOUND,
             StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
             StoreError::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -92,7 +97,10 @@ pub type ApiResult<T> = Result<T, ApiError>;
 pub fn body(b: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
     b.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large: the limit is 10 MB")
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body too large: the limit is 10 MB",
+            )
         } else {
             ApiError::bad_request(format!("reading the request body: {r}"))
         }
@@ -115,21 +123,41 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Pr
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(unauthorized("missing authorization header"));
     };
-    let value = value.to_str().map_err(|_| unauthorized("invalid authorization header"))?;
+    let value = value
+        .to_str()
+        .map_err(|_| unauthorized("invalid authorization header"))?;
     let token = match value.split_once(' ') {
-        Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() => t.trim(),
-        _ => return Err(unauthorized("invalid authorization header: expected 'Bearer TOKEN'")),
+        Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() => {
+            t.trim()
+        }
+        _ => {
+            return Err(unauthorized(
+                "invalid authorization header: expected 'Bearer TOKEN'",
+            ))
+        }
     };
     let hash = token_hash(token);
-    if let Some(p) = state.tokens.lock().unwrap_or_else(|p| p.into_inner()).get(&hash) {
+    if let Some(p) = state
+        .tokens
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&hash)
+    {
         return Ok(p.clone());
     }
     let h = hash.clone();
-    let found = state.store.call(Mode::Read, move |tx| ops::lookup_token(tx, &h)).await?;
+    let found = state
+        .store
+        .call(Mode::Read, move |tx| ops::lookup_token(tx, &h))
+        .await?;
     let Some(p) = found else {
         return Err(unauthorized("failed to verify token"));
     };
-    state.tokens.lock().unwrap_or_else(|p| p.into_inner()).insert(hash, p.clone());
+    state
+        .tokens
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(hash, p.clone());
     Ok(p)
 }
 

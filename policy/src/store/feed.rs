@@ -28,7 +28,7 @@ pub(crate) fn record<T: Serialize>(
         .transpose()?
         .ok_or_else(|| StoreError::Db("change log insert returned no version".into()))?
         as u64;
-    if v % 128 == 0 && v > FEED_RETAIN {
+    if v & 127 == 0 && v > FEED_RETAIN {
         tx.exec(
             "DELETE FROM changes WHERE version <= $1",
             &[Val::I((v - FEED_RETAIN) as i64)],
@@ -62,7 +62,11 @@ pub fn feed(tx: &mut dyn Tx, since: Option<u64>) -> Result<FeedResponse, StoreEr
     let current = current_version(tx)?;
     let oldest = {
         let rows = tx.query("SELECT MIN(version) FROM changes", &[])?;
-        rows.first().map(|r| r[0].opt_i()).transpose()?.flatten().map(|v| v as u64)
+        rows.first()
+            .map(|r| r[0].opt_i())
+            .transpose()?
+            .flatten()
+            .map(|v| v as u64)
     };
     let resumable = match since {
         None => false,
@@ -71,7 +75,11 @@ pub fn feed(tx: &mut dyn Tx, since: Option<u64>) -> Result<FeedResponse, StoreEr
         Some(s) => oldest.is_some_and(|o| s + 1 >= o),
     };
     if !resumable {
-        return Ok(FeedResponse { version: current, snapshot: Some(snapshot(tx)?), changes: vec![] });
+        return Ok(FeedResponse {
+            version: current,
+            snapshot: Some(snapshot(tx)?),
+            changes: vec![],
+        });
     }
     let since = since.unwrap_or(current);
     let rows = tx.query(
@@ -80,9 +88,10 @@ pub fn feed(tx: &mut dyn Tx, since: Option<u64>) -> Result<FeedResponse, StoreEr
     )?;
     let mut changes = Vec::with_capacity(rows.len());
     for r in rows {
-        let op = Op::parse(r[1].t()?).ok_or_else(|| StoreError::Db("bad op in change log".into()))?;
-        let kind =
-            Kind::parse(r[2].t()?).ok_or_else(|| StoreError::Db("bad kind in change log".into()))?;
+        let op =
+            Op::parse(r[1].t()?).ok_or_else(|| StoreError::Db("bad op in change log".into()))?;
+        let kind = Kind::parse(r[2].t()?)
+            .ok_or_else(|| StoreError::Db("bad kind in change log".into()))?;
         changes.push(Change {
             version: r[0].i()? as u64,
             op,
@@ -91,5 +100,9 @@ pub fn feed(tx: &mut dyn Tx, since: Option<u64>) -> Result<FeedResponse, StoreEr
         });
     }
     let version = changes.last().map_or(since, |c| c.version);
-    Ok(FeedResponse { version, snapshot: None, changes })
+    Ok(FeedResponse {
+        version,
+        snapshot: None,
+        changes,
+    })
 }

@@ -31,11 +31,19 @@ impl LeaseSettings {
 }
 
 fn row_to_lease(r: &[Val]) -> Result<Lease, StoreError> {
-    let underlay_ip: Ipv4Addr =
-        r[0].t()?.parse().map_err(|_| StoreError::Db("stored underlay ip is invalid".into()))?;
-    let overlay_subnet: Ipv4Net =
-        r[1].t()?.parse().map_err(|_| StoreError::Db("stored subnet is invalid".into()))?;
-    let kind = if r[3].t()? == "static" { LeaseKind::Static } else { LeaseKind::Tapestry };
+    let underlay_ip: Ipv4Addr = r[0]
+        .t()?
+        .parse()
+        .map_err(|_| StoreError::Db("stored underlay ip is invalid".into()))?;
+    let overlay_subnet: Ipv4Net = r[1]
+        .t()?
+        .parse()
+        .map_err(|_| StoreError::Db("stored subnet is invalid".into()))?;
+    let kind = if r[3].t()? == "static" {
+        LeaseKind::Static
+    } else {
+        LeaseKind::Tapestry
+    };
     Ok(Lease {
         underlay_ip,
         overlay_hardware_addr: hardware_addr(&overlay_subnet),
@@ -91,7 +99,10 @@ fn insert(tx: &mut dyn Tx, l: &Lease) -> Result<(), StoreError> {
 }
 
 fn delete(tx: &mut dyn Tx, l: &Lease) -> Result<(), StoreError> {
-    tx.exec("DELETE FROM leases WHERE underlay_ip = $1", &[l.underlay_ip.to_string().into()])?;
+    tx.exec(
+        "DELETE FROM leases WHERE underlay_ip = $1",
+        &[l.underlay_ip.to_string().into()],
+    )?;
     record(tx, Op::Delete, Kind::Lease, l)?;
     Ok(())
 }
@@ -183,7 +194,10 @@ pub fn renew(tx: &mut dyn Tx, s: &LeaseSettings, want: &Lease) -> Result<Lease, 
                     want.overlay_subnet, other.underlay_ip
                 )));
             }
-            Err(StoreError::NotFound(format!("no lease for {}", want.underlay_ip)))
+            Err(StoreError::NotFound(format!(
+                "no lease for {}",
+                want.underlay_ip
+            )))
         }
         Some(l) if l.overlay_subnet != want.overlay_subnet => Err(StoreError::Conflict(format!(
             "{} holds subnet {}, not {}",

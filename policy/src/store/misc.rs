@@ -11,7 +11,9 @@ const INSTANCE_COLS: &str = "cell, handle, app_id, space_id, org_id, instance_in
 
 fn row_to_instance(r: &[Val]) -> Result<Instance, StoreError> {
     let ip = |v: &Val| -> Result<Ipv4Addr, StoreError> {
-        v.t()?.parse().map_err(|_| StoreError::Db("stored IP is invalid".into()))
+        v.t()?
+            .parse()
+            .map_err(|_| StoreError::Db("stored IP is invalid".into()))
     };
     Ok(Instance {
         cell: ip(&r[0])?,
@@ -25,18 +27,28 @@ fn row_to_instance(r: &[Val]) -> Result<Instance, StoreError> {
 }
 
 /// All instances, or those of one cell.
-pub fn list_instances(tx: &mut dyn Tx, cell: Option<Ipv4Addr>) -> Result<Vec<Instance>, StoreError> {
+pub fn list_instances(
+    tx: &mut dyn Tx,
+    cell: Option<Ipv4Addr>,
+) -> Result<Vec<Instance>, StoreError> {
     let rows = match cell {
         Some(c) => tx.query(
             &format!("SELECT {INSTANCE_COLS} FROM instances WHERE cell = $1 ORDER BY cell, handle"),
             &[c.to_string().into()],
         )?,
-        None => tx.query(&format!("SELECT {INSTANCE_COLS} FROM instances ORDER BY cell, handle"), &[])?,
+        None => tx.query(
+            &format!("SELECT {INSTANCE_COLS} FROM instances ORDER BY cell, handle"),
+            &[],
+        )?,
     };
     rows.iter().map(|r| row_to_instance(r)).collect()
 }
 
-fn get_instance(tx: &mut dyn Tx, cell: Ipv4Addr, handle: &str) -> Result<Option<Instance>, StoreError> {
+fn get_instance(
+    tx: &mut dyn Tx,
+    cell: Ipv4Addr,
+    handle: &str,
+) -> Result<Option<Instance>, StoreError> {
     let rows = tx.query(
         &format!("SELECT {INSTANCE_COLS} FROM instances WHERE cell = $1 AND handle = $2"),
         &[cell.to_string().into(), handle.into()],
@@ -99,7 +111,9 @@ pub fn sync_cell(tx: &mut dyn Tx, cell: Ipv4Addr, want: &[Instance]) -> Result<(
 pub fn app_spaces(tx: &mut dyn Tx) -> Result<BTreeMap<String, HashSet<String>>, StoreError> {
     let mut out: BTreeMap<String, HashSet<String>> = BTreeMap::new();
     for r in tx.query("SELECT DISTINCT app_id, space_id FROM instances", &[])? {
-        out.entry(r[0].t()?.into()).or_default().insert(r[1].t()?.into());
+        out.entry(r[0].t()?.into())
+            .or_default()
+            .insert(r[1].t()?.into());
     }
     Ok(out)
 }
@@ -108,7 +122,10 @@ pub fn app_spaces(tx: &mut dyn Tx) -> Result<BTreeMap<String, HashSet<String>>, 
 pub fn apps_in_spaces(tx: &mut dyn Tx, spaces: &[String]) -> Result<HashSet<String>, StoreError> {
     let mut out = HashSet::new();
     for s in spaces {
-        for r in tx.query("SELECT DISTINCT app_id FROM instances WHERE space_id = $1", &[s.as_str().into()])? {
+        for r in tx.query(
+            "SELECT DISTINCT app_id FROM instances WHERE space_id = $1",
+            &[s.as_str().into()],
+        )? {
             out.insert(r[0].t()?.to_string());
         }
     }
@@ -118,7 +135,12 @@ pub fn apps_in_spaces(tx: &mut dyn Tx, spaces: &[String]) -> Result<HashSet<Stri
 pub fn list_routes(tx: &mut dyn Tx) -> Result<Vec<Route>, StoreError> {
     tx.query("SELECT host, app_id FROM routes ORDER BY host, app_id", &[])?
         .iter()
-        .map(|r| Ok(Route { host: r[0].t()?.into(), app_id: r[1].t()?.into() }))
+        .map(|r| {
+            Ok(Route {
+                host: r[0].t()?.into(),
+                app_id: r[1].t()?.into(),
+            })
+        })
         .collect()
 }
 
@@ -153,11 +175,17 @@ pub fn list_security_groups(tx: &mut dyn Tx) -> Result<Vec<SecurityGroup>, Store
         .collect()
 }
 
-pub fn get_security_group(tx: &mut dyn Tx, name: &str) -> Result<Option<SecurityGroup>, StoreError> {
-    tx.query("SELECT body FROM security_groups WHERE name = $1", &[name.into()])?
-        .first()
-        .map(|r| Ok(serde_json::from_str(r[0].t()?)?))
-        .transpose()
+pub fn get_security_group(
+    tx: &mut dyn Tx,
+    name: &str,
+) -> Result<Option<SecurityGroup>, StoreError> {
+    tx.query(
+        "SELECT body FROM security_groups WHERE name = $1",
+        &[name.into()],
+    )?
+    .first()
+    .map(|r| Ok(serde_json::from_str(r[0].t()?)?))
+    .transpose()
 }
 
 /// Creates (`create`: fails when the name exists) or replaces `old_name` with `g`.
@@ -177,7 +205,9 @@ pub fn put_security_group(
         }
         Some(old) => {
             let Some(prev) = get_security_group(tx, old)? else {
-                return Err(StoreError::NotFound(format!("security group '{old}' not found")));
+                return Err(StoreError::NotFound(format!(
+                    "security group '{old}' not found"
+                )));
             };
             if old != g.name {
                 if get_security_group(tx, &g.name)?.is_some() {
@@ -193,7 +223,10 @@ pub fn put_security_group(
             }
         }
     }
-    tx.exec("DELETE FROM security_groups WHERE name = $1", &[g.name.as_str().into()])?;
+    tx.exec(
+        "DELETE FROM security_groups WHERE name = $1",
+        &[g.name.as_str().into()],
+    )?;
     tx.exec(
         "INSERT INTO security_groups (name, body) VALUES ($1, $2)",
         &[g.name.as_str().into(), Val::T(serde_json::to_string(g)?)],
@@ -204,9 +237,14 @@ pub fn put_security_group(
 
 pub fn delete_security_group(tx: &mut dyn Tx, name: &str) -> Result<(), StoreError> {
     let Some(prev) = get_security_group(tx, name)? else {
-        return Err(StoreError::NotFound(format!("security group '{name}' not found")));
+        return Err(StoreError::NotFound(format!(
+            "security group '{name}' not found"
+        )));
     };
-    tx.exec("DELETE FROM security_groups WHERE name = $1", &[name.into()])?;
+    tx.exec(
+        "DELETE FROM security_groups WHERE name = $1",
+        &[name.into()],
+    )?;
     record(tx, Op::Delete, Kind::SecurityGroup, &prev)?;
     Ok(())
 }
@@ -227,14 +265,17 @@ pub fn insert_token(tx: &mut dyn Tx, hash: &str, p: &Principal) -> Result<(), St
 }
 
 pub fn lookup_token(tx: &mut dyn Tx, hash: &str) -> Result<Option<Principal>, StoreError> {
-    tx.query("SELECT name, scope, spaces FROM tokens WHERE hash = $1", &[hash.into()])?
-        .first()
-        .map(|r| {
-            Ok(Principal {
-                name: r[0].t()?.into(),
-                scope: r[1].t()?.into(),
-                spaces: serde_json::from_str(r[2].t()?)?,
-            })
+    tx.query(
+        "SELECT name, scope, spaces FROM tokens WHERE hash = $1",
+        &[hash.into()],
+    )?
+    .first()
+    .map(|r| {
+        Ok(Principal {
+            name: r[0].t()?.into(),
+            scope: r[1].t()?.into(),
+            spaces: serde_json::from_str(r[2].t()?)?,
         })
-        .transpose()
+    })
+    .transpose()
 }

@@ -30,7 +30,9 @@ impl Val {
     pub fn i(&self) -> Result<i64, StoreError> {
         match self {
             Val::I(i) => Ok(*i),
-            v => Err(StoreError::Db(format!("expected an integer column, got {v:?}"))),
+            v => Err(StoreError::Db(format!(
+                "expected an integer column, got {v:?}"
+            ))),
         }
     }
     pub fn t(&self) -> Result<&str, StoreError> {
@@ -109,7 +111,11 @@ pub struct Settings {
 impl Settings {
     pub fn new(overlay: Ipv4Net, prefix: u8) -> Settings {
         Settings {
-            leases: LeaseSettings { network: overlay, prefix, expiry_secs: 168 * 3600 },
+            leases: LeaseSettings {
+                network: overlay,
+                prefix,
+                expiry_secs: 168 * 3600,
+            },
             max_policies_per_source: 150,
             max_tag: 65535,
         }
@@ -147,15 +153,21 @@ impl Store {
             }
             Some("sqlite") | None => {
                 let path = data_dir.join("tapestry.db");
-                Arc::new(tokio::task::spawn_blocking(move || sqlite::SqliteBackend::open(&path)).await.map_err(|e| StoreError::Db(e.to_string()))??)
+                Arc::new(
+                    tokio::task::spawn_blocking(move || sqlite::SqliteBackend::open(&path))
+                        .await
+                        .map_err(|e| StoreError::Db(e.to_string()))??,
+                )
             }
-            Some(other) => {
-                return Err(StoreError::Invalid(format!(
-                    "--database '{other}' is neither 'sqlite' nor a postgres://USER@HOST:PORT/DB URL"
-                )))
-            }
+            Some(other) => return Err(StoreError::Invalid(format!(
+                "--database '{other}' is neither 'sqlite' nor a postgres://USER@HOST:PORT/DB URL"
+            ))),
         };
-        let store = Store { backend, version, settings: Arc::new(settings) };
+        let store = Store {
+            backend,
+            version,
+            settings: Arc::new(settings),
+        };
         store.call(Mode::Write, schema::migrate).await?;
         let v = store.call(Mode::Read, feed::current_version).await?;
         store.bump(v);
@@ -214,9 +226,9 @@ pub mod ops {
     pub use super::feed::{current_version, feed, snapshot};
     pub use super::leases::{acquire, list_leases, register_static, release, renew};
     pub use super::misc::{
-        add_route, app_spaces, apps_in_spaces, delete_instance, delete_route, delete_security_group,
-        get_security_group, insert_token, list_instances, list_routes, list_security_groups,
-        lookup_token, put_instance, put_security_group, sync_cell,
+        add_route, app_spaces, apps_in_spaces, delete_instance, delete_route,
+        delete_security_group, get_security_group, insert_token, list_instances, list_routes,
+        list_security_groups, lookup_token, put_instance, put_security_group, sync_cell,
     };
     pub use super::policies::{create_policies, delete_policies, list_policies, list_tags};
 }

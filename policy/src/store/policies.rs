@@ -41,7 +41,11 @@ fn ensure_tag(tx: &mut dyn Tx, guid: &str, max_tag: u16) -> Result<u16, StoreErr
         "INSERT INTO groups (guid, tag, type) VALUES ($1, $2, 'app')",
         &[guid.into(), Val::I(next)],
     )?;
-    let tag = Tag { id: guid.into(), kind: "app".into(), tag: render_tag(next as u16) };
+    let tag = Tag {
+        id: guid.into(),
+        kind: "app".into(),
+        tag: render_tag(next as u16),
+    };
     record(tx, Op::Put, Kind::Tag, &tag)?;
     Ok(next as u16)
 }
@@ -57,7 +61,11 @@ fn release_tag_if_unused(tx: &mut dyn Tx, guid: &str) -> Result<(), StoreError> 
     }
     if let Some(t) = tag_of(tx, guid)? {
         tx.exec("DELETE FROM groups WHERE guid = $1", &[guid.into()])?;
-        let tag = Tag { id: guid.into(), kind: "app".into(), tag: render_tag(t) };
+        let tag = Tag {
+            id: guid.into(),
+            kind: "app".into(),
+            tag: render_tag(t),
+        };
         record(tx, Op::Delete, Kind::Tag, &tag)?;
     }
     Ok(())
@@ -96,7 +104,10 @@ pub fn create_policies(tx: &mut dyn Tx, s: &Settings, ps: &[Policy]) -> Result<(
         *per_source.entry(k.0.as_str()).or_default() += 1;
     }
     for (src, n) in per_source {
-        let rows = tx.query("SELECT COUNT(*) FROM policies WHERE source_id = $1", &[src.into()])?;
+        let rows = tx.query(
+            "SELECT COUNT(*) FROM policies WHERE source_id = $1",
+            &[src.into()],
+        )?;
         let have = rows.first().map(|r| r[0].i()).transpose()?.unwrap_or(0) as usize;
         if have + n > s.max_policies_per_source {
             return Err(StoreError::QuotaExceeded);
@@ -200,7 +211,11 @@ pub fn list_tags(tx: &mut dyn Tx) -> Result<Vec<Tag>, StoreError> {
     let rows = tx.query("SELECT guid, type, tag FROM groups ORDER BY tag", &[])?;
     rows.iter()
         .map(|r| {
-            Ok(Tag { id: r[0].t()?.into(), kind: r[1].t()?.into(), tag: render_tag(r[2].i()? as u16) })
+            Ok(Tag {
+                id: r[0].t()?.into(),
+                kind: r[1].t()?.into(),
+                tag: render_tag(r[2].i()? as u16),
+            })
         })
         .collect()
 }

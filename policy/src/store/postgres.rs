@@ -28,7 +28,11 @@ pub struct PgBackend {
 }
 
 impl ToSql for Val {
-    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn Error + Sync + Send>> {
         match self {
             Val::N => Ok(IsNull::Yes),
             Val::I(i) if *ty == Type::INT4 => i32::try_from(*i)?.to_sql(ty, out),
@@ -44,14 +48,25 @@ impl ToSql for Val {
     to_sql_checked!();
 }
 
-async fn connect(url: &str) -> Result<(Client, tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>), StoreError> {
+async fn connect(
+    url: &str,
+) -> Result<
+    (
+        Client,
+        tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
+    ),
+    StoreError,
+> {
     tokio_postgres::connect(url, NoTls)
         .await
         .map_err(|e| StoreError::Db(format!("connecting to PostgreSQL: {e}")))
 }
 
 impl PgBackend {
-    pub async fn connect(url: &str, version: Arc<watch::Sender<u64>>) -> Result<PgBackend, StoreError> {
+    pub async fn connect(
+        url: &str,
+        version: Arc<watch::Sender<u64>>,
+    ) -> Result<PgBackend, StoreError> {
         let mut clients = Vec::new();
         for _ in 0..POOL {
             let (client, conn) = connect(url).await?;
@@ -63,7 +78,11 @@ impl PgBackend {
             clients.push(Mutex::new(client));
         }
         tokio::spawn(listen(url.to_string(), version));
-        Ok(PgBackend { clients, next: AtomicUsize::new(0), handle: Handle::current() })
+        Ok(PgBackend {
+            clients,
+            next: AtomicUsize::new(0),
+            handle: Handle::current(),
+        })
     }
 }
 
@@ -96,7 +115,11 @@ async fn listen(url: String, version: Arc<watch::Sender<u64>>) {
                 }
             }
         });
-        if client.batch_execute(&format!("LISTEN {CHANNEL}")).await.is_err() {
+        if client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .is_err()
+        {
             driver.abort();
             continue;
         }
@@ -140,7 +163,8 @@ struct PgTx<'a> {
 
 impl Tx for PgTx<'_> {
     fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
-        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
         let rows = self.handle.block_on(self.client.query(sql, &refs))?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
@@ -150,11 +174,14 @@ impl Tx for PgTx<'_> {
                 let v = if *t == Type::INT8 {
                     r.try_get::<_, Option<i64>>(i)?.map_or(Val::N, Val::I)
                 } else if *t == Type::INT4 {
-                    r.try_get::<_, Option<i32>>(i)?.map_or(Val::N, |x| Val::I(x.into()))
+                    r.try_get::<_, Option<i32>>(i)?
+                        .map_or(Val::N, |x| Val::I(x.into()))
                 } else if *t == Type::INT2 {
-                    r.try_get::<_, Option<i16>>(i)?.map_or(Val::N, |x| Val::I(x.into()))
+                    r.try_get::<_, Option<i16>>(i)?
+                        .map_or(Val::N, |x| Val::I(x.into()))
                 } else if *t == Type::BOOL {
-                    r.try_get::<_, Option<bool>>(i)?.map_or(Val::N, |x| Val::I(x.into()))
+                    r.try_get::<_, Option<bool>>(i)?
+                        .map_or(Val::N, |x| Val::I(x.into()))
                 } else {
                     r.try_get::<_, Option<String>>(i)?.map_or(Val::N, Val::T)
                 };
@@ -166,7 +193,8 @@ impl Tx for PgTx<'_> {
     }
 
     fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
-        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
         Ok(self.handle.block_on(self.client.execute(sql, &refs))?)
     }
 
@@ -183,7 +211,11 @@ impl Backend for PgBackend {
     ) -> Result<Option<u64>, StoreError> {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let guard = (0..self.clients.len())
-            .find_map(|k| self.clients[(start + k) % self.clients.len()].try_lock().ok())
+            .find_map(|k| {
+                self.clients[(start + k) % self.clients.len()]
+                    .try_lock()
+                    .ok()
+            })
             .unwrap_or_else(|| {
                 self.clients[start % self.clients.len()]
                     .lock()
@@ -194,7 +226,9 @@ impl Backend for PgBackend {
         match mode {
             Mode::Write => h.block_on(async {
                 client.batch_execute("BEGIN").await?;
-                client.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY]).await
+                client
+                    .execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
+                    .await
             }),
             Mode::Read => h.block_on(async {
                 client
@@ -207,14 +241,20 @@ impl Backend for PgBackend {
             let _ = h.block_on(client.batch_execute("ROLLBACK"));
             StoreError::from(e)
         })?;
-        let mut tx = PgTx { client, handle: h, last: None };
+        let mut tx = PgTx {
+            client,
+            handle: h,
+            last: None,
+        };
         let result = f(&mut tx);
         let last = tx.last;
         match result {
             Ok(()) => {
                 let commit = h.block_on(async {
                     if let Some(v) = last {
-                        client.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &v.to_string()]).await?;
+                        client
+                            .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &v.to_string()])
+                            .await?;
                     }
                     client.batch_execute("COMMIT").await
                 });

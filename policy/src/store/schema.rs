@@ -36,8 +36,16 @@ pub fn migrate(tx: &mut dyn Tx) -> Result<(), StoreError> {
     )?;
     // Detect the dialect: PostgreSQL has pg_catalog.
     let postgres = tx.query("SELECT version()", &[]).is_ok();
-    let applied = tx.query("SELECT COALESCE(MAX(version), 0) FROM schema_migrations", &[])?;
-    let current = applied.first().and_then(|r| r.first()).map(|v| v.i()).transpose()?.unwrap_or(0);
+    let applied = tx.query(
+        "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+        &[],
+    )?;
+    let current = applied
+        .first()
+        .and_then(|r| r.first())
+        .map(|v| v.i())
+        .transpose()?
+        .unwrap_or(0);
     for (version, stmts) in MIGRATIONS {
         if *version <= current {
             continue;

@@ -27,8 +27,14 @@ fn open_conn(path: &Path) -> Result<Connection, StoreError> {
 impl SqliteBackend {
     pub fn open(path: &Path) -> Result<SqliteBackend, StoreError> {
         let writer = Mutex::new(open_conn(path)?);
-        let readers = (0..3).map(|_| open_conn(path).map(Mutex::new)).collect::<Result<_, _>>()?;
-        Ok(SqliteBackend { writer, readers, next: AtomicUsize::new(0) })
+        let readers = (0..3)
+            .map(|_| open_conn(path).map(Mutex::new))
+            .collect::<Result<_, _>>()?;
+        Ok(SqliteBackend {
+            writer,
+            readers,
+            next: AtomicUsize::new(0),
+        })
     }
 }
 
@@ -99,7 +105,11 @@ impl Backend for SqliteBackend {
         }
         .unwrap_or_else(|p| p.into_inner());
         let conn: &Connection = &guard;
-        conn.execute_batch(if mode == Mode::Write { "BEGIN IMMEDIATE" } else { "BEGIN" })?;
+        conn.execute_batch(if mode == Mode::Write {
+            "BEGIN IMMEDIATE"
+        } else {
+            "BEGIN"
+        })?;
         let mut tx = SqliteTx { conn, last: None };
         match f(&mut tx) {
             Ok(()) => {

@@ -21,7 +21,10 @@ pub async fn fresh_postgres() -> Option<String> {
         .expect("connecting to TAPESTRY_TEST_POSTGRES");
     tokio::spawn(conn);
     let name = format!("tapestry_test_{:016x}", rand::random::<u64>());
-    client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create database");
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create database");
     let (prefix, _) = base.rsplit_once('/').expect("URL has a database");
     Some(format!("{prefix}/{name}"))
 }
@@ -51,7 +54,12 @@ impl Harness {
         }
         tweak(&mut config);
         let control = tapestry_policy::start(config.clone()).await.expect("start");
-        Some(Harness { dir, config, control: Some(control), http: reqwest::Client::new() })
+        Some(Harness {
+            dir,
+            config,
+            control: Some(control),
+            http: reqwest::Client::new(),
+        })
     }
 
     pub fn c(&self) -> &RunningControl {
@@ -63,11 +71,19 @@ impl Harness {
     }
 
     pub fn admin(&self) -> ExternalClient {
-        ExternalClient::new(&format!("http://{}", self.c().external_addr), &self.c().admin_token).unwrap()
+        ExternalClient::new(
+            &format!("http://{}", self.c().external_addr),
+            &self.c().admin_token,
+        )
+        .unwrap()
     }
 
     pub fn internal(&self) -> InternalClient {
-        InternalClient::new(&format!("https://{}", self.c().internal_addr), &self.c().credentials_dir).unwrap()
+        InternalClient::new(
+            &format!("https://{}", self.c().internal_addr),
+            &self.c().credentials_dir,
+        )
+        .unwrap()
     }
 
     /// Stops and starts again on the same data dir and database.
@@ -76,7 +92,11 @@ impl Harness {
             c.shutdown().await;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        self.control = Some(tapestry_policy::start(self.config.clone()).await.expect("restart"));
+        self.control = Some(
+            tapestry_policy::start(self.config.clone())
+                .await
+                .expect("restart"),
+        );
     }
 
     /// A raw request: (status, JSON body or Null, WWW-Authenticate header).
@@ -96,9 +116,16 @@ impl Harness {
         }
         let resp = r.send().await.expect("request");
         let status = resp.status().as_u16();
-        let www = resp.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
+        let www = resp
+            .headers()
+            .get("www-authenticate")
+            .map(|v| v.to_str().unwrap().to_string());
         let bytes = resp.bytes().await.unwrap();
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), www)
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            www,
+        )
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
@@ -109,7 +136,14 @@ impl Harness {
 
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let t = self.c().admin_token.clone();
-        let (s, v, _) = self.raw(reqwest::Method::POST, path, Some(&t), Some(body.to_string().into_bytes())).await;
+        let (s, v, _) = self
+            .raw(
+                reqwest::Method::POST,
+                path,
+                Some(&t),
+                Some(body.to_string().into_bytes()),
+            )
+            .await;
         (s, v)
     }
 
