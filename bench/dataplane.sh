@@ -197,6 +197,10 @@ TABLE=$(
     row "CPU s per GiB, whole machine (user+system+softirq)" cpu_all 2
 )
 
+CELLS_IDLE_NOTE=""
+if [ -n "${VALS[k.cells_idle_pct]:-}" ]; then
+    CELLS_IDLE_NOTE=$'\n'"- The idle Tapestry cells used $(median ${VALS[k.cells_idle_pct]}) % of one CPU while the kernel side was measured (both topologies exist for the whole run)."
+fi
 KERNEL=$(uname -r)
 CPU=$(lscpu 2>/dev/null | awk -F: '/^Model name/{gsub(/^ +/, "", $2); print $2; exit}')
 NCPU=$(nproc)
@@ -223,7 +227,7 @@ How it is measured (one run builds both sides on the same veth/bridge underlay, 
 - Latency: bench/lib/tcp_rr.py, 1-byte request and response on one TCP connection with TCP_NODELAY, $RR_COUNT round trips per run;
   ping ($PING_COUNT echoes at 5 ms) for the kernel only, since Tapestry denies ICMP echo by design.
 - CPU per GiB, during the single-flow TCP runs: kernel = system+softirq time of all CPUs from /proc/stat; Tapestry = utime+stime of
-  both cell processes from /proc/PID/stat. The whole-machine row (user+system+softirq, all CPUs, iperf3 included) compares like with like.
+  both cell processes from /proc/PID/stat. The whole-machine row (user+system+softirq, all CPUs, iperf3 included) compares like with like.$CELLS_IDLE_NOTE
 MD
 )
 

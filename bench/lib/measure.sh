@@ -59,15 +59,15 @@ iperf() {
 
 # tcp SIDE FLOWS RUN: throughput in Gbit/s; with one flow also CPU per GiB.
 tcp() {
-    local side=$1 flows=$2 run=$3 out=$W/iperf-tcp$2.$1.$3.json c0 c1 k0 k1 r
-    c0=$(cpu_line); k0=$(cell_ticks "$side")
+    local side=$1 flows=$2 run=$3 out=$W/iperf-tcp$2.$1.$3.json c0 c1 k0 k1 i0 i1 r
+    c0=$(cpu_line); k0=$(cell_ticks "$side"); i0=$(tapestry_cell_ticks)
     if ! iperf "$side" "$out" -P "$flows"; then
         log "  $side tcp x$flows run $run failed: $(head -c 300 "$out" | tr '\n' ' ')"; return 1
     fi
-    c1=$(cpu_line); k1=$(cell_ticks "$side")
-    r=$(python3 - "$out" "$HZ" "$side" "$c0" "$c1" "$k0" "$k1" <<'PY'
+    c1=$(cpu_line); k1=$(cell_ticks "$side"); i1=$(tapestry_cell_ticks)
+    r=$(python3 - "$out" "$HZ" "$side" "$c0" "$c1" "$k0" "$k1" "$i0" "$i1" <<'PY'
 import json, sys
-out, hz, side, c0, c1, k0, k1 = sys.argv[1:]
+out, hz, side, c0, c1, k0, k1, i0, i1 = sys.argv[1:]
 j = json.load(open(out))
 if "error" in j:
     sys.exit(j["error"])
@@ -81,12 +81,14 @@ if side == "k":
 else:
     dp = (int(k1) - int(k0)) / hz
 allcpu = (user + nice + system + irq + softirq) / hz
-print(f'{s["bits_per_second"] / 1e9:.3f} {dp / gib:.4f} {allcpu / gib:.4f}')
+cells = (int(i1) - int(i0)) / hz / max(s["seconds"], 0.001) * 100
+print(f'{s["bits_per_second"] / 1e9:.3f} {dp / gib:.4f} {allcpu / gib:.4f} {cells:.1f}')
 PY
 ) || { log "  $side tcp x$flows run $run: bad iperf3 output: $r"; return 1; }
     set -- $r
     add_val "$side" "tcp$flows" "$1"
     if [ "$flows" = 1 ]; then add_val "$side" cpu_dp "$2"; add_val "$side" cpu_all "$3"; fi
+    [ "$side" = k ] && [ ${#T_CELL_PIDS[@]} -gt 0 ] && add_val k cells_idle_pct "$4"
     log "  $side tcp x$flows run $run: $1 Gbit/s$([ "$flows" = 1 ] && echo ", CPU $2 s/GiB (dataplane), $3 s/GiB (machine)")"
 }
 

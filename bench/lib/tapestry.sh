@@ -69,10 +69,14 @@ tapestry_build() {
         ns_add "$PREFIX-tc$i" || { TFAIL="netns setup failed"; return 1; }
         local app=bench-a; [ "$i" = 2 ] && app=bench-b
         if ! out=$(t 30 "$bin" container up --cell-socket "$w/t$i/cell.sock" --handle "bench-c$i" \
-            --app "$app" --space bench --netns "/var/run/netns/$PREFIX-tc$i" 2>&1); then
-            TFAIL="container up failed: $(echo "$out" | tail -n 1 | cut -c1-200)"; return 1
+            --app "$app" --space bench --netns "/var/run/netns/$PREFIX-tc$i" 2>"$w/container-up$i.log"); then
+            TFAIL="container up failed: $(last_line "$w/container-up$i.log")"; return 1
         fi
-        T_IP[$i]=$(echo "$out" | python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["container_ip"])' 2>/dev/null)
+        T_IP[$i]=$(echo "$out" | python3 -c '
+import json, sys
+text = sys.stdin.read()
+j = json.loads(text[text.index("{"):text.rindex("}") + 1])
+print(j["container_ip"])' 2>/dev/null)
         [ -n "${T_IP[$i]}" ] || { TFAIL="container up printed no container_ip: $(echo "$out" | tail -n 1 | cut -c1-200)"; return 1; }
     done
 
