@@ -306,6 +306,19 @@ impl Conntrack {
         keys.iter().filter(|k| self.remove_in(&m, k)).count()
     }
 
+    /// Removes every entry whose source or destination is `ip`; returns how many. Call when a
+    /// container comes or goes, so stale flows of an earlier holder of the address do not
+    /// carry over.
+    pub fn remove_ip(&self, ip: Ipv4Addr) -> usize {
+        let m = self.map.pin();
+        let keys: Vec<FlowKey> = m
+            .iter()
+            .filter(|(k, _)| k.src == ip || k.dst == ip)
+            .map(|(k, _)| *k)
+            .collect();
+        keys.iter().filter(|k| self.remove_in(&m, k)).count()
+    }
+
     /// Removes expired entries; returns how many. Call periodically.
     pub fn expire(&self, now: Instant) -> usize {
         let t = self.nanos(now);
