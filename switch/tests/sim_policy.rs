@@ -52,7 +52,18 @@ fn revocation_stops_an_established_flow() {
         );
         // ...and the source's next segment no longer gets in.
         let out = w.net.send(&a0, &tcp_frame(&a0, b.ip(), 40000, 8080, ACK));
-        assert_eq!(out.reason(), Some(R::PolicyDenied), "same_cell={same_cell}");
+        assert_eq!(
+            out.reason(),
+            Some(R::PolicyRevoked),
+            "same_cell={same_cell}"
+        );
+        // The destination's later segments stay dropped (the tombstone holds).
+        assert_eq!(
+            w.net
+                .send(&b, &tcp_frame(&b, a0.ip(), 8080, 40000, ACK))
+                .reason(),
+            Some(R::PolicyRevoked)
+        );
         assert_eq!(
             w.net
                 .send(&a0, &tcp_frame(&a0, b.ip(), 40001, 8080, SYN))
@@ -354,5 +365,54 @@ fn purged_port_leaves_no_flows_for_the_next_container() {
     assert_eq!(
         w.net.send(&b1, &tcp_frame(&b1, a0.ip(), 8080, 40000, ACK)),
         Outcome::Dropped(0, R::PolicyDenied)
+    );
+}
+
+#[test]
+fn revoked_udp_flow_stays_closed_while_the_server_keeps_talking() {
+    let mut w = world();
+    let (a0, c1) = (w.a0, w.c1);
+    assert!(w
+        .net
+        .send(&a0, &udp_frame(&a0, c1.ip(), 5353, 53))
+        .delivered());
+    assert!(w
+        .net
+        .send(&c1, &udp_frame(&c1, a0.ip(), 53, 5353))
+        .delivered());
+    w.net.revoke_all();
+    // The server keeps answering: every answer is dropped and none re-opens the flow as the
+    // server's own, so the client's packets stay out too.
+    for _ in 0..5 {
+        assert_eq!(
+            w.net.send(&c1, &udp_frame(&c1, a0.ip(), 53, 5353)),
+            Outcome::Dropped(1, R::PolicyRevoked)
+        );
+        w.net.advance(Duration::from_secs(20));
+        assert_eq!(
+            w.net.send(&a0, &udp_frame(&a0, c1.ip(), 5353, 53)).reason(),
+            Some(R::PolicyRevoked)
+        );
+    }
+    // The policy comes back: the flow resumes.
+    w.net.allow(1, 3, Proto::Udp, 53, 53);
+    assert!(w
+        .net
+        .send(&a0, &udp_frame(&a0, c1.ip(), 5353, 53))
+        .delivered());
+    assert!(w
+        .net
+        .send(&c1, &udp_frame(&c1, a0.ip(), 53, 5353))
+        .delivered());
+    // Revoked again and left alone: once the tombstone expires the flow is simply unknown.
+    w.net.revoke_all();
+    assert_eq!(
+        w.net.send(&a0, &udp_frame(&a0, c1.ip(), 5353, 53)).reason(),
+        Some(R::PolicyRevoked)
+    );
+    w.net.advance(Duration::from_secs(31));
+    assert_eq!(
+        w.net.send(&a0, &udp_frame(&a0, c1.ip(), 5353, 53)).reason(),
+        Some(R::PolicyDenied)
     );
 }

@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::flow::{icmp_embedded, Flow, Frag};
 use super::frag::{FragKey, FragTable};
 use crate::counters::{Counters, DropReason};
-use crate::tables::conntrack::{Dir, FlowKey, Origin, Pinned, State};
+use crate::tables::conntrack::{Dir, Entry, FlowKey, Origin, Pinned, State};
 use crate::tables::{Port, Proto, Snapshot};
 use crate::wire::{icmp, ipv4, tcp};
 
@@ -61,13 +61,16 @@ impl Ctx<'_> {
     /// Re-checks a flow admitted at ingress to `dst` for `src_tag` when the tables changed.
     fn still_allowed(
         &self,
-        entry_gen: u64,
+        entry: &Entry,
         entry_tag: u16,
         src_tag: u16,
         dst: &Port,
         k: &FlowKey,
     ) -> bool {
-        if entry_gen == self.snap.generation() && entry_tag == src_tag {
+        if !entry.is_revoked()
+            && entry.generation() == self.snap.generation()
+            && entry_tag == src_tag
+        {
             return true;
         }
         let Some(proto) = Proto::from_ip_proto(k.proto) else {
@@ -86,11 +89,15 @@ impl Ctx<'_> {
         let (ct, now, gen) = (&self.ct, self.now, self.snap.generation());
         let found = ct.with(&rev, now, |e| match e.origin() {
             Origin::Ingress { src_tag } => {
-                if self.still_allowed(e.generation(), src_tag, src_tag, src, &rev) {
+                if self.still_allowed(e, src_tag, src_tag, src, &rev) {
+                    ct.reinstate(e);
                     e.set_generation(gen);
                     ct.observe(e, Dir::Reply, f.tcp_flags, now);
                     Found::Allowed
                 } else {
+                    // Keep a tombstone while the port keeps answering, so its replies cannot
+                    // re-open the flow as one it originated.
+                    ct.revoke(e, now);
                     Found::Revoked
                 }
             }
@@ -98,11 +105,7 @@ impl Ctx<'_> {
         });
         match found {
             Some(Found::Allowed) => return Ok(()),
-            Some(Found::Revoked) => {
-                ct.remove(&rev);
-                self.counters.set_conntrack_entries(ct.len());
-                return Err(DropReason::PolicyRevoked);
-            }
+            Some(Found::Revoked) => return Err(DropReason::PolicyRevoked),
             _ => {}
         }
         if ct
@@ -174,8 +177,9 @@ impl Ctx<'_> {
         // A later packet of a flow admitted here before.
         let found = ct.with(&k, now, |e| match e.origin() {
             Origin::Ingress { src_tag: t } => {
-                if self.still_allowed(e.generation(), t, src_tag, dst, &k) {
+                if self.still_allowed(e, t, src_tag, dst, &k) {
                     if t == src_tag {
+                        ct.reinstate(e);
                         e.set_generation(gen);
                     }
                     ct.observe(e, Dir::Original, f.tcp_flags, now);
@@ -184,6 +188,9 @@ impl Ctx<'_> {
                     // Another tag on the same 5-tuple: deny it, leave the flow alone.
                     Found::Other
                 } else {
+                    if !e.is_revoked() {
+                        ct.revoke(e, now);
+                    }
                     Found::Revoked
                 }
             }
@@ -191,11 +198,7 @@ impl Ctx<'_> {
         });
         match found {
             Some(Found::Allowed) => return Ok(()),
-            Some(Found::Revoked) => {
-                ct.remove(&k);
-                self.counters.set_conntrack_entries(ct.len());
-                return Err(DropReason::PolicyRevoked);
-            }
+            Some(Found::Revoked) => return Err(DropReason::PolicyRevoked),
             Some(Found::Other) => return Err(DropReason::PolicyDenied),
             Some(Found::Untracked) | None => {}
         }

@@ -5,7 +5,7 @@
 //! destination port's ingress record. Per-entry state lives in atomics; nothing here blocks.
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,8 @@ pub use super::flow_state::*;
 /// When the table is full and a scan found nothing to evict, new flows are refused without
 /// scanning again for this long (or until [`Conntrack::expire`] runs).
 const FULL_RESCAN_AFTER: Duration = Duration::from_secs(1);
+/// How long a revoked flow's tombstone lives after the last packet it dropped from the port.
+pub const REVOKED_HOLD: Duration = Duration::from_secs(30);
 /// At most this many entries are evicted per scan.
 const EVICT_BATCH: usize = 64;
 
@@ -68,6 +70,7 @@ pub enum Origin {
 #[derive(Debug)]
 pub struct Entry {
     origin: Origin,
+    revoked: AtomicBool,
     generation: AtomicU64,
     state: AtomicU8,
     expires: AtomicU64,
@@ -82,6 +85,11 @@ impl Entry {
     }
     pub fn set_generation(&self, g: u64) {
         self.generation.store(g, Ordering::Relaxed)
+    }
+    /// True once the policy that admitted the flow was removed: the entry stays as a tombstone
+    /// that drops the flow's packets (and keeps the port from re-opening it as its own).
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Relaxed)
     }
     pub fn state(&self) -> State {
         State::from_u8(self.state.load(Ordering::Relaxed))
@@ -183,6 +191,21 @@ impl Conntrack {
         }
     }
 
+    /// Marks a flow revoked and holds the tombstone for [`REVOKED_HOLD`] from `now`.
+    pub fn revoke(&self, entry: &Entry, now: Instant) {
+        let t = self.nanos(now);
+        entry.revoked.store(true, Ordering::Relaxed);
+        entry.expires.store(
+            t.saturating_add(REVOKED_HOLD.as_nanos() as u64),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Clears a revocation (the policy is back).
+    pub fn reinstate(&self, entry: &Entry) {
+        entry.revoked.store(false, Ordering::Relaxed);
+    }
+
     /// Adds a flow. If one with this key exists (another worker won the race, or an expired
     /// entry), it is replaced only when expired. Returns how many entries were evicted.
     pub fn insert(
@@ -208,6 +231,7 @@ impl Conntrack {
         let t = self.nanos(now);
         let make = || Entry {
             origin,
+            revoked: AtomicBool::new(false),
             generation: AtomicU64::new(generation),
             state: AtomicU8::new(state as u8),
             expires: AtomicU64::new(t.saturating_add(state.timeout().as_nanos() as u64)),
@@ -259,7 +283,8 @@ impl Conntrack {
 
     /// Removes up to a batch of expired or not-established entries.
     fn evict(&self, m: &PinnedMap<'_>, t: u64) -> usize {
-        let evictable = |e: &Entry| e.expires() <= t || !e.state().is_established();
+        let evictable =
+            |e: &Entry| e.expires() <= t || e.is_revoked() || !e.state().is_established();
         let victims: Vec<FlowKey> = m
             .iter()
             .filter(|(_, e)| evictable(e))
@@ -370,6 +395,14 @@ impl Pinned<'_> {
 
     pub fn observe(&self, entry: &Entry, dir: Dir, tcp_flags: u8, now: Instant) {
         self.ct.observe(entry, dir, tcp_flags, now)
+    }
+
+    pub fn revoke(&self, entry: &Entry, now: Instant) {
+        self.ct.revoke(entry, now)
+    }
+
+    pub fn reinstate(&self, entry: &Entry) {
+        self.ct.reinstate(entry)
     }
 
     /// See [`Conntrack::insert`].
