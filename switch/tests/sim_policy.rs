@@ -416,3 +416,48 @@ fn revoked_udp_flow_stays_closed_while_the_server_keeps_talking() {
         Some(R::PolicyDenied)
     );
 }
+
+#[test]
+fn flows_resume_after_a_cell_restart() {
+    let mut w = world();
+    let (a0, b1) = (w.a0, w.b1);
+    assert!(w
+        .net
+        .send(&a0, &tcp_frame(&a0, b1.ip(), 40000, 8080, SYN))
+        .delivered());
+    assert!(w
+        .net
+        .send(&b1, &tcp_frame(&b1, a0.ip(), 8080, 40000, SYNACK))
+        .delivered());
+    assert!(w
+        .net
+        .send(&a0, &tcp_frame(&a0, b1.ip(), 40000, 8080, ACK))
+        .delivered());
+    // Both cells restart and forget their flows. The client's next segment is picked up
+    // mid-stream on both sides (egress at cell 0, policy at cell 1), and replies flow again.
+    w.net.restart(0, 1024);
+    w.net.restart(1, 1024);
+    assert_eq!(
+        w.net
+            .send(&b1, &tcp_frame(&b1, a0.ip(), 8080, 40000, ACK))
+            .reason(),
+        Some(R::PolicyDenied)
+    );
+    assert!(w
+        .net
+        .send(&a0, &tcp_frame(&a0, b1.ip(), 40000, 8080, ACK))
+        .delivered());
+    assert!(w
+        .net
+        .send(&b1, &tcp_frame(&b1, a0.ip(), 8080, 40000, ACK))
+        .delivered());
+    // A RST from a port records nothing.
+    assert!(w
+        .net
+        .send(
+            &b1,
+            &tcp_frame(&b1, a0.ip(), 9999, 1, tapestry_switch::wire::tcp::RST)
+        )
+        .reason()
+        .is_some());
+}

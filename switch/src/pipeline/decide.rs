@@ -114,11 +114,9 @@ impl Ctx<'_> {
         {
             return Ok(());
         }
-        // Only a SYN opens a TCP flow from a port. Other untracked segments (after a restart, or
-        // replies on a flow whose admission was revoked) pass unrecorded: the destination
-        // enforces, and recording them would let the peer's packets in as "replies".
-        if f.proto == ipv4::PROTO_TCP && f.tcp_flags & (tcp::SYN | tcp::ACK | tcp::RST) != tcp::SYN
-        {
+        // Any segment but a RST opens (or, after a restart, picks up) a flow from the port.
+        // Replies on a revoked flow never get here: its tombstone answered above.
+        if f.proto == ipv4::PROTO_TCP && f.tcp_flags & tcp::RST != 0 {
             return Ok(());
         }
         self.record(k, Origin::Egress, f.tcp_flags)

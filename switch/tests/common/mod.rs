@@ -214,6 +214,13 @@ impl Net {
         }
     }
 
+    /// A cell process restart: the connection table is lost, ports and tables are rebuilt.
+    pub fn restart(&mut self, cell: usize, ct_capacity: usize) {
+        let c = &mut self.cells[cell];
+        c.conntrack = Arc::new(Conntrack::new(ct_capacity));
+        c.switch = Switch::new(c.tables.clone(), c.conntrack.clone(), c.counters.clone());
+    }
+
     pub fn drops(&self, cell: usize, r: DropReason) -> u64 {
         self.cells[cell].counters.snapshot().drop_count(r)
     }
