@@ -57,6 +57,7 @@ drop_reasons! {
     Fragment => "fragment", "Non-first fragment without an admitted first fragment.";
     ConntrackFull => "conntrack_full", "Connection table full; the new flow was refused.";
     FrameTooLarge => "frame_too_large", "No room to add the encapsulation.";
+    BadOffload => "bad_offload", "virtio-net header with an unsupported GSO type or inconsistent offsets.";
 }
 
 impl std::fmt::Display for DropReason {

@@ -9,7 +9,7 @@ use crate::wire::virtio_net;
 use crate::wire::{checksum, ethernet, ipv4, tcp};
 
 pub use gro::{Push, TcpCoalescer};
-pub use tso::segment_tcpv4;
+pub use tso::{segment_tcpv4, segment_vxlan};
 
 /// Why a frame could not be offloaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -46,7 +46,7 @@ pub fn complete_checksum(frame: &mut [u8], hdr: &virtio_net::Repr) -> Result<(),
 
 /// Offsets of a checked Ethernet/IPv4/TCP frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TcpV4Layout {
+pub struct TcpV4Layout {
     /// Start of the IP header (14).
     pub ip: usize,
     pub ip_len: usize,

@@ -12,15 +12,49 @@ pub fn segment_tcpv4(
     frame: &[u8],
     hdr: &virtio_net::Repr,
     scratch: &mut [u8],
+    emit: impl FnMut(&[u8]),
+) -> Result<usize, OffloadError> {
+    segment_with_prefix(&[], frame, hdr, scratch, emit)
+}
+
+/// [`segment_tcpv4`] for a VXLAN payload as the pipeline leaves it for the underlay (the 8-byte
+/// VXLAN-GBP header, then the inner super-frame): each emitted datagram is the same VXLAN header
+/// followed by one inner segment. `scratch` needs 8 more bytes.
+pub fn segment_vxlan(
+    payload: &[u8],
+    hdr: &virtio_net::Repr,
+    scratch: &mut [u8],
+    emit: impl FnMut(&[u8]),
+) -> Result<usize, OffloadError> {
+    let n = crate::wire::vxlan_gbp::HEADER_LEN;
+    if payload.len() < n {
+        return Err(OffloadError::Malformed);
+    }
+    let (vx, frame) = payload.split_at(n);
+    segment_with_prefix(vx, frame, hdr, scratch, emit)
+}
+
+fn segment_with_prefix(
+    prefix: &[u8],
+    frame: &[u8],
+    hdr: &virtio_net::Repr,
+    scratch: &mut [u8],
     mut emit: impl FnMut(&[u8]),
 ) -> Result<usize, OffloadError> {
+    let p = prefix.len();
+    if scratch.len() < p {
+        return Err(OffloadError::ScratchTooSmall);
+    }
+    scratch[..p].copy_from_slice(prefix);
     match hdr.gso_kind() {
         virtio_net::GSO_NONE => {
             let n = frame.len();
-            let out = scratch.get_mut(..n).ok_or(OffloadError::ScratchTooSmall)?;
+            let out = scratch
+                .get_mut(p..p + n)
+                .ok_or(OffloadError::ScratchTooSmall)?;
             out.copy_from_slice(frame);
             super::complete_checksum(out, hdr)?;
-            emit(out);
+            emit(&scratch[..p + n]);
             return Ok(1);
         }
         virtio_net::GSO_TCPV4 => {}
@@ -35,7 +69,7 @@ pub fn segment_tcpv4(
     if l.end < h || l.end > frame.len() {
         return Err(OffloadError::Malformed);
     }
-    if scratch.len() < h + mss.min(l.end - h) {
+    if scratch.len() < p + h + mss.min(l.end - h) {
         return Err(OffloadError::ScratchTooSmall);
     }
     let payload = &frame[h..l.end];
@@ -49,32 +83,29 @@ pub fn segment_tcpv4(
         let start = i * mss;
         let chunk = &payload[start.min(payload.len())..(start + mss).min(payload.len())];
         let n = h + chunk.len();
-        let out = &mut scratch[..n];
-        out[..h].copy_from_slice(&frame[..h]);
-        out[h..].copy_from_slice(chunk);
-        let last = i + 1 == chunks;
         {
+            let out = &mut scratch[p..p + n];
+            out[..h].copy_from_slice(&frame[..h]);
+            out[h..].copy_from_slice(chunk);
+            let last = i + 1 == chunks;
             let mut ip = ipv4::Packet::new_unchecked(&mut out[l.ip..]);
             ip.set_total_len((l.ip_len + l.tcp_len + chunk.len()) as u16);
             ip.set_ident(id0.wrapping_add(i as u16));
             ip.fill_checksum();
+            let (src, dst) = (ip.src(), ip.dst());
+            let mut t = tcp::Packet::new_unchecked(&mut out[l.tcp..]);
+            t.set_seq(seq0.wrapping_add(start as u32));
+            let mut f = flags;
+            if !last {
+                f &= !(tcp::FIN | tcp::PSH);
+            }
+            if i > 0 {
+                f &= !tcp::CWR;
+            }
+            t.set_flags(f);
+            t.fill_checksum(src, dst);
         }
-        let (src, dst) = {
-            let ip = ipv4::Packet::new_unchecked(&out[l.ip..]);
-            (ip.src(), ip.dst())
-        };
-        let mut t = tcp::Packet::new_unchecked(&mut out[l.tcp..]);
-        t.set_seq(seq0.wrapping_add(start as u32));
-        let mut f = flags;
-        if !last {
-            f &= !(tcp::FIN | tcp::PSH);
-        }
-        if i > 0 {
-            f &= !tcp::CWR;
-        }
-        t.set_flags(f);
-        t.fill_checksum(src, dst);
-        emit(out);
+        emit(&scratch[..p + n]);
     }
     Ok(chunks)
 }
@@ -127,6 +158,29 @@ mod tests {
         assert_eq!(segs[0].len(), 54 + 1448);
         assert_eq!(segs[2].len(), 54 + 3000 - 2 * 1448);
         assert_eq!(got, payload);
+    }
+
+    #[test]
+    fn vxlan_prefix_on_every_segment() {
+        let payload = vec![5u8; 2500];
+        let f = super_frame(&payload, tcp::ACK);
+        let mut vx = vec![0x88, 0, 0, 7, 0, 0, 1, 0];
+        vx.extend_from_slice(&f);
+        let mut scratch = vec![0u8; 8 + 54 + 1000];
+        let mut segs = vec![];
+        assert_eq!(
+            segment_vxlan(&vx, &tso_hdr(1000), &mut scratch, |s| segs.push(s.to_vec())),
+            Ok(3)
+        );
+        for s in &segs {
+            assert_eq!(&s[..8], &vx[..8]);
+            assert!(checksums_ok(&s[8..]));
+        }
+        assert_eq!(segs.iter().map(|s| s.len() - 8 - 54).sum::<usize>(), 2500);
+        assert_eq!(
+            segment_vxlan(&vx[..4], &tso_hdr(1000), &mut scratch, |_| ()),
+            Err(OffloadError::Malformed)
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::counters::{Counters, DropReason};
 use crate::tables::conntrack::Conntrack;
 use crate::tables::{container_mac, contains, network, Port, PortId, Route, Snapshot, Tables};
 use crate::wire::ethernet::{self, Frame, Mac};
-use crate::wire::{arp, ipv4, vxlan_gbp};
+use crate::wire::{arp, ipv4, virtio_net, vxlan_gbp};
 use decide::Ctx;
 use frag::FragTable;
 
@@ -74,6 +74,56 @@ impl Switch {
         drop(cx);
         self.account(v, Some(port), len, pkt.len());
         v
+    }
+
+    /// A frame read from a port opened with IFF_VNET_HDR: `pkt.data()` starts with the 10-byte
+    /// virtio-net header. The decisions are those of [`Switch::from_port`], made once on the
+    /// (super-)frame's headers. After the call:
+    /// - `ToPort`: `pkt.data()` is the header followed by the rewritten frame, for a TAP that
+    ///   also has IFF_VNET_HDR (super-frames go TAP to TAP whole);
+    /// - `ToUnderlay`: `pkt.data()` is the VXLAN payload carrying the inner super-frame; split it
+    ///   with [`crate::offload::segment_vxlan`] and the returned header (which also completes a
+    ///   NEEDS_CSUM checksum when there is no GSO).
+    pub fn from_port_vnet(
+        &mut self,
+        port: PortId,
+        pkt: &mut PacketBuf,
+        now: Instant,
+    ) -> (Verdict, virtio_net::Repr) {
+        let hdr = virtio_net::Packet::new_checked(pkt.data())
+            .and_then(|p| virtio_net::Repr::parse(&p))
+            .map_err(|_| DropReason::Truncated)
+            .and_then(|hdr| {
+                let frame = &pkt.data()[virtio_net::HEADER_LEN..];
+                let gso_ok = match hdr.gso_kind() {
+                    virtio_net::GSO_NONE => true,
+                    virtio_net::GSO_TCPV4 => {
+                        hdr.gso_size > 0 && crate::offload::TcpV4Layout::parse(frame).is_ok()
+                    }
+                    _ => false,
+                };
+                if gso_ok && hdr.check_csum_fields(frame.len()).is_ok() {
+                    Ok(hdr)
+                } else {
+                    Err(DropReason::BadOffload)
+                }
+            });
+        let hdr = match hdr {
+            Ok(h) => h,
+            Err(r) => {
+                self.counters.port_rx(port, pkt.len());
+                self.counters.dropped(r, Some(port), pkt.len());
+                return (Verdict::Drop(r), virtio_net::Repr::default());
+            }
+        };
+        pkt.pull_front(virtio_net::HEADER_LEN);
+        let v = self.from_port(port, pkt, now);
+        if let Verdict::ToPort(_) = v {
+            hdr.emit(&mut virtio_net::Packet::new_unchecked(
+                pkt.push_front(virtio_net::HEADER_LEN),
+            ));
+        }
+        (v, hdr)
     }
 
     /// A UDP payload (VXLAN-GBP header + inner Ethernet frame) received from `src`.
