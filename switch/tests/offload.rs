@@ -87,6 +87,7 @@ fn cross_cell_super_frame_segmented_then_coalesced() {
     let Verdict::ToUnderlay(to) = v else {
         panic!("{v:?}")
     };
+    assert_eq!(got_hdr, hdr);
     assert_eq!(to, SocketAddrV4::new(underlay(1), 4789));
     let mut datagrams = vec![];
     let mut scratch = vec![0u8; 8 + 54 + 1398];
