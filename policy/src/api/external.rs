@@ -129,10 +129,14 @@ fn ids(q: &HashMap<String, String>, key: &str) -> Option<Vec<String>> {
     })
 }
 
-fn strip_tags(mut p: Policy) -> Policy {
-    p.source.tag = None;
-    p.destination.tag = None;
-    p
+#[derive(serde::Serialize)]
+struct PolicyList<T> {
+    total_policies: usize,
+    policies: Vec<T>,
+}
+
+fn json_bytes(b: Bytes) -> Response {
+    ([(axum::http::header::CONTENT_TYPE, "application/json")], b).into_response()
 }
 
 async fn list_policies(
@@ -140,7 +144,7 @@ async fn list_policies(
     Path(v): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Response> {
     let v0 = version(&v)?;
     let p = authenticate(&s, &headers).await?;
     require_write(&p)?;
@@ -149,23 +153,62 @@ async fn list_policies(
         source_id: ids(&q, "source_id"),
         dest_id: ids(&q, "dest_id"),
     };
-    let mut list = s
+    // The admin's unfiltered list is cached per committed version (checked in the same
+    // read transaction), so repeated lists of a large, unchanged set cost one query.
+    let cacheable = p.is_admin() && filter == PolicyFilter::default();
+    let cached = if cacheable {
+        s.list_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&v0)
+            .cloned()
+    } else {
+        None
+    };
+    let cached_version = cached.as_ref().map(|c| c.0);
+    let (version, list) = s
         .store
-        .call(Mode::Read, move |tx| ops::list_policies(tx, &filter))
+        .call(Mode::Read, move |tx| {
+            let version = ops::current_version(tx)?;
+            if cached_version == Some(version) {
+                return Ok((version, None));
+            }
+            Ok((version, Some(ops::list_policies(tx, &filter, false)?)))
+        })
         .await?;
+    let Some(mut list) = list else {
+        if let Some((_, bytes)) = cached {
+            return Ok(json_bytes(bytes));
+        }
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "list cache inconsistent",
+        ));
+    };
     if let Some(allowed) = allowed_apps(&s, &p).await? {
         list.retain(|p| allowed.contains(&p.source.id) && allowed.contains(&p.destination.id));
     }
-    let policies: Vec<Value> = if v0 {
-        list.iter().map(Policy::to_v0).collect()
+    let rendered = if v0 {
+        let policies: Vec<Value> = list.iter().map(Policy::to_v0).collect();
+        serde_json::to_vec(&PolicyList {
+            total_policies: policies.len(),
+            policies,
+        })
     } else {
-        list.into_iter()
-            .map(|p| serde_json::to_value(strip_tags(p)).unwrap_or(Value::Null))
-            .collect()
-    };
-    Ok(Json(
-        json!({"total_policies": policies.len(), "policies": policies}),
-    ))
+        serde_json::to_vec(&PolicyList {
+            total_policies: list.len(),
+            policies: list,
+        })
+    }
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let bytes = Bytes::from(rendered);
+    if cacheable {
+        s.list_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(v0, (version, bytes.clone()));
+    }
+    Ok(json_bytes(bytes))
 }
 
 async fn policies_input(

@@ -25,6 +25,8 @@ pub const MAX_BODY: usize = 10 * 1024 * 1024;
 pub struct AppState {
     pub store: Store,
     tokens: Arc<Mutex<HashMap<String, Principal>>>,
+    /// Rendered unfiltered admin policy list per API version (v0: true), with its version.
+    list_cache: Arc<Mutex<HashMap<bool, (u64, Bytes)>>>,
     started: std::time::Instant,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -34,6 +36,7 @@ impl AppState {
         AppState {
             store,
             tokens: Default::default(),
+            list_cache: Default::default(),
             started: std::time::Instant::now(),
             shutdown,
         }

@@ -49,7 +49,7 @@ pub fn snapshot(tx: &mut dyn Tx) -> Result<Snapshot, StoreError> {
     Ok(Snapshot {
         leases: leases::list_leases(tx)?,
         tags: policies::list_tags(tx)?,
-        policies: policies::list_policies(tx, &Default::default())?,
+        policies: policies::list_policies(tx, &Default::default(), true)?,
         instances: misc::list_instances(tx, None)?,
         routes: misc::list_routes(tx)?,
         security_groups: misc::list_security_groups(tx)?,

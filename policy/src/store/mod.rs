@@ -159,9 +159,11 @@ impl Store {
                         .map_err(|e| StoreError::Db(e.to_string()))??,
                 )
             }
-            Some(other) => return Err(StoreError::Invalid(format!(
+            Some(other) => {
+                return Err(StoreError::Invalid(format!(
                 "--database '{other}' is neither 'sqlite' nor a postgres://USER@HOST:PORT/DB URL"
-            ))),
+            )))
+            }
         };
         let store = Store {
             backend,

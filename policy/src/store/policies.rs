@@ -7,7 +7,7 @@ use crate::error::StoreError;
 use crate::model::{render_tag, Kind, Op, Policy, PolicyKey, Tag};
 
 /// List filters, as CF: `id` matches source OR destination; `source_id` / `dest_id` are ANDed.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PolicyFilter {
     pub id: Option<Vec<String>>,
     pub source_id: Option<Vec<String>>,
@@ -159,12 +159,19 @@ fn in_list(col: &str, n: usize, first: usize) -> String {
 }
 
 /// Lists policies with their tags, in creation order.
-pub fn list_policies(tx: &mut dyn Tx, f: &PolicyFilter) -> Result<Vec<Policy>, StoreError> {
-    let mut sql = String::from(
+/// `with_tags: false` leaves the tags out (the external API does not show them).
+pub fn list_policies(
+    tx: &mut dyn Tx,
+    f: &PolicyFilter,
+    with_tags: bool,
+) -> Result<Vec<Policy>, StoreError> {
+    let mut sql = String::from(if with_tags {
         "SELECT p.source_id, p.dest_id, p.protocol, p.start_port, p.end_port, gs.tag, gd.tag \
          FROM policies p LEFT JOIN groups gs ON gs.guid = p.source_id \
-         LEFT JOIN groups gd ON gd.guid = p.dest_id",
-    );
+         LEFT JOIN groups gd ON gd.guid = p.dest_id"
+    } else {
+        "SELECT p.source_id, p.dest_id, p.protocol, p.start_port, p.end_port FROM policies p"
+    });
     let mut conds = Vec::new();
     let mut params: Vec<Val> = Vec::new();
     if let Some(ids) = &f.id {
@@ -199,8 +206,10 @@ pub fn list_policies(tx: &mut dyn Tx, f: &PolicyFilter) -> Result<Vec<Policy>, S
             u16::try_from(v.i()?).map_err(|_| StoreError::Db("stored port out of range".into()))
         };
         let mut p = Policy::new(r[0].t()?, r[1].t()?, r[2].t()?, port(&r[3])?, port(&r[4])?);
-        p.source.tag = r[5].opt_i()?.map(|t| render_tag(t as u16));
-        p.destination.tag = r[6].opt_i()?.map(|t| render_tag(t as u16));
+        if with_tags {
+            p.source.tag = r[5].opt_i()?.map(|t| render_tag(t as u16));
+            p.destination.tag = r[6].opt_i()?.map(|t| render_tag(t as u16));
+        }
         out.push(p);
     }
     Ok(out)
