@@ -437,7 +437,47 @@ async fn asgs_and_routes(db: Db) {
     h.shutdown().await;
 }
 
+async fn feed_snapshot_when_log_truncated(db: Db) {
+    let h = harness!(db, |c| c.max_policies_per_source = 20_000);
+    let c = h.internal();
+    let cell = ip("10.0.0.1");
+    let first = c.feed(cell, None, Duration::ZERO).await.unwrap();
+    h.post(
+        "/networking/v1/external/policies",
+        policies(vec![policy("A", "B", 1)]),
+    )
+    .await;
+    let after_one = c
+        .feed(cell, Some(first.version), Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(after_one.snapshot.is_none());
+    // More than the retained 10,000 changes in one transaction.
+    let many: Vec<_> = (1..=5200u16)
+        .flat_map(|p| {
+            [
+                serde_json::json!({"source":{"id":"C"},"destination":{"id":"D","protocol":"tcp","ports":{"start":p,"end":p}}}),
+                serde_json::json!({"source":{"id":"C"},"destination":{"id":"D","protocol":"udp","ports":{"start":p,"end":p}}}),
+            ]
+        })
+        .collect();
+    let (s, v) = h
+        .post("/networking/v1/external/policies", policies(many))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let r = c
+        .feed(cell, Some(after_one.version), Duration::ZERO)
+        .await
+        .unwrap();
+    let snap = r
+        .snapshot
+        .expect("a snapshot: the change log no longer reaches back");
+    assert_eq!(snap.policies.len(), 10_401);
+    h.shutdown().await;
+}
+
 dual!(
+    feed_snapshot_when_log_truncated,
     leases,
     lease_expiry_reclaim,
     static_leases,
