@@ -229,10 +229,40 @@ async fn feed(
             }
         }
     }
-    let since = q.since;
+    let Some(since) = q.since else {
+        return Ok(Json(
+            s.store.call(Mode::Read, |tx| ops::feed(tx, None)).await?,
+        ));
+    };
+    // Cells woken by the same commit ask for the same `since`: one database read serves them.
+    let known = *rx.borrow();
+    let slot = {
+        let mut cache = s.feed_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 256 {
+            cache.clear();
+        }
+        cache.entry(since).or_default().clone()
+    };
+    let store = s.store.clone();
+    let r = slot
+        .get_or_try_init(|| async move {
+            store
+                .call(Mode::Read, move |tx| ops::feed(tx, Some(since)))
+                .await
+        })
+        .await?
+        .clone();
+    // Reuse only answers that carry changes and are as new as what this process knows.
+    if r.snapshot.is_none() && !r.changes.is_empty() && r.version >= known {
+        return Ok(Json(r));
+    }
+    s.feed_cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&since);
     Ok(Json(
         s.store
-            .call(Mode::Read, move |tx| ops::feed(tx, since))
+            .call(Mode::Read, move |tx| ops::feed(tx, Some(since)))
             .await?,
     ))
 }

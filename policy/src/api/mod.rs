@@ -20,6 +20,8 @@ use crate::store::{ops, Mode, Store};
 /// Request bodies above this are refused with 413 (as CF).
 pub const MAX_BODY: usize = 10 * 1024 * 1024;
 
+pub(crate) type FeedSlot = Arc<tokio::sync::OnceCell<crate::model::FeedResponse>>;
+
 /// Shared by all handlers.
 #[derive(Clone)]
 pub struct AppState {
@@ -27,6 +29,8 @@ pub struct AppState {
     tokens: Arc<Mutex<HashMap<String, Principal>>>,
     /// Rendered unfiltered admin policy list per API version (v0: true), with its version.
     list_cache: Arc<Mutex<HashMap<bool, (u64, Bytes)>>>,
+    /// Feed answers by `since`, shared by the cells that wake on the same commit.
+    pub(crate) feed_cache: Arc<Mutex<HashMap<u64, FeedSlot>>>,
     started: std::time::Instant,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -37,6 +41,7 @@ impl AppState {
             store,
             tokens: Default::default(),
             list_cache: Default::default(),
+            feed_cache: Default::default(),
             started: std::time::Instant::now(),
             shutdown,
         }

@@ -2,6 +2,7 @@
 //! tokio-postgres with `Handle::block_on`. Writers take a transaction-scoped advisory lock so
 //! change-log ids commit in order; commits `NOTIFY tapestry_feed`, and every replica LISTENs
 //! (plus a slow re-check) to wake its own long-polls.
+use std::collections::HashMap;
 use std::error::Error;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,7 @@ use futures::StreamExt;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
 
 use super::{Backend, Mode, Row, Tx, Val};
 use crate::error::StoreError;
@@ -21,8 +22,14 @@ const POOL: usize = 4;
 const LOCK_KEY: i64 = 0x7461_7065_7374; // "tapest"
 const CHANNEL: &str = "tapestry_feed";
 
+/// A connection and its prepared statements (one round trip per statement after the first).
+struct Conn {
+    client: Client,
+    stmts: HashMap<String, Statement>,
+}
+
 pub struct PgBackend {
-    clients: Vec<Mutex<Client>>,
+    clients: Vec<Mutex<Conn>>,
     next: AtomicUsize,
     handle: Handle,
 }
@@ -75,7 +82,10 @@ impl PgBackend {
                     tracing::warn!("PostgreSQL connection ended: {e}");
                 }
             });
-            clients.push(Mutex::new(client));
+            clients.push(Mutex::new(Conn {
+                client,
+                stmts: HashMap::new(),
+            }));
         }
         tokio::spawn(listen(url.to_string(), version));
         Ok(PgBackend {
@@ -157,15 +167,31 @@ async fn listen(url: String, version: Arc<watch::Sender<u64>>) {
 
 struct PgTx<'a> {
     client: &'a Client,
+    stmts: &'a mut HashMap<String, Statement>,
     handle: &'a Handle,
     last: Option<u64>,
+}
+
+impl PgTx<'_> {
+    fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
+        if let Some(s) = self.stmts.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = self.handle.block_on(self.client.prepare(sql))?;
+        if self.stmts.len() > 256 {
+            self.stmts.clear();
+        }
+        self.stmts.insert(sql.to_string(), s.clone());
+        Ok(s)
+    }
 }
 
 impl Tx for PgTx<'_> {
     fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
         let refs: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        let rows = self.handle.block_on(self.client.query(sql, &refs))?;
+        let stmt = self.statement(sql)?;
+        let rows = self.handle.block_on(self.client.query(&stmt, &refs))?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let mut row = Vec::with_capacity(r.len());
@@ -195,7 +221,8 @@ impl Tx for PgTx<'_> {
     fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
         let refs: Vec<&(dyn ToSql + Sync)> =
             params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        Ok(self.handle.block_on(self.client.execute(sql, &refs))?)
+        let stmt = self.statement(sql)?;
+        Ok(self.handle.block_on(self.client.execute(&stmt, &refs))?)
     }
 
     fn note_change(&mut self, version: u64) {
@@ -221,7 +248,10 @@ impl Backend for PgBackend {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
             });
-        let client: &Client = &guard;
+        let mut guard = guard;
+        let conn: &mut Conn = &mut guard;
+        let client: &Client = &conn.client;
+        let stmts = &mut conn.stmts;
         let h = &self.handle;
         match mode {
             Mode::Write => h.block_on(async {
@@ -243,6 +273,7 @@ impl Backend for PgBackend {
         })?;
         let mut tx = PgTx {
             client,
+            stmts,
             handle: h,
             last: None,
         };
