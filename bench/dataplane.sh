@@ -9,6 +9,7 @@
 #   --no-offload   start the cells with --no-offload
 #   --runs N       runs per measurement (default 3); the median is reported
 #   --no-write     print the table but leave BENCHMARKS.md alone
+#   --note TEXT    a line added to the BENCHMARKS.md section (e.g. how the binary was built)
 #
 # Topology (namespaces prefixed tpb-, all removed on every exit path): a bridge underlay
 # (tpb-ul, 198.18.0.0/24); kernel cells tpb-k1/tpb-k2 (198.18.0.1/.2) with a silk-vtep each and
@@ -24,7 +25,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 CMDLINE="bench/dataplane.sh${*:+ $*}"
 
-QUICK=0; TAPESTRY=""; RUNS=3; WRITE=1; CELL_ARGS=()
+QUICK=0; TAPESTRY=""; RUNS=3; WRITE=1; CELL_ARGS=(); NOTE=""
 while [ $# -gt 0 ]; do
     case $1 in
         --quick) QUICK=1 ;;
@@ -32,7 +33,8 @@ while [ $# -gt 0 ]; do
         --no-offload) CELL_ARGS+=(--no-offload) ;;
         --runs) RUNS=${2:?--runs needs a number}; shift ;;
         --no-write) WRITE=0 ;;
-        -h|--help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --note) NOTE=${2:?--note needs text}; shift ;;
+        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -201,6 +203,10 @@ CELLS_IDLE_NOTE=""
 if [ -n "${VALS[k.cells_idle_pct]:-}" ]; then
     CELLS_IDLE_NOTE=$'\n'"- The idle Tapestry cells used $(median ${VALS[k.cells_idle_pct]}) % of one CPU while the kernel side was measured (both topologies exist for the whole run)."
 fi
+BUSY_NOTE=""
+if awk -v l="${LOADAVG_START%% *}" -v n="$(nproc)" 'BEGIN{exit !(l > n / 2)}'; then
+    BUSY_NOTE=$'\n\n'"**Caution:** the machine was busy with other work when this ran (1-minute load average ${LOADAVG_START%% *} on $(nproc) CPUs), so absolute figures are low and noisy and the whole-machine CPU row includes that work; the ratios, measured interleaved in the same run, are the meaningful part."
+fi
 KERNEL=$(uname -r)
 CPU=$(lscpu 2>/dev/null | awk -F: '/^Model name/{gsub(/^ +/, "", $2); print $2; exit}')
 NCPU=$(nproc)
@@ -212,7 +218,7 @@ SECTION=$(cat <<MD
 ## Dataplane
 
 Produced by \`sudo $CMDLINE\` on $DATE: Linux $KERNEL, $CPU, $NCPU CPUs, tapestry $REV$DIRTY
-(\`${TAPESTRY:-not built}\`${CELL_ARGS[*]:+ ${CELL_ARGS[*]}}). Load average at start / end of the measurements: $LOADAVG_START / $LOADAVG_END.
+(\`${TAPESTRY:-not built}\`${CELL_ARGS[*]:+ ${CELL_ARGS[*]}}). Load average at start / end of the measurements: $LOADAVG_START / $LOADAVG_END.${NOTE:+$'\n'$NOTE}$BUSY_NOTE
 
 $TABLE
 

@@ -12,7 +12,7 @@
 //!   ID and VNI 1.
 //!
 //! Root only (network namespaces, prefix `tpi`); skipped with a note otherwise. Needs socat,
-//! tshark, iptables and iproute2. Everything it creates is removed by the testbed's Drop on every
+//! tshark, iptables, ethtool and iproute2. Everything it creates is removed by the testbed's Drop on every
 //! exit path, tshark included.
 
 use std::io::{BufRead, BufReader, Read};
@@ -56,8 +56,25 @@ fn have(tool: &str) -> bool {
 
 /// Panics with `msg` and the logs of the control plane and the cell.
 fn fail(ov: &Overlay, msg: &str) -> ! {
+    let status = ov.cell_status(0).map(|v| v.to_string()).unwrap_or_else(|e| format!("{e:#}"));
+    let kernel = ov
+        .tb
+        .exec("kcell", "ip", &["-s", "link", "show", "silk-vtep"])
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let csum = ["tc", "kc"]
+        .iter()
+        .map(|ns| {
+            let o = ov.tb.exec(ns, "nstat", &["-az", "TcpInCsumErrors", "UdpInCsumErrors"]).ok();
+            let text = o.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+            let vals: Vec<&str> = text.lines().filter(|l| l.contains("CsumErrors")).collect();
+            format!("{ns}: {}", vals.join("; "))
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let leases = ov.api("GET", "/networking/v1/external/leases", None).map(|(_, v)| v.to_string()).unwrap_or_default();
     panic!(
-        "{msg}\n--- cell1 log (tail) ---\n{}\n--- control log (tail) ---\n{}",
+        "{msg}\n--- cell1 status ---\n{status}\n--- leases ---\n{leases}\n--- kernel silk-vtep ---\n{kernel}\n--- checksum errors in the containers ---\n{csum}\n--- cell1 log (tail) ---\n{}\n--- control log (tail) ---\n{}",
         tail(&ov.tb.log("cell1"), 40),
         tail(&ov.tb.log("control"), 20)
     );
@@ -104,6 +121,13 @@ fn kernel_cell(ov: &mut Overlay) {
     ipn(ov, "kcell", &["link", "set", "silk-vtep", "address", &vtep_mac(KERNEL_VTEP), "mtu", &mtu, "up"]);
     ipn(ov, "kcell", &["addr", "add", &format!("{KERNEL_VTEP}/{OVERLAY_PREFIX}"), "dev", "silk-vtep"]);
     run_in(ov, "kcell", "sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
+    // A veth hands the peer namespace the encapsulated frame with the inner TCP/UDP checksum
+    // still partial (CHECKSUM_PARTIAL: only the pseudo-header sum). The kernel on the other side
+    // would finish it from the skb's metadata, but Tapestry reads the frame from a UDP socket and
+    // cannot, so the Tapestry container would drop every segment from the kernel side
+    // (TcpInCsumErrors). A NIC computes that checksum before the wire; turning off TX checksum
+    // offload on the kernel cell's underlay port makes its kernel do it in software instead.
+    run_in(ov, "kcell", "ethtool", &["-K", "ul0", "tx", "off"]);
 
     if let Err(e) = ov.tb.add_namespace("kc") {
         fail(ov, &format!("adding the kernel container's namespace: {e:#}"));
@@ -321,8 +345,8 @@ fn e2e_kernel_interop() {
         eprintln!("skipped: the interop test needs root (network namespaces, a kernel vxlan device)");
         return;
     }
-    for tool in ["socat", "tshark", "iptables", "bridge", "ss"] {
-        assert!(have(tool), "{tool} is needed for the interop test (apt-get install socat tshark iptables iproute2)");
+    for tool in ["socat", "tshark", "iptables", "bridge", "ss", "ethtool", "nstat"] {
+        assert!(have(tool), "{tool} is needed for the interop test (apt-get install socat tshark iptables iproute2 ethtool)");
     }
 
     let mut ov = Overlay::start("tpi", bin(), 1, &[]).expect("starting the control plane and one Tapestry cell");
@@ -408,7 +432,8 @@ fn e2e_kernel_interop() {
                 let _ = socat_tcp(&ov, "tc", K_CONTAINER, 9090);
             }
         });
-        println!("capture {attempt}: {} VXLAN packets from {cell_ip} (flags, gbp, vni): {pkts:?}", pkts.len());
+        let shown: Vec<String> = pkts.iter().map(|(f, g, v)| format!("{f:#06x}/{g}/{v}")).collect();
+        println!("capture {attempt}: {} VXLAN packets from {cell_ip} (flags/gbp/vni): {}", pkts.len(), shown.join(" "));
         ok = pkts.iter().any(|&(flags, gbp, vni)| flags & 0x8800 == 0x8800 && gbp == u32::from(t_tag) && vni == 1);
         last = (pkts, err);
         if ok {
