@@ -23,7 +23,6 @@ set -uo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
-CMDLINE="bench/dataplane.sh${*:+ $*}"
 
 QUICK=0; TAPESTRY=""; RUNS=3; WRITE=1; CELL_ARGS=(); NOTE=""
 while [ $# -gt 0 ]; do
@@ -39,6 +38,13 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
+
+SHOWN=()
+[ $QUICK = 1 ] && SHOWN+=(--quick)
+[ -n "$TAPESTRY" ] && SHOWN+=(--tapestry "$TAPESTRY")
+[ ${#CELL_ARGS[@]} -gt 0 ] && SHOWN+=(--no-offload)
+[ "$RUNS" != 3 ] && SHOWN+=(--runs "$RUNS")
+CMDLINE="bench/dataplane.sh${SHOWN[*]:+ ${SHOWN[*]}}"
 
 UNDERLAY_MTU=1500
 if [ $QUICK = 1 ]; then DUR=3; RR_COUNT=2000; PING_COUNT=200; WATCHDOG_S=900
@@ -203,6 +209,8 @@ CELLS_IDLE_NOTE=""
 if [ -n "${VALS[k.cells_idle_pct]:-}" ]; then
     CELLS_IDLE_NOTE=$'\n'"- The idle Tapestry cells used $(median ${VALS[k.cells_idle_pct]}) % of one CPU while the kernel side was measured (both topologies exist for the whole run)."
 fi
+NOTE_LINE=""
+[ -n "$NOTE" ] && NOTE_LINE=$'\n'"$NOTE"
 BUSY_NOTE=""
 if awk -v l="${LOADAVG_START%% *}" -v n="$(nproc)" 'BEGIN{exit !(l > n / 2)}'; then
     BUSY_NOTE=$'\n\n'"**Caution:** the machine was busy with other work when this ran (1-minute load average ${LOADAVG_START%% *} on $(nproc) CPUs), so absolute figures are low and noisy and the whole-machine CPU row includes that work; the ratios, measured interleaved in the same run, are the meaningful part."
@@ -217,8 +225,8 @@ DIRTY=$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -qv '^??' && echo "
 SECTION=$(cat <<MD
 ## Dataplane
 
-Produced by \`sudo $CMDLINE\` on $DATE: Linux $KERNEL, $CPU, $NCPU CPUs, tapestry $REV$DIRTY
-(\`${TAPESTRY:-not built}\`${CELL_ARGS[*]:+ ${CELL_ARGS[*]}}). Load average at start / end of the measurements: $LOADAVG_START / $LOADAVG_END.${NOTE:+$'\n'$NOTE}$BUSY_NOTE
+Produced by \`sudo $CMDLINE\` on $DATE: Linux $KERNEL, $CPU, $NCPU CPUs, checkout $REV$DIRTY
+(\`${TAPESTRY:-not built}\`${CELL_ARGS[*]:+ ${CELL_ARGS[*]}}). Load average at start / end of the measurements: $LOADAVG_START / $LOADAVG_END.$NOTE_LINE$BUSY_NOTE
 
 $TABLE
 
@@ -229,7 +237,8 @@ How it is measured (one run builds both sides on the same veth/bridge underlay, 
 - Tapestry: \`tapestry control\`, two \`tapestry cell\` processes, \`tapestry container up\`, one policy allowing the bench ports (tcp+udp 5201-5210).
 - Client in the container on cell 1, server in the container on cell 2. Before any number a 50 MB random file goes across with socat
   and its sha256 is compared at the far end. Runs alternate kernel/Tapestry; each figure is the median of $RUNS runs.
-- Throughput: iperf3 $( [ $QUICK = 1 ] && echo "-t 3" || echo "-t 10"), receiver side. UDP: \`iperf3 -u -l 64 -b 0\`, packets received per second (sent minus lost).
+- Throughput: iperf3 $( [ $QUICK = 1 ] && echo "-t 3" || echo "-t 10"), receiver side. UDP: \`iperf3 -u -l 64 -b 0\`, packets received per second (sent minus lost);
+  the "sent" row is how fast the sender got rid of them (a write into a TAP is cheaper than the kernel forwarding in line), the received row is what counts.
 - Latency: bench/lib/tcp_rr.py, 1-byte request and response on one TCP connection with TCP_NODELAY, $RR_COUNT round trips per run;
   ping ($PING_COUNT echoes at 5 ms) for the kernel only, since Tapestry denies ICMP echo by design.
 - CPU per GiB, during the single-flow TCP runs: kernel = system+softirq time of all CPUs from /proc/stat; Tapestry = utime+stime of
