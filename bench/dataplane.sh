@@ -73,7 +73,8 @@ W=$(mktemp -d /tmp/tpb.XXXXXX)
 WATCHDOG=""
 on_exit() {
     local rc=$?
-    trap - EXIT INT TERM
+    trap - EXIT
+    trap '' INT TERM   # cleanup must not be cut short by a second signal
     [ -n "$WATCHDOG" ] && { pkill -P "$WATCHDOG" 2>/dev/null; kill "$WATCHDOG" 2>/dev/null; }
     bench_cleanup
     if [ "${KEEP_WORKDIR:-0}" = 1 ]; then log "logs kept in $W"; else rm -rf "$W"; fi
@@ -100,7 +101,8 @@ if [ -z "$TAPESTRY" ]; then
 fi
 [ -z "$TFAIL" ] && [ ! -x "$TAPESTRY" ] && TFAIL="no tapestry binary at $TAPESTRY"
 
-( sleep "$WATCHDOG_S"; touch "$W/watchdog"; kill -TERM $$ ) 2>/dev/null &
+# (&&: if Ctrl-C kills the sleep too, the watchdog must not go on to signal us mid-cleanup)
+( sleep "$WATCHDOG_S" && touch "$W/watchdog" && kill -TERM $$ ) 2>/dev/null &
 WATCHDOG=$!
 
 log "work dir $W; ${DUR} s per throughput run, $RUNS runs each, median reported"
