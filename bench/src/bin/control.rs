@@ -13,7 +13,9 @@ use tapestry_policy::ControlConfig;
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
 }
 
 fn pol(src: &str, dst: &str) -> serde_json::Value {
@@ -22,8 +24,14 @@ fn pol(src: &str, dst: &str) -> serde_json::Value {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
-    let cells: usize = arg("--cells").map(|s| s.parse()).transpose()?.unwrap_or(100);
-    let total: usize = arg("--policies").map(|s| s.parse()).transpose()?.unwrap_or(100_000);
+    let cells: usize = arg("--cells")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(100);
+    let total: usize = arg("--policies")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(100_000);
     let database = arg("--database");
     let dir = tempfile::tempdir()?;
     let mut cfg = ControlConfig::new(dir.path());
@@ -31,11 +39,19 @@ async fn main() -> Result<()> {
     cfg.internal_listen = "127.0.0.1:0".parse()?;
     cfg.database = database.clone();
     cfg.max_policies_per_source = 1000;
-    let ctl = tapestry_policy::start(cfg).await.context("starting the control plane")?;
-    let base = format!("http://{}/networking/v1/external/policies", ctl.external_addr);
+    let ctl = tapestry_policy::start(cfg)
+        .await
+        .context("starting the control plane")?;
+    let base = format!(
+        "http://{}/networking/v1/external/policies",
+        ctl.external_addr
+    );
     let http = reqwest::Client::new();
     let token = ctl.admin_token.clone();
-    println!("control plane: database {}", database.as_deref().unwrap_or("sqlite (data dir)"));
+    println!(
+        "control plane: database {}",
+        database.as_deref().unwrap_or("sqlite (data dir)")
+    );
 
     // 1. Policy creates per second: one policy per request, 16 concurrent clients.
     let n = 4000;
@@ -46,7 +62,12 @@ async fn main() -> Result<()> {
         tasks.push(tokio::spawn(async move {
             for i in (w..n).step_by(16) {
                 let body = json!({"policies":[pol(&format!("c{}", i % 400), &format!("cd{i}"))]});
-                let r = http.post(&base).bearer_auth(&token).json(&body).send().await?;
+                let r = http
+                    .post(&base)
+                    .bearer_auth(&token)
+                    .json(&body)
+                    .send()
+                    .await?;
                 anyhow::ensure!(r.status() == 200, "create: {}", r.status());
             }
             Ok::<_, anyhow::Error>(())
@@ -101,7 +122,12 @@ async fn main() -> Result<()> {
         let d = format!("feed{i}");
         let t0 = Instant::now();
         sent.insert(d.clone(), t0);
-        let r = http.post(&base).bearer_auth(&token).json(&json!({"policies":[pol("feedsrc", &d)]})).send().await?;
+        let r = http
+            .post(&base)
+            .bearer_auth(&token)
+            .json(&json!({"policies":[pol("feedsrc", &d)]}))
+            .send()
+            .await?;
         anyhow::ensure!(r.status() == 200, "create: {}", r.status());
         let mut got = 0;
         while got < cells {
@@ -132,12 +158,27 @@ async fn main() -> Result<()> {
     let t = Instant::now();
     while have + i < total {
         let k = (total - have - i).min(1000);
-        let batch: Vec<_> = (i..i + k).map(|j| pol(&format!("b{}", j / 500), &format!("bd{}", j % 500))).collect();
-        let r = http.post(&base).bearer_auth(&token).json(&json!({ "policies": batch })).send().await?;
-        anyhow::ensure!(r.status() == 200, "bulk create: {} {}", r.status(), r.text().await.unwrap_or_default());
+        let batch: Vec<_> = (i..i + k)
+            .map(|j| pol(&format!("b{}", j / 500), &format!("bd{}", j % 500)))
+            .collect();
+        let r = http
+            .post(&base)
+            .bearer_auth(&token)
+            .json(&json!({ "policies": batch }))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            r.status() == 200,
+            "bulk create: {} {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        );
         i += k;
     }
-    println!("bulk load: {i} policies in batches of 1000 in {:.1} s", t.elapsed().as_secs_f64());
+    println!(
+        "bulk load: {i} policies in batches of 1000 in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     // Cold: a change was just committed, so the list is read and rendered from the database.
     // Warm: nothing changed since the last list (served from the per-version cache).
     let mut cold = Vec::new();
@@ -146,12 +187,26 @@ async fn main() -> Result<()> {
     let listed = have + i + 1;
     for k in 0..20 {
         let body = json!({"policies":[pol("listsrc", &format!("l{k}"))]});
-        http.post(&base).bearer_auth(&token).json(&body).send().await?;
+        http.post(&base)
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await?;
         let body = json!({"policies":[pol("listsrc", &format!("l{k}"))]});
-        http.post(format!("{base}/delete")).bearer_auth(&token).json(&body).send().await?;
+        http.post(format!("{base}/delete"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+            .await?;
         for out in [&mut cold, &mut warm] {
             let t = Instant::now();
-            let body = http.get(&base).bearer_auth(&token).send().await?.bytes().await?;
+            let body = http
+                .get(&base)
+                .bearer_auth(&token)
+                .send()
+                .await?
+                .bytes()
+                .await?;
             out.push(t.elapsed().as_secs_f64() * 1000.0);
             size = body.len();
         }
