@@ -476,7 +476,177 @@ async fn feed_snapshot_when_log_truncated(db: Db) {
     h.shutdown().await;
 }
 
+async fn internal_error_cases(db: Db) {
+    let h = harness!(db);
+    let raw = reqwest::Client::builder()
+        .use_preconfigured_tls(
+            tapestry_policy::certs::client_config(&h.c().credentials_dir, true).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let base = format!("https://{}", h.c().internal_addr);
+    let cases: Vec<(reqwest::Method, &str, &str, u16, &str)> = vec![
+        (
+            reqwest::Method::PUT,
+            "/leases/acquire",
+            "{nope",
+            400,
+            "invalid JSON",
+        ),
+        (
+            reqwest::Method::PUT,
+            "/leases/renew",
+            r#"{"underlay_ip":"10.0.0.1","overlay_subnet":"x"}"#,
+            400,
+            "overlay_subnet",
+        ),
+        (
+            reqwest::Method::PUT,
+            "/leases/renew",
+            r#"{"underlay_ip":"10.0.0.1","overlay_subnet":"10.255.3.0/24"}"#,
+            404,
+            "no lease",
+        ),
+        (
+            reqwest::Method::PUT,
+            "/leases/release",
+            r#"{"underlay_ip":"300.0.0.1"}"#,
+            400,
+            "underlay_ip",
+        ),
+        (
+            reqwest::Method::POST,
+            "/internal/instances",
+            r#"{"cell":"10.0.0.1","handle":"h"}"#,
+            400,
+            "invalid JSON",
+        ),
+        (
+            reqwest::Method::POST,
+            "/internal/instances/delete",
+            r#"{"cell":"10.0.0.1"}"#,
+            400,
+            "handle",
+        ),
+        (
+            reqwest::Method::POST,
+            "/internal/instances/delete",
+            r#"{"cell":"x","handle":"h"}"#,
+            400,
+            "cell",
+        ),
+        (
+            reqwest::Method::PUT,
+            "/internal/cells/nope/instances",
+            r#"{"instances":[]}"#,
+            400,
+            "underlay_ip",
+        ),
+        (
+            reqwest::Method::GET,
+            "/internal/feed?since=abc",
+            "",
+            400,
+            "query",
+        ),
+        (
+            reqwest::Method::GET,
+            "/internal/nothing",
+            "",
+            404,
+            "not found",
+        ),
+    ];
+    for (m, path, body, want, text) in cases {
+        let r = raw
+            .request(m, format!("{base}{path}"))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let v: serde_json::Value = r.json().await.unwrap_or_default();
+        assert_eq!(status, want, "{path} {body}: {v}");
+        let e = v["error"].as_str().unwrap_or_default();
+        assert!(e.contains(text), "{path}: '{e}' should mention '{text}'");
+    }
+    // Releasing a lease the cell does not hold is fine; deleting an unknown instance too.
+    let c = h.internal();
+    c.release_lease(ip("10.0.0.99")).await.unwrap();
+    c.instance_down(ip("10.0.0.99"), "nope").await.unwrap();
+    // External: unknown path, bad ASG update, bad route delete, non-admin writes.
+    let (s, _) = h.get("/networking/v1/external/nothing").await;
+    assert_eq!(s, 404);
+    h.post(
+        "/networking/v1/external/security_groups",
+        serde_json::json!({"name":"g","rules":[]}),
+    )
+    .await;
+    let t = h.c().admin_token.clone();
+    let (s, v, _) = h
+        .raw(
+            reqwest::Method::PUT,
+            "/networking/v1/external/security_groups/g",
+            Some(&t),
+            Some(br#"{"rules":[{"protocol":"icmp","destination":"10.0.0.1"}]}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(s, 400);
+    assert!(
+        v["error"].as_str().unwrap().starts_with("rules[0].type:"),
+        "{v}"
+    );
+    let (s, _) = h
+        .post(
+            "/networking/v1/external/routes/delete",
+            serde_json::json!({"host":"bad host","app_id":"B"}),
+        )
+        .await;
+    assert_eq!(s, 400);
+    let w = tapestry_policy::create_token(&h.c().store, "network.write", vec!["S".into()])
+        .await
+        .unwrap();
+    let (s, _, _) = h
+        .raw(
+            reqwest::Method::POST,
+            "/networking/v1/external/security_groups",
+            Some(&w),
+            Some(br#"{"name":"x"}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, _, _) = h
+        .raw(
+            reqwest::Method::DELETE,
+            "/networking/v1/external/security_groups/g",
+            Some(&w),
+            None,
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, _, _) = h
+        .raw(
+            reqwest::Method::POST,
+            "/networking/v1/external/leases",
+            Some(&w),
+            Some(br#"{"underlay_ip":"10.0.0.9","overlay_subnet":"10.255.9.0/24"}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, _, _) = h
+        .raw(
+            reqwest::Method::POST,
+            "/networking/v1/external/routes",
+            Some(&w),
+            Some(br#"{"host":"a.apps.internal","app_id":"NOTMINE"}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(s, 403);
+    h.shutdown().await;
+}
+
 dual!(
+    internal_error_cases,
     feed_snapshot_when_log_truncated,
     leases,
     lease_expiry_reclaim,
