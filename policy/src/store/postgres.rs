@@ -32,6 +32,7 @@ pub struct PgBackend {
     clients: Vec<Mutex<Conn>>,
     next: AtomicUsize,
     handle: Handle,
+    url: String,
 }
 
 impl ToSql for Val {
@@ -92,6 +93,7 @@ impl PgBackend {
             clients,
             next: AtomicUsize::new(0),
             handle: Handle::current(),
+            url: url.to_string(),
         })
     }
 }
@@ -249,6 +251,19 @@ impl Backend for PgBackend {
                     .unwrap_or_else(|p| p.into_inner())
             });
         let mut guard = guard;
+        if guard.client.is_closed() {
+            // The server restarted or the connection broke: reconnect this pool slot.
+            let (client, conn) = self.handle.block_on(connect(&self.url))?;
+            self.handle.spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::warn!("PostgreSQL connection ended: {e}");
+                }
+            });
+            *guard = Conn {
+                client,
+                stmts: HashMap::new(),
+            };
+        }
         let conn: &mut Conn = &mut guard;
         let client: &Client = &conn.client;
         let stmts = &mut conn.stmts;
