@@ -78,12 +78,23 @@ pub fn main() -> i32 {
     };
     if inv.command != "VERSION" {
         if let Err(e) = std::io::stdin().read_to_string(&mut stdin) {
-            return emit_error("1.0.0", CniError::new(E_IO, "reading the network configuration from stdin failed", e.to_string()));
+            return emit_error(
+                "1.0.0",
+                CniError::new(
+                    E_IO,
+                    "reading the network configuration from stdin failed",
+                    e.to_string(),
+                ),
+            );
         }
     }
     let version = serde_json::from_str::<Value>(&stdin)
         .ok()
-        .and_then(|v| v.get("cniVersion").and_then(|s| s.as_str()).map(String::from))
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(|s| s.as_str())
+                .map(String::from)
+        })
         .unwrap_or_else(|| "1.0.0".into());
     match execute(&inv, &stdin) {
         Ok(Some(out)) => {
@@ -106,13 +117,23 @@ fn emit_error(version: &str, e: CniError) -> i32 {
 /// Runs one CNI command; `Ok(Some(json))` is printed on stdout.
 pub fn execute(inv: &Invocation, stdin: &str) -> Result<Option<Value>, CniError> {
     if inv.command == "VERSION" {
-        return Ok(Some(json!({"cniVersion": "1.0.0", "supportedVersions": SUPPORTED})));
+        return Ok(Some(
+            json!({"cniVersion": "1.0.0", "supportedVersions": SUPPORTED}),
+        ));
     }
     let conf: NetConf = serde_json::from_str(stdin).map_err(|e| {
-        CniError::new(E_DECODE, "the network configuration is not valid JSON", e.to_string())
+        CniError::new(
+            E_DECODE,
+            "the network configuration is not valid JSON",
+            e.to_string(),
+        )
     })?;
     let version = conf.cni_version.clone().ok_or_else(|| {
-        CniError::new(E_INVALID_CONFIG, "network configuration field cniVersion is missing", "")
+        CniError::new(
+            E_INVALID_CONFIG,
+            "network configuration field cniVersion is missing",
+            "",
+        )
     })?;
     if !SUPPORTED.contains(&version.as_str()) {
         return Err(CniError::new(
@@ -122,20 +143,35 @@ pub fn execute(inv: &Invocation, stdin: &str) -> Result<Option<Value>, CniError>
         ));
     }
     if conf.name.as_deref().unwrap_or("").is_empty() {
-        return Err(CniError::new(E_INVALID_CONFIG, "network configuration field name is missing", ""));
+        return Err(CniError::new(
+            E_INVALID_CONFIG,
+            "network configuration field name is missing",
+            "",
+        ));
     }
     if conf.kind.as_deref() != Some("tapestry-cni") {
         return Err(CniError::new(
             E_INVALID_CONFIG,
-            format!("network configuration field type is {:?}, expected \"tapestry-cni\"", conf.kind.unwrap_or_default()),
+            format!(
+                "network configuration field type is {:?}, expected \"tapestry-cni\"",
+                conf.kind.unwrap_or_default()
+            ),
             "",
         ));
     }
     let socket = conf.cell_socket.clone().ok_or_else(|| {
-        CniError::new(E_INVALID_CONFIG, "network configuration field cell_socket is missing", "")
+        CniError::new(
+            E_INVALID_CONFIG,
+            "network configuration field cell_socket is missing",
+            "",
+        )
     })?;
     if inv.container_id.is_empty() {
-        return Err(CniError::new(E_INVALID_ENV, "CNI_CONTAINERID is not set", ""));
+        return Err(CniError::new(
+            E_INVALID_ENV,
+            "CNI_CONTAINERID is not set",
+            "",
+        ));
     }
     let call = |req: Request| {
         api::call(&socket, &req).map_err(|e| {
@@ -150,8 +186,9 @@ pub fn execute(inv: &Invocation, stdin: &str) -> Result<Option<Value>, CniError>
     match inv.command.as_str() {
         "ADD" => {
             let up = up_request(inv, &conf)?;
-            let a: Attachment = serde_json::from_value(call(Request::Up(up))?)
-                .map_err(|e| CniError::new(E_IO, "malformed answer from the cell", e.to_string()))?;
+            let a: Attachment = serde_json::from_value(call(Request::Up(up))?).map_err(|e| {
+                CniError::new(E_IO, "malformed answer from the cell", e.to_string())
+            })?;
             Ok(Some(add_result(&version, &a)))
         }
         "DEL" => {
@@ -184,13 +221,15 @@ fn up_request(inv: &Invocation, conf: &NetConf) -> Result<UpRequest, CniError> {
     }
     let md = conf.metadata.clone().unwrap_or(Value::Null);
     let field = |k: &str| md.get(k).and_then(|v| v.as_str()).map(String::from);
-    let app = field("policy_group_id").or_else(|| field("app_id")).ok_or_else(|| {
-        CniError::new(
+    let app = field("policy_group_id")
+        .or_else(|| field("app_id"))
+        .ok_or_else(|| {
+            CniError::new(
             E_INVALID_CONFIG,
             "network configuration field metadata.policy_group_id (or metadata.app_id) is missing",
             "",
         )
-    })?;
+        })?;
     let index = match md.get("instance_index") {
         None | Some(Value::Null) => 0,
         Some(v) => v
@@ -247,20 +286,40 @@ mod tests {
     fn version_lists_supported() {
         let v = execute(&inv("VERSION"), "").unwrap().unwrap();
         assert_eq!(v["cniVersion"], "1.0.0");
-        assert!(v["supportedVersions"].as_array().unwrap().iter().any(|s| s == "1.0.0"));
+        assert!(v["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s == "1.0.0"));
     }
 
     #[test]
     fn bad_configs_name_the_field() {
         let e = execute(&inv("ADD"), "{not json").unwrap_err();
         assert_eq!(e.code, E_DECODE);
-        let e = execute(&inv("ADD"), r#"{"name":"n","type":"tapestry-cni","cell_socket":"/x"}"#).unwrap_err();
+        let e = execute(
+            &inv("ADD"),
+            r#"{"name":"n","type":"tapestry-cni","cell_socket":"/x"}"#,
+        )
+        .unwrap_err();
         assert!(e.msg.contains("cniVersion"), "{}", e.msg);
-        let e = execute(&inv("ADD"), r#"{"cniVersion":"9.9.9","name":"n","type":"tapestry-cni","cell_socket":"/x"}"#).unwrap_err();
+        let e = execute(
+            &inv("ADD"),
+            r#"{"cniVersion":"9.9.9","name":"n","type":"tapestry-cni","cell_socket":"/x"}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.code, E_INCOMPATIBLE_VERSION);
-        let e = execute(&inv("ADD"), r#"{"cniVersion":"1.0.0","name":"n","type":"bridge","cell_socket":"/x"}"#).unwrap_err();
+        let e = execute(
+            &inv("ADD"),
+            r#"{"cniVersion":"1.0.0","name":"n","type":"bridge","cell_socket":"/x"}"#,
+        )
+        .unwrap_err();
         assert!(e.msg.contains("type"), "{}", e.msg);
-        let e = execute(&inv("ADD"), r#"{"cniVersion":"1.0.0","name":"n","type":"tapestry-cni"}"#).unwrap_err();
+        let e = execute(
+            &inv("ADD"),
+            r#"{"cniVersion":"1.0.0","name":"n","type":"tapestry-cni"}"#,
+        )
+        .unwrap_err();
         assert!(e.msg.contains("cell_socket"), "{}", e.msg);
         let e = execute(&inv("ADD"), r#"{"cniVersion":"1.0.0","name":"n","type":"tapestry-cni","cell_socket":"/nonexistent.sock","metadata":{}}"#).unwrap_err();
         assert!(e.msg.contains("policy_group_id"), "{}", e.msg);
@@ -268,7 +327,11 @@ mod tests {
         assert!(e.msg.contains("instance_index"), "{}", e.msg);
         let e = execute(&inv("ADD"), r#"{"cniVersion":"1.0.0","name":"n","type":"tapestry-cni","cell_socket":"/nonexistent.sock","metadata":{"policy_group_id":"A"}}"#).unwrap_err();
         assert_eq!(e.code, E_TRY_LATER);
-        let e = execute(&inv("FROB"), r#"{"cniVersion":"1.0.0","name":"n","type":"tapestry-cni","cell_socket":"/x"}"#).unwrap_err();
+        let e = execute(
+            &inv("FROB"),
+            r#"{"cniVersion":"1.0.0","name":"n","type":"tapestry-cni","cell_socket":"/x"}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.code, E_INVALID_ENV);
     }
 

@@ -56,7 +56,10 @@ fn have(tool: &str) -> bool {
 
 /// Panics with `msg` and the logs of the control plane and the cell.
 fn fail(ov: &Overlay, msg: &str) -> ! {
-    let status = ov.cell_status(0).map(|v| v.to_string()).unwrap_or_else(|e| format!("{e:#}"));
+    let status = ov
+        .cell_status(0)
+        .map(|v| v.to_string())
+        .unwrap_or_else(|e| format!("{e:#}"));
     let kernel = ov
         .tb
         .exec("kcell", "ip", &["-s", "link", "show", "silk-vtep"])
@@ -65,14 +68,22 @@ fn fail(ov: &Overlay, msg: &str) -> ! {
     let csum = ["tc", "kc"]
         .iter()
         .map(|ns| {
-            let o = ov.tb.exec(ns, "nstat", &["-az", "TcpInCsumErrors", "UdpInCsumErrors"]).ok();
-            let text = o.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+            let o = ov
+                .tb
+                .exec(ns, "nstat", &["-az", "TcpInCsumErrors", "UdpInCsumErrors"])
+                .ok();
+            let text = o
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
             let vals: Vec<&str> = text.lines().filter(|l| l.contains("CsumErrors")).collect();
             format!("{ns}: {}", vals.join("; "))
         })
         .collect::<Vec<_>>()
         .join("\n");
-    let leases = ov.api("GET", "/networking/v1/external/leases", None).map(|(_, v)| v.to_string()).unwrap_or_default();
+    let leases = ov
+        .api("GET", "/networking/v1/external/leases", None)
+        .map(|(_, v)| v.to_string())
+        .unwrap_or_default();
     panic!(
         "{msg}\n--- cell1 status ---\n{status}\n--- leases ---\n{leases}\n--- kernel silk-vtep ---\n{kernel}\n--- checksum errors in the containers ---\n{csum}\n--- cell1 log (tail) ---\n{}\n--- control log (tail) ---\n{}",
         tail(&ov.tb.log("cell1"), 40),
@@ -97,11 +108,18 @@ fn ipn(ov: &Overlay, ns: &str, args: &[&str]) {
 
 /// Runs a command inside namespace `ns`, failing the test if it fails; returns its stdout.
 fn run_in(ov: &Overlay, ns: &str, prog: &str, args: &[&str]) -> String {
-    let out = ov.tb.exec(ns, prog, args).unwrap_or_else(|e| fail(ov, &format!("{e:#}")));
+    let out = ov
+        .tb
+        .exec(ns, prog, args)
+        .unwrap_or_else(|e| fail(ov, &format!("{e:#}")));
     if !out.status.success() {
         fail(
             ov,
-            &format!("{prog} {} in {ns} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()),
+            &format!(
+                "{prog} {} in {ns} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         );
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -114,12 +132,58 @@ fn run_in(ov: &Overlay, ns: &str, prog: &str, args: &[&str]) -> String {
 fn kernel_cell(ov: &mut Overlay) {
     let u = underlay_ip(KERNEL_HOST).to_string();
     let mtu = (ov.underlay_mtu - 50).to_string();
-    if let Err(e) = ov.tb.add_host("kcell", underlay_ip(KERNEL_HOST), ov.underlay_mtu) {
+    if let Err(e) = ov
+        .tb
+        .add_host("kcell", underlay_ip(KERNEL_HOST), ov.underlay_mtu)
+    {
         fail(ov, &format!("adding the kernel cell's namespace: {e:#}"));
     }
-    ipn(ov, "kcell", &["link", "add", "silk-vtep", "type", "vxlan", "id", "1", "dstport", "4789", "local", &u, "dev", "ul0", "nolearning", "gbp"]);
-    ipn(ov, "kcell", &["link", "set", "silk-vtep", "address", &vtep_mac(KERNEL_VTEP), "mtu", &mtu, "up"]);
-    ipn(ov, "kcell", &["addr", "add", &format!("{KERNEL_VTEP}/{OVERLAY_PREFIX}"), "dev", "silk-vtep"]);
+    ipn(
+        ov,
+        "kcell",
+        &[
+            "link",
+            "add",
+            "silk-vtep",
+            "type",
+            "vxlan",
+            "id",
+            "1",
+            "dstport",
+            "4789",
+            "local",
+            &u,
+            "dev",
+            "ul0",
+            "nolearning",
+            "gbp",
+        ],
+    );
+    ipn(
+        ov,
+        "kcell",
+        &[
+            "link",
+            "set",
+            "silk-vtep",
+            "address",
+            &vtep_mac(KERNEL_VTEP),
+            "mtu",
+            &mtu,
+            "up",
+        ],
+    );
+    ipn(
+        ov,
+        "kcell",
+        &[
+            "addr",
+            "add",
+            &format!("{KERNEL_VTEP}/{OVERLAY_PREFIX}"),
+            "dev",
+            "silk-vtep",
+        ],
+    );
     run_in(ov, "kcell", "sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
     // A veth hands the peer namespace the encapsulated frame with the inner TCP/UDP checksum
     // still partial (CHECKSUM_PARTIAL: only the pseudo-header sum). The kernel on the other side
@@ -130,17 +194,55 @@ fn kernel_cell(ov: &mut Overlay) {
     run_in(ov, "kcell", "ethtool", &["-K", "ul0", "tx", "off"]);
 
     if let Err(e) = ov.tb.add_namespace("kc") {
-        fail(ov, &format!("adding the kernel container's namespace: {e:#}"));
+        fail(
+            ov,
+            &format!("adding the kernel container's namespace: {e:#}"),
+        );
     }
     let kc = ov.tb.ns_name("kc");
     let cip = format!("{K_CONTAINER}/32");
-    ipn(ov, "kcell", &["link", "add", "s-kc", "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu", &mtu, "netns", &kc]);
-    ipn(ov, "kcell", &["addr", "add", "169.254.0.1", "peer", &cip, "dev", "s-kc"]);
+    ipn(
+        ov,
+        "kcell",
+        &[
+            "link", "add", "s-kc", "mtu", &mtu, "type", "veth", "peer", "name", "eth0", "mtu",
+            &mtu, "netns", &kc,
+        ],
+    );
+    ipn(
+        ov,
+        "kcell",
+        &["addr", "add", "169.254.0.1", "peer", &cip, "dev", "s-kc"],
+    );
     ipn(ov, "kcell", &["link", "set", "s-kc", "up"]);
     ipn(ov, "kc", &["addr", "add", &cip, "dev", "eth0"]);
     ipn(ov, "kc", &["link", "set", "eth0", "up"]);
-    ipn(ov, "kc", &["route", "add", "169.254.0.1", "dev", "eth0", "scope", "link"]);
-    ipn(ov, "kc", &["route", "add", "default", "via", "169.254.0.1", "dev", "eth0"]);
+    ipn(
+        ov,
+        "kc",
+        &[
+            "route",
+            "add",
+            "169.254.0.1",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ],
+    );
+    ipn(
+        ov,
+        "kc",
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.0.1",
+            "dev",
+            "eth0",
+        ],
+    );
 }
 
 /// What the kernel cell needs to reach a remote cell, as Silk installs it: a route to its subnet
@@ -148,15 +250,63 @@ fn kernel_cell(ov: &mut Overlay) {
 /// fdb entry sending that MAC to the remote cell's underlay IP.
 fn kernel_peer(ov: &Overlay, subnet: &str, vtep_ip: Ipv4Addr, mac: &str, underlay: Ipv4Addr) {
     let vtep = vtep_ip.to_string();
-    ipn(ov, "kcell", &["route", "add", subnet, "via", &vtep, "dev", "silk-vtep", "onlink"]);
-    ipn(ov, "kcell", &["neigh", "add", &vtep, "lladdr", mac, "dev", "silk-vtep", "nud", "permanent"]);
-    run_in(ov, "kcell", "bridge", &["fdb", "add", mac, "dev", "silk-vtep", "dst", &underlay.to_string(), "self", "permanent"]);
+    ipn(
+        ov,
+        "kcell",
+        &[
+            "route",
+            "add",
+            subnet,
+            "via",
+            &vtep,
+            "dev",
+            "silk-vtep",
+            "onlink",
+        ],
+    );
+    ipn(
+        ov,
+        "kcell",
+        &[
+            "neigh",
+            "add",
+            &vtep,
+            "lladdr",
+            mac,
+            "dev",
+            "silk-vtep",
+            "nud",
+            "permanent",
+        ],
+    );
+    run_in(
+        ov,
+        "kcell",
+        "bridge",
+        &[
+            "fdb",
+            "add",
+            mac,
+            "dev",
+            "silk-vtep",
+            "dst",
+            &underlay.to_string(),
+            "self",
+            "permanent",
+        ],
+    );
 }
 
 fn api_ok(ov: &Overlay, method: &str, path: &str, body: Option<Value>) -> Value {
     match ov.api(method, path, body.clone()) {
         Ok((code, v)) if (200..300).contains(&code) => v,
-        Ok((code, v)) => fail(ov, &format!("{method} {path} {} returned {code}: {v}", body.unwrap_or(Value::Null))),
+        Ok((code, v)) => fail(
+            ov,
+            &format!(
+                "{method} {path} {} returned {code}: {v}",
+                body.unwrap_or(Value::Null)
+            ),
+        ),
         Err(e) => fail(ov, &format!("{method} {path}: {e:#}")),
     }
 }
@@ -175,7 +325,12 @@ fn tag_of(ov: &Overlay, app: &str) -> u16 {
         fail(ov, &format!("no tag for app {app} in {v}"));
     };
     let s = t["tag"].as_str().unwrap_or_default();
-    u16::from_str_radix(s, 16).unwrap_or_else(|_| fail(ov, &format!("tag {s:?} of {app} is not a 16-bit hex number")))
+    u16::from_str_radix(s, 16).unwrap_or_else(|_| {
+        fail(
+            ov,
+            &format!("tag {s:?} of {app} is not a 16-bit hex number"),
+        )
+    })
 }
 
 /// The Tapestry cell's lease: (subnet as "a.b.c.d/len", VTEP IP = the subnet's .0, VTEP MAC).
@@ -183,11 +338,20 @@ fn tapestry_lease(ov: &Overlay, underlay: Ipv4Addr) -> (String, Ipv4Addr, String
     let v = api_ok(ov, "GET", "/networking/v1/external/leases", None);
     let leases = v["leases"].as_array().cloned().unwrap_or_default();
     assert!(
-        leases.iter().any(|l| l["underlay_ip"] == underlay_ip(KERNEL_HOST).to_string() && l["overlay_subnet"] == KERNEL_SUBNET),
+        leases
+            .iter()
+            .any(|l| l["underlay_ip"] == underlay_ip(KERNEL_HOST).to_string()
+                && l["overlay_subnet"] == KERNEL_SUBNET),
         "the registered kernel cell is not in the lease list: {v}"
     );
-    let Some(l) = leases.iter().find(|l| l["underlay_ip"] == underlay.to_string()) else {
-        fail(ov, &format!("no lease for the Tapestry cell at {underlay}: {v}"));
+    let Some(l) = leases
+        .iter()
+        .find(|l| l["underlay_ip"] == underlay.to_string())
+    else {
+        fail(
+            ov,
+            &format!("no lease for the Tapestry cell at {underlay}: {v}"),
+        );
     };
     let subnet = l["overlay_subnet"].as_str().unwrap_or_default().to_string();
     let base: Ipv4Addr = subnet
@@ -197,8 +361,15 @@ fn tapestry_lease(ov: &Overlay, underlay: Ipv4Addr) -> (String, Ipv4Addr, String
         .unwrap_or_else(|| fail(ov, &format!("lease without a valid overlay_subnet: {l}")));
     let o = base.octets();
     let vtep_ip = Ipv4Addr::new(o[0], o[1], o[2], 0);
-    let mac = l["overlay_hardware_addr"].as_str().map(|s| s.to_lowercase()).unwrap_or_else(|| vtep_mac(vtep_ip));
-    assert_eq!(mac, vtep_mac(vtep_ip), "overlay_hardware_addr of {l} is not ee:ee:<VTEP IP>");
+    let mac = l["overlay_hardware_addr"]
+        .as_str()
+        .map(|s| s.to_lowercase())
+        .unwrap_or_else(|| vtep_mac(vtep_ip));
+    assert_eq!(
+        mac,
+        vtep_mac(vtep_ip),
+        "overlay_hardware_addr of {l} is not ee:ee:<VTEP IP>"
+    );
     (subnet, vtep_ip, mac)
 }
 
@@ -207,14 +378,21 @@ fn socat_server(ov: &mut Overlay, ns: &str, port: u16, reply: &str) {
         ns,
         &format!("socat-{ns}-{port}"),
         "socat",
-        &[&format!("TCP-LISTEN:{port},fork,reuseaddr"), &format!("SYSTEM:echo {reply}")],
+        &[
+            &format!("TCP-LISTEN:{port},fork,reuseaddr"),
+            &format!("SYSTEM:echo {reply}"),
+        ],
     ) {
         fail(ov, &format!("{e:#}"));
     }
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(5) {
         let out = run_in(ov, ns, "ss", &["-ltn"]);
-        if out.lines().any(|l| l.split_whitespace().nth(3).is_some_and(|a| a.ends_with(&format!(":{port}")))) {
+        if out.lines().any(|l| {
+            l.split_whitespace()
+                .nth(3)
+                .is_some_and(|a| a.ends_with(&format!(":{port}")))
+        }) {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -227,14 +405,33 @@ fn socat_server(ov: &mut Overlay, ns: &str, port: u16, reply: &str) {
 fn socat_tcp(ov: &Overlay, ns: &str, ip: Ipv4Addr, port: u16) -> Option<String> {
     let out = ov
         .tb
-        .exec(ns, "timeout", &["5", "socat", "-T", "2", "-t", "0.1", &format!("TCP:{ip}:{port},connect-timeout=1"), "STDOUT"])
+        .exec(
+            ns,
+            "timeout",
+            &[
+                "5",
+                "socat",
+                "-T",
+                "2",
+                "-t",
+                "0.1",
+                &format!("TCP:{ip}:{port},connect-timeout=1"),
+                "STDOUT",
+            ],
+        )
         .ok()?;
     let s = String::from_utf8_lossy(&out.stdout).trim().to_string();
     (out.status.success() && !s.is_empty()).then_some(s)
 }
 
 /// Retries until a connection succeeds (the cell may still be learning a lease or a policy).
-fn wait_reply(ov: &Overlay, ns: &str, ip: Ipv4Addr, port: u16, limit: Duration) -> Option<(String, Duration)> {
+fn wait_reply(
+    ov: &Overlay,
+    ns: &str,
+    ip: Ipv4Addr,
+    port: u16,
+    limit: Duration,
+) -> Option<(String, Duration)> {
     let start = Instant::now();
     loop {
         if let Some(r) = socat_tcp(ov, ns, ip, port) {
@@ -278,8 +475,30 @@ fn parse_num(s: &str) -> Option<u32> {
 fn capture(ov: &Overlay, from: Ipv4Addr, traffic: impl FnOnce()) -> (Vec<Vxlan>, String) {
     let filter = format!("udp port 4789 and src host {from}");
     let child = Command::new("ip")
-        .args(["netns", "exec", &ov.tb.ns_name("kcell"), "tshark", "-l", "-n", "-i", "ul0", "-f", &filter])
-        .args(["-d", "udp.port==4789,vxlan", "-T", "fields", "-e", "vxlan.flags", "-e", "vxlan.gbp", "-e", "vxlan.vni"])
+        .args([
+            "netns",
+            "exec",
+            &ov.tb.ns_name("kcell"),
+            "tshark",
+            "-l",
+            "-n",
+            "-i",
+            "ul0",
+            "-f",
+            &filter,
+        ])
+        .args([
+            "-d",
+            "udp.port==4789,vxlan",
+            "-T",
+            "fields",
+            "-e",
+            "vxlan.flags",
+            "-e",
+            "vxlan.gbp",
+            "-e",
+            "vxlan.vni",
+        ])
         .args(["-c", "20", "-a", "duration:8"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -334,7 +553,13 @@ fn capture(ov: &Overlay, from: Ipv4Addr, traffic: impl FnOnce()) -> (Vec<Vxlan>,
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split('\t').collect();
-            (f.len() == 3).then(|| Some((parse_num(f[0])?, parse_num(f[1]).unwrap_or(0), parse_num(f[2])?)))?
+            (f.len() == 3).then(|| {
+                Some((
+                    parse_num(f[0])?,
+                    parse_num(f[1]).unwrap_or(0),
+                    parse_num(f[2])?,
+                ))
+            })?
         })
         .collect();
     (pkts, err)
@@ -343,19 +568,27 @@ fn capture(ov: &Overlay, from: Ipv4Addr, traffic: impl FnOnce()) -> (Vec<Vxlan>,
 #[test]
 fn e2e_kernel_interop() {
     if !is_root() {
-        eprintln!("skipped: the interop test needs root (network namespaces, a kernel vxlan device)");
+        eprintln!(
+            "skipped: the interop test needs root (network namespaces, a kernel vxlan device)"
+        );
         return;
     }
-    for tool in ["socat", "tshark", "iptables", "bridge", "ss", "ethtool", "nstat"] {
+    for tool in [
+        "socat", "tshark", "iptables", "bridge", "ss", "ethtool", "nstat",
+    ] {
         assert!(have(tool), "{tool} is needed for the interop test (apt-get install socat tshark iptables iproute2 ethtool)");
     }
 
-    let mut ov = Overlay::start("tpi", bin(), 1, &[]).expect("starting the control plane and one Tapestry cell");
+    let mut ov = Overlay::start("tpi", bin(), 1, &[])
+        .expect("starting the control plane and one Tapestry cell");
     let t_ip = match ov.add_container(0, "tc", "T", "space-t") {
         Ok(a) => a.container_ip,
         Err(e) => fail(&ov, &format!("attaching the Tapestry container: {e:#}")),
     };
-    println!("Tapestry container (app T): {t_ip} on cell1 ({})", ov.cells[0].underlay);
+    println!(
+        "Tapestry container (app T): {t_ip} on cell1 ({})",
+        ov.cells[0].underlay
+    );
 
     // The kernel Silk cell, registered as a foreign cell.
     kernel_cell(&mut ov);
@@ -363,7 +596,9 @@ fn e2e_kernel_interop() {
         &ov,
         "POST",
         "/networking/v1/external/leases",
-        Some(json!({"underlay_ip": underlay_ip(KERNEL_HOST).to_string(), "overlay_subnet": KERNEL_SUBNET})),
+        Some(
+            json!({"underlay_ip": underlay_ip(KERNEL_HOST).to_string(), "overlay_subnet": KERNEL_SUBNET}),
+        ),
     );
     let (t_subnet, t_vtep, t_mac) = tapestry_lease(&ov, ov.cells[0].underlay);
     kernel_peer(&ov, &t_subnet, t_vtep, &t_mac, ov.cells[0].underlay);
@@ -391,14 +626,27 @@ fn e2e_kernel_interop() {
     allow(&ov, "K", "T", 8080);
     let k_tag = tag_of(&ov, "K");
     let mark = format!("0x{k_tag:x}/0xffffffff");
-    let mark_rule = ["-t", "mangle", "PREROUTING", "-i", "s-kc", "-j", "MARK", "--set-xmark", mark.as_str()];
+    let mark_rule = [
+        "-t",
+        "mangle",
+        "PREROUTING",
+        "-i",
+        "s-kc",
+        "-j",
+        "MARK",
+        "--set-xmark",
+        mark.as_str(),
+    ];
     let iptables = |op: &str| {
         let mut a = vec![mark_rule[0], mark_rule[1], op];
         a.extend_from_slice(&mark_rule[2..]);
         run_in(&ov, "kcell", "iptables", &a);
     };
     iptables("-A");
-    println!("policy K -> T tcp 8080; K's tag {k_tag} ({:#06x}) set as the mark on the kernel cell", k_tag);
+    println!(
+        "policy K -> T tcp 8080; K's tag {k_tag} ({:#06x}) set as the mark on the kernel cell",
+        k_tag
+    );
     match wait_reply(&ov, "kc", t_ip, 8080, Duration::from_secs(10)) {
         Some((r, took)) => {
             assert_eq!(r, "T-8080");
@@ -406,15 +654,24 @@ fn e2e_kernel_interop() {
         }
         None => fail(&ov, "K -> T:8080 with policy and K's tag was not admitted"),
     }
-    assert!(denied(&ov, "kc", t_ip, 8081), "K -> T:8081 has no policy but was admitted");
+    assert!(
+        denied(&ov, "kc", t_ip, 8081),
+        "K -> T:8081 has no policy but was admitted"
+    );
     println!("K -> T:8081 (no policy) denied");
 
     iptables("-D");
-    assert!(denied(&ov, "kc", t_ip, 8080), "K -> T:8080 without the mark (Group Policy ID 0) was admitted");
+    assert!(
+        denied(&ov, "kc", t_ip, 8080),
+        "K -> T:8080 without the mark (Group Policy ID 0) was admitted"
+    );
     println!("K -> T:8080 without the mark (Group Policy ID 0) denied");
     iptables("-A");
     if wait_reply(&ov, "kc", t_ip, 8080, Duration::from_secs(5)).is_none() {
-        fail(&ov, "K -> T:8080 not admitted again after restoring the mark");
+        fail(
+            &ov,
+            "K -> T:8080 not admitted again after restoring the mark",
+        );
     }
 
     // What Tapestry puts on the wire, decoded by tshark: give T a tag (policy T -> K), then
@@ -433,9 +690,18 @@ fn e2e_kernel_interop() {
                 let _ = socat_tcp(&ov, "tc", K_CONTAINER, 9090);
             }
         });
-        let shown: Vec<String> = pkts.iter().map(|(f, g, v)| format!("{f:#06x}/{g}/{v}")).collect();
-        println!("capture {attempt}: {} VXLAN packets from {cell_ip} (flags/gbp/vni): {}", pkts.len(), shown.join(" "));
-        ok = pkts.iter().any(|&(flags, gbp, vni)| flags & 0x8800 == 0x8800 && gbp == u32::from(t_tag) && vni == 1);
+        let shown: Vec<String> = pkts
+            .iter()
+            .map(|(f, g, v)| format!("{f:#06x}/{g}/{v}"))
+            .collect();
+        println!(
+            "capture {attempt}: {} VXLAN packets from {cell_ip} (flags/gbp/vni): {}",
+            pkts.len(),
+            shown.join(" ")
+        );
+        ok = pkts.iter().any(|&(flags, gbp, vni)| {
+            flags & 0x8800 == 0x8800 && gbp == u32::from(t_tag) && vni == 1
+        });
         last = (pkts, err);
         if ok {
             break;
@@ -452,7 +718,11 @@ fn e2e_kernel_interop() {
     }
     for &(flags, _, vni) in &pkts {
         assert_eq!(vni, 1, "Tapestry sent VNI {vni}: {pkts:?}");
-        assert_eq!(flags & 0x0800, 0x0800, "Tapestry sent a VXLAN header without the I flag: {flags:#06x}");
+        assert_eq!(
+            flags & 0x0800,
+            0x0800,
+            "Tapestry sent a VXLAN header without the I flag: {flags:#06x}"
+        );
     }
     let tagged: Vec<_> = pkts.iter().filter(|p| p.1 == u32::from(t_tag)).collect();
     println!(

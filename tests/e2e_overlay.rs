@@ -27,14 +27,33 @@ macro_rules! require_root {
 fn socat_tcp(ov: &Overlay, ns: &str, ip: Ipv4Addr, port: u16) -> Option<String> {
     let out = ov
         .tb
-        .exec(ns, "socat", &["-T", "2", &format!("TCP:{ip}:{port},connect-timeout=1"), "STDOUT"])
+        .exec(
+            ns,
+            "socat",
+            &[
+                "-T",
+                "2",
+                &format!("TCP:{ip}:{port},connect-timeout=1"),
+                "STDOUT",
+            ],
+        )
         .ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn socat_server(ov: &mut Overlay, ns: &str, port: u16, reply: &str) {
     ov.tb
-        .spawn_cmd(ns, &format!("socat-{ns}-{port}"), "socat", &[&format!("TCP-LISTEN:{port},fork,reuseaddr"), &format!("SYSTEM:echo {reply}")])
+        .spawn_cmd(
+            ns,
+            &format!("socat-{ns}-{port}"),
+            "socat",
+            &[
+                &format!("TCP-LISTEN:{port},fork,reuseaddr"),
+                &format!("SYSTEM:echo {reply}"),
+            ],
+        )
         .unwrap();
 }
 
@@ -55,7 +74,9 @@ fn wait_listen(ov: &mut Overlay, ns: &str, port: u16) {
 }
 
 fn drop_count(ov: &Overlay, cell: usize, reason: &str) -> u64 {
-    ov.cell_status(cell).unwrap()["drops"][reason].as_u64().unwrap_or(0)
+    ov.cell_status(cell).unwrap()["drops"][reason]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 #[test]
@@ -66,11 +87,20 @@ fn e2e_policy_enforcement() {
     let b = ov.add_container(1, "b", "app-B", "s1").unwrap();
     let c = ov.add_container(0, "c", "app-C", "s1").unwrap();
     for (ns, att) in [("a", &a), ("b", &b), ("c", &c)] {
-        let link = ov.tb.exec(ns, "ip", &["-o", "link", "show", "eth0"]).unwrap();
+        let link = ov
+            .tb
+            .exec(ns, "ip", &["-o", "link", "show", "eth0"])
+            .unwrap();
         let link = String::from_utf8_lossy(&link.stdout).to_string();
-        assert!(link.contains("mtu 1450"), "container MTU is underlay - 50: {link}");
+        assert!(
+            link.contains("mtu 1450"),
+            "container MTU is underlay - 50: {link}"
+        );
         assert!(link.contains(&att.mac), "{link}");
-        let addr = ov.tb.exec(ns, "ip", &["-o", "addr", "show", "eth0"]).unwrap();
+        let addr = ov
+            .tb
+            .exec(ns, "ip", &["-o", "addr", "show", "eth0"])
+            .unwrap();
         assert!(String::from_utf8_lossy(&addr.stdout).contains(&format!("{}/32", att.container_ip)));
         let route = ov.tb.exec(ns, "ip", &["route"]).unwrap();
         assert!(String::from_utf8_lossy(&route.stdout).contains("default via 169.254.0.1"));
@@ -84,39 +114,101 @@ fn e2e_policy_enforcement() {
     }
 
     // Default deny, cross-cell and same-cell.
-    assert_eq!(socat_tcp(&ov, "a", b.container_ip, 8080), None, "A->B denied before policy");
-    assert_eq!(socat_tcp(&ov, "a", c.container_ip, 7005), None, "A->C denied before policy");
+    assert_eq!(
+        socat_tcp(&ov, "a", b.container_ip, 8080),
+        None,
+        "A->B denied before policy"
+    );
+    assert_eq!(
+        socat_tcp(&ov, "a", c.container_ip, 7005),
+        None,
+        "A->C denied before policy"
+    );
     assert!(drop_count(&ov, 1, "policy_denied") > 0);
 
     // Allow A->B: measure API call -> first admitted connection.
     let start = std::time::Instant::now();
     ov.allow("app-A", "app-B", "tcp", 8080, 8080).unwrap();
-    let (_, took) = wait_tcp(&ov.tb.ns_path("a"), SocketAddrV4::new(b.container_ip, 8080), Duration::from_secs(10))
-        .expect("A->B allowed after policy");
+    let (_, took) = wait_tcp(
+        &ov.tb.ns_path("a"),
+        SocketAddrV4::new(b.container_ip, 8080),
+        Duration::from_secs(10),
+    )
+    .expect("A->B allowed after policy");
     let total = start.elapsed();
     println!("convergence: policy API call -> first admitted connection: {:.1} ms (API call included: {:.1} ms)",
         took.as_secs_f64() * 1e3, total.as_secs_f64() * 1e3);
-    assert_eq!(socat_tcp(&ov, "a", b.container_ip, 8080).as_deref(), Some("hello-from-b\n"));
+    assert_eq!(
+        socat_tcp(&ov, "a", b.container_ip, 8080).as_deref(),
+        Some("hello-from-b\n")
+    );
 
     // One-way: B may not open connections to A.
-    assert_eq!(socat_tcp(&ov, "b", a.container_ip, 8080), None, "B->A denied (policy is one-way)");
+    assert_eq!(
+        socat_tcp(&ov, "b", a.container_ip, 8080),
+        None,
+        "B->A denied (policy is one-way)"
+    );
 
     // Same cell, port range.
     ov.allow("app-A", "app-C", "tcp", 7000, 7010).unwrap();
-    wait_tcp(&ov.tb.ns_path("a"), SocketAddrV4::new(c.container_ip, 7005), Duration::from_secs(10)).expect("A->C:7005");
-    assert_eq!(socat_tcp(&ov, "a", c.container_ip, 7011), None, "port outside the range denied");
-    assert_eq!(socat_tcp(&ov, "b", c.container_ip, 7005), None, "B->C denied");
+    wait_tcp(
+        &ov.tb.ns_path("a"),
+        SocketAddrV4::new(c.container_ip, 7005),
+        Duration::from_secs(10),
+    )
+    .expect("A->C:7005");
+    assert_eq!(
+        socat_tcp(&ov, "a", c.container_ip, 7011),
+        None,
+        "port outside the range denied"
+    );
+    assert_eq!(
+        socat_tcp(&ov, "b", c.container_ip, 7005),
+        None,
+        "B->C denied"
+    );
 
     // ICMP echo is not a policy protocol.
-    let ping = ov.tb.exec("a", "ping", &["-c", "1", "-W", "1", &b.container_ip.to_string()]).unwrap();
+    let ping = ov
+        .tb
+        .exec(
+            "a",
+            "ping",
+            &["-c", "1", "-W", "1", &b.container_ip.to_string()],
+        )
+        .unwrap();
     assert!(!ping.status.success(), "ping A->B denied");
 
     // UDP.
     let udp_file = ov.tb.dir().join("udp-b.txt");
-    ov.tb.spawn_cmd("b", "udp-b", "socat", &["-u", "UDP-RECV:5353", &format!("OPEN:{},creat,append", udp_file.display())]).unwrap();
+    ov.tb
+        .spawn_cmd(
+            "b",
+            "udp-b",
+            "socat",
+            &[
+                "-u",
+                "UDP-RECV:5353",
+                &format!("OPEN:{},creat,append", udp_file.display()),
+            ],
+        )
+        .unwrap();
     wait_listen(&mut ov, "b", 5353);
     let send = |ov: &Overlay, msg: &str| {
-        ov.tb.exec("a", "sh", &["-c", &format!("echo {msg} | socat -u STDIN UDP-SENDTO:{}:5353", b.container_ip)]).unwrap();
+        ov.tb
+            .exec(
+                "a",
+                "sh",
+                &[
+                    "-c",
+                    &format!(
+                        "echo {msg} | socat -u STDIN UDP-SENDTO:{}:5353",
+                        b.container_ip
+                    ),
+                ],
+            )
+            .unwrap();
         std::thread::sleep(Duration::from_millis(300));
     };
     send(&ov, "udp-before-policy");
@@ -129,53 +221,115 @@ fn e2e_policy_enforcement() {
             break;
         }
     }
-    assert!(got.contains("udp-after"), "UDP admitted after policy: {got:?}");
-    assert!(!got.contains("udp-before-policy"), "UDP denied before policy: {got:?}");
+    assert!(
+        got.contains("udp-after"),
+        "UDP admitted after policy: {got:?}"
+    );
+    assert!(
+        !got.contains("udp-before-policy"),
+        "UDP denied before policy: {got:?}"
+    );
 
     // Spoofed source address from A is dropped at A's cell.
     let spoof = Ipv4Addr::from(u32::from(a.container_ip) + 100);
-    ov.tb.exec("a", "ip", &["addr", "add", &format!("{spoof}/32"), "dev", "eth0"]).unwrap();
-    let out = ov.tb.exec("a", "socat", &["-T", "1", &format!("TCP:{}:8080,connect-timeout=1,bind={spoof}", b.container_ip), "STDOUT"]).unwrap();
+    ov.tb
+        .exec(
+            "a",
+            "ip",
+            &["addr", "add", &format!("{spoof}/32"), "dev", "eth0"],
+        )
+        .unwrap();
+    let out = ov
+        .tb
+        .exec(
+            "a",
+            "socat",
+            &[
+                "-T",
+                "1",
+                &format!("TCP:{}:8080,connect-timeout=1,bind={spoof}", b.container_ip),
+                "STDOUT",
+            ],
+        )
+        .unwrap();
     assert!(!out.status.success(), "spoofed source denied");
     assert!(drop_count(&ov, 0, "spoofed_ip") > 0, "spoofed_ip counted");
 
     // A large transfer crosses cells intact (MSS/MTU are right).
     serve_tcp(&ov.tb.ns_path("b"), 8081, "x").unwrap();
     ov.allow("app-A", "app-B", "tcp", 8081, 8081).unwrap();
-    wait_tcp(&ov.tb.ns_path("a"), SocketAddrV4::new(b.container_ip, 8081), Duration::from_secs(10)).unwrap();
-    ov.tb.spawn_cmd("b", "sink", "sh", &["-c", &format!("socat -u TCP-LISTEN:9000,reuseaddr STDOUT | sha256sum > {}/sink.sha", ov.tb.dir().display())]).unwrap();
+    wait_tcp(
+        &ov.tb.ns_path("a"),
+        SocketAddrV4::new(b.container_ip, 8081),
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    ov.tb
+        .spawn_cmd(
+            "b",
+            "sink",
+            "sh",
+            &[
+                "-c",
+                &format!(
+                    "socat -u TCP-LISTEN:9000,reuseaddr STDOUT | sha256sum > {}/sink.sha",
+                    ov.tb.dir().display()
+                ),
+            ],
+        )
+        .unwrap();
     ov.allow("app-A", "app-B", "tcp", 9000, 9000).unwrap();
     wait_listen(&mut ov, "b", 9000);
     std::thread::sleep(Duration::from_millis(200));
     let src = ov.tb.exec("a", "sh", &["-c", &format!(
         "head -c 20000000 /dev/urandom > {d}/blob && sha256sum < {d}/blob && socat -u OPEN:{d}/blob TCP:{}:9000,connect-timeout=2",
         b.container_ip, d = ov.tb.dir().display())]).unwrap();
-    assert!(src.status.success(), "transfer: {}", String::from_utf8_lossy(&src.stderr));
+    assert!(
+        src.status.success(),
+        "transfer: {}",
+        String::from_utf8_lossy(&src.stderr)
+    );
     let want = String::from_utf8_lossy(&src.stdout).to_string();
     let sink = ov.tb.dir().join("sink.sha");
     let got = (0..100).find_map(|_| {
         std::thread::sleep(Duration::from_millis(50));
-        std::fs::read_to_string(&sink).ok().filter(|s| !s.is_empty())
+        std::fs::read_to_string(&sink)
+            .ok()
+            .filter(|s| !s.is_empty())
     });
     assert_eq!(got.as_deref(), Some(want.as_str()), "20 MB arrived intact");
 
     // Revocation stops new flows and the established ones.
     let a_ns = ov.tb.ns_path("a");
     let dst = SocketAddrV4::new(b.container_ip, 8081);
-    let mut conn = in_netns(&a_ns, move || Ok(std::net::TcpStream::connect_timeout(&dst.into(), Duration::from_secs(1))?)).unwrap();
+    let mut conn = in_netns(&a_ns, move || {
+        Ok(std::net::TcpStream::connect_timeout(
+            &dst.into(),
+            Duration::from_secs(1),
+        )?)
+    })
+    .unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
     ov.revoke("app-A", "app-B", "tcp", 8081, 8081).unwrap();
     ov.revoke("app-A", "app-B", "tcp", 8080, 8080).unwrap();
     let denied = (0..100).any(|_| {
         std::thread::sleep(Duration::from_millis(20));
-        tcp_exchange(&a_ns, SocketAddrV4::new(b.container_ip, 8080), Duration::from_millis(100)).is_err()
+        tcp_exchange(
+            &a_ns,
+            SocketAddrV4::new(b.container_ip, 8080),
+            Duration::from_millis(100),
+        )
+        .is_err()
     });
     assert!(denied, "A->B:8080 denied after revocation");
     use std::io::{Read, Write};
     let _ = conn.write_all(b"after-revoke\n");
     let mut buf = [0u8; 64];
     let r = conn.read(&mut buf);
-    assert!(!matches!(r, Ok(n) if n > 0), "established flow stopped after revocation: {r:?}");
+    assert!(
+        !matches!(r, Ok(n) if n > 0),
+        "established flow stopped after revocation: {r:?}"
+    );
 }
 
 #[test]
@@ -196,17 +350,30 @@ fn e2e_cell_restart_and_control_outage() {
     // The control plane goes away: cells keep enforcing what they knew (never fail open).
     ov.tb.kill("control");
     std::thread::sleep(Duration::from_millis(300));
-    assert!(tcp_exchange(&a_ns, to_b, Duration::from_secs(1)).is_ok(), "allowed flow still allowed without control");
-    assert!(tcp_exchange(&b_ns, to_a, Duration::from_secs(1)).is_err(), "denied flow still denied without control");
+    assert!(
+        tcp_exchange(&a_ns, to_b, Duration::from_secs(1)).is_ok(),
+        "allowed flow still allowed without control"
+    );
+    assert!(
+        tcp_exchange(&b_ns, to_a, Duration::from_secs(1)).is_err(),
+        "denied flow still denied without control"
+    );
 
     // A cell restarts while the control plane is down: containers keep interface and address,
     // and the cell enforces its persisted view.
     ov.kill_cell(1);
     ov.start_cell(1).unwrap();
-    let addr = ov.tb.exec("b", "ip", &["-o", "addr", "show", "eth0"]).unwrap();
+    let addr = ov
+        .tb
+        .exec("b", "ip", &["-o", "addr", "show", "eth0"])
+        .unwrap();
     assert!(String::from_utf8_lossy(&addr.stdout).contains(&format!("{}/32", b.container_ip)));
-    wait_tcp(&a_ns, to_b, Duration::from_secs(10)).expect("traffic resumes after the cell restarts");
-    assert!(tcp_exchange(&b_ns, to_a, Duration::from_secs(1)).is_err(), "still denied after restart");
+    wait_tcp(&a_ns, to_b, Duration::from_secs(10))
+        .expect("traffic resumes after the cell restarts");
+    assert!(
+        tcp_exchange(&b_ns, to_a, Duration::from_secs(1)).is_err(),
+        "still denied after restart"
+    );
 }
 
 #[test]
@@ -230,9 +397,17 @@ fn e2e_cni_plugin() {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(conf.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
     };
     let (ok, out) = run("ADD", &conf);
     assert!(ok, "{out}");
@@ -241,15 +416,24 @@ fn e2e_cni_plugin() {
     assert!(addr.starts_with("10.255.") && addr.ends_with("/32"), "{v}");
     assert_eq!(v["ips"][0]["gateway"], "169.254.0.1");
     assert_eq!(v["interfaces"][0]["name"], "eth1");
-    let link = ov.tb.exec("cni", "ip", &["-o", "addr", "show", "eth1"]).unwrap();
+    let link = ov
+        .tb
+        .exec("cni", "ip", &["-o", "addr", "show", "eth1"])
+        .unwrap();
     assert!(String::from_utf8_lossy(&link.stdout).contains(&addr));
     // ADD again is idempotent, CHECK passes.
     let (ok, out2) = run("ADD", &conf);
     assert!(ok);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&out2).unwrap()["ips"], v["ips"]);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out2).unwrap()["ips"],
+        v["ips"]
+    );
     assert!(run("CHECK", &conf).0);
     // Invalid config is a CNI error naming the field.
-    let (ok, err) = run("ADD", r#"{"cniVersion":"1.0.0","name":"t","type":"tapestry-cni"}"#);
+    let (ok, err) = run(
+        "ADD",
+        r#"{"cniVersion":"1.0.0","name":"t","type":"tapestry-cni"}"#,
+    );
     assert!(!ok);
     let e: serde_json::Value = serde_json::from_str(&err).unwrap();
     assert_eq!(e["code"], 7);
@@ -262,7 +446,10 @@ fn e2e_cni_plugin() {
     assert!(!run("CHECK", &conf).0);
     let (ok, out3) = run("ADD", &conf);
     assert!(ok);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&out3).unwrap()["ips"][0]["address"], addr.as_str());
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out3).unwrap()["ips"][0]["address"],
+        addr.as_str()
+    );
     let (ok, ver) = run("VERSION", "");
     assert!(ok && ver.contains("supportedVersions"));
 }
@@ -274,14 +461,43 @@ fn e2e_small_underlay_mtu() {
     let a = ov.add_container(0, "a", "app-A", "s1").unwrap();
     let b = ov.add_container(1, "b", "app-B", "s1").unwrap();
     let _ = a;
-    let link = ov.tb.exec("b", "ip", &["-o", "link", "show", "eth0"]).unwrap();
+    let link = ov
+        .tb
+        .exec("b", "ip", &["-o", "link", "show", "eth0"])
+        .unwrap();
     assert!(String::from_utf8_lossy(&link.stdout).contains("mtu 1230"));
     ov.allow("app-A", "app-B", "tcp", 9000, 9000).unwrap();
-    ov.tb.spawn_cmd("b", "sink", "sh", &["-c", &format!("socat -u TCP-LISTEN:9000,reuseaddr STDOUT | wc -c > {}/count", ov.tb.dir().display())]).unwrap();
+    ov.tb
+        .spawn_cmd(
+            "b",
+            "sink",
+            "sh",
+            &[
+                "-c",
+                &format!(
+                    "socat -u TCP-LISTEN:9000,reuseaddr STDOUT | wc -c > {}/count",
+                    ov.tb.dir().display()
+                ),
+            ],
+        )
+        .unwrap();
     wait_listen(&mut ov, "b", 9000);
     let mut sent = false;
     for _ in 0..50 {
-        let out = ov.tb.exec("a", "sh", &["-c", &format!("head -c 5000000 /dev/zero | socat -u STDIN TCP:{}:9000,connect-timeout=1", b.container_ip)]).unwrap();
+        let out = ov
+            .tb
+            .exec(
+                "a",
+                "sh",
+                &[
+                    "-c",
+                    &format!(
+                        "head -c 5000000 /dev/zero | socat -u STDIN TCP:{}:9000,connect-timeout=1",
+                        b.container_ip
+                    ),
+                ],
+            )
+            .unwrap();
         if out.status.success() {
             sent = true;
             break;
@@ -291,7 +507,9 @@ fn e2e_small_underlay_mtu() {
     assert!(sent);
     let count = (0..100).find_map(|_| {
         std::thread::sleep(Duration::from_millis(50));
-        std::fs::read_to_string(ov.tb.dir().join("count")).ok().filter(|s| !s.trim().is_empty())
+        std::fs::read_to_string(ov.tb.dir().join("count"))
+            .ok()
+            .filter(|s| !s.trim().is_empty())
     });
     assert_eq!(count.as_deref().map(str::trim), Some("5000000"));
 }

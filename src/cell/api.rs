@@ -94,7 +94,9 @@ pub fn serve(path: &Path, handler: Arc<dyn Handler>) -> Result<()> {
 }
 
 fn serve_conn(conn: UnixStream, handler: Arc<dyn Handler>) {
-    let Ok(mut writer) = conn.try_clone() else { return };
+    let Ok(mut writer) = conn.try_clone() else {
+        return;
+    };
     let reader = BufReader::new(conn);
     for line in reader.lines() {
         let Ok(line) = line else { return };
@@ -130,8 +132,12 @@ fn serve_conn(conn: UnixStream, handler: Arc<dyn Handler>) {
 
 /// Sends one request to the cell at `socket` and returns its result, or the cell's error.
 pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
-    let mut conn = UnixStream::connect(socket)
-        .with_context(|| format!("connecting to the cell at {} (is `tapestry cell` running?)", socket.display()))?;
+    let mut conn = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "connecting to the cell at {} (is `tapestry cell` running?)",
+            socket.display()
+        )
+    })?;
     conn.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
@@ -146,6 +152,8 @@ pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
     if resp.ok {
         Ok(resp.result.unwrap_or(serde_json::Value::Null))
     } else {
-        Err(anyhow!(resp.error.unwrap_or_else(|| "unknown error".into())))
+        Err(anyhow!(resp
+            .error
+            .unwrap_or_else(|| "unknown error".into())))
     }
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+pub use tapestry_switch::tables::{container_mac, gateway_mac};
 use tapestry_switch::PortId;
 use tapestry_sys::netlink::{self, IfaceConfig};
 use tapestry_sys::tap::{Tap, TapOptions};
@@ -14,18 +15,6 @@ use super::api::{Attachment, UpRequest};
 use super::dataplane::PortCommand;
 use super::state::{allocate_ip, port_id_for, ContainerRecord};
 use super::{Cell, GATEWAY};
-
-/// Container MAC, as Silk: ee:ee:<ip bytes>.
-pub fn container_mac(ip: Ipv4Addr) -> [u8; 6] {
-    let o = ip.octets();
-    [0xee, 0xee, o[0], o[1], o[2], o[3]]
-}
-
-/// The gateway MAC a container sees for 169.254.0.1: aa:aa:<container ip bytes>.
-pub fn gateway_mac(ip: Ipv4Addr) -> [u8; 6] {
-    let o = ip.octets();
-    [0xaa, 0xaa, o[0], o[1], o[2], o[3]]
-}
 
 pub fn mac_string(mac: [u8; 6]) -> String {
     mac.iter()
@@ -36,20 +25,32 @@ pub fn mac_string(mac: [u8; 6]) -> String {
 
 fn validate(up: &UpRequest) -> Result<()> {
     if up.handle.is_empty() || up.handle.len() > 256 || up.handle.contains(['\n', '/']) {
-        bail!("handle {:?} is invalid: it must be 1-256 characters without '/' or newlines", up.handle);
+        bail!(
+            "handle {:?} is invalid: it must be 1-256 characters without '/' or newlines",
+            up.handle
+        );
     }
     if up.app_id.is_empty() || up.app_id.len() > 255 {
-        bail!("app {:?} is invalid: it must be 1-255 characters", up.app_id);
+        bail!(
+            "app {:?} is invalid: it must be 1-255 characters",
+            up.app_id
+        );
     }
     if up.ifname.is_empty()
         || up.ifname.len() > 15
         || up.ifname.contains(['/', ' ', ':'])
         || up.ifname == "lo"
     {
-        bail!("interface name {:?} is invalid: 1-15 characters, no '/', ':' or spaces, not lo", up.ifname);
+        bail!(
+            "interface name {:?} is invalid: 1-15 characters, no '/', ':' or spaces, not lo",
+            up.ifname
+        );
     }
     if !up.netns.is_absolute() {
-        bail!("netns {:?} must be an absolute path to a network namespace", up.netns);
+        bail!(
+            "netns {:?} must be an absolute path to a network namespace",
+            up.netns
+        );
     }
     if !up.netns.exists() {
         bail!("netns {} does not exist", up.netns.display());
@@ -115,9 +116,15 @@ impl Cell {
             return Ok(self.attachment(rec));
         }
         let used = inner.containers.containers.values().map(|c| c.ip);
-        let Some(ip) = allocate_ip(self.config.subnet.network(), self.config.subnet.prefix_len(), used)
-        else {
-            bail!("no free address left in this cell's subnet {}", self.config.subnet);
+        let Some(ip) = allocate_ip(
+            self.config.subnet.network(),
+            self.config.subnet.prefix_len(),
+            used,
+        ) else {
+            bail!(
+                "no free address left in this cell's subnet {}",
+                self.config.subnet
+            );
         };
         let rec = ContainerRecord {
             handle: up.handle.clone(),
@@ -136,7 +143,10 @@ impl Cell {
                 return Err(e);
             }
         };
-        inner.containers.containers.insert(rec.handle.clone(), rec.clone());
+        inner
+            .containers
+            .containers
+            .insert(rec.handle.clone(), rec.clone());
         if let Err(e) = self.state.store("containers.json", &inner.containers) {
             inner.containers.containers.remove(&rec.handle);
             let _ = tapestry_sys::tap::delete_in_netns(&rec.netns, &rec.ifname);
@@ -158,7 +168,8 @@ impl Cell {
         let Some(rec) = inner.containers.containers.get(handle).cloned() else {
             return Ok(());
         };
-        self.dataplane.send(PortCommand::Remove(self.port_of(rec.ip)));
+        self.dataplane
+            .send(PortCommand::Remove(self.port_of(rec.ip)));
         inner.taps.remove(handle);
         tapestry_sys::tap::delete_in_netns(&rec.netns, &rec.ifname)
             .with_context(|| format!("deleting {} in {}", rec.ifname, rec.netns.display()))?;
@@ -177,7 +188,10 @@ impl Cell {
             bail!("container {handle} is not attached to this cell");
         };
         if !Path::new(&rec.netns).exists() {
-            bail!("netns {} of container {handle} is gone", rec.netns.display());
+            bail!(
+                "netns {} of container {handle} is gone",
+                rec.netns.display()
+            );
         }
         if !netlink::link_exists(&rec.netns, &rec.ifname)? {
             bail!("interface {} of container {handle} is missing", rec.ifname);

@@ -49,7 +49,8 @@ pub fn start(
     counters: Arc<Counters>,
 ) -> Result<DataplaneHandle> {
     let poll = Poll::new().context("creating the dataplane poller")?;
-    let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating the dataplane waker")?);
+    let waker =
+        Arc::new(Waker::new(poll.registry(), WAKER).context("creating the dataplane waker")?);
     let (tx, rx) = crossbeam_channel::unbounded();
     udp.set_nonblocking(true)?;
     let switch = Switch::new(tables, conntrack.clone(), counters);
@@ -149,7 +150,9 @@ impl Dataplane {
 
     fn drain_port(&mut self, id: PortId) {
         loop {
-            let Some(tap) = self.ports.get(&id) else { return };
+            let Some(tap) = self.ports.get(&id) else {
+                return;
+            };
             let n = match tap.read(self.buf.read_space()) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -178,7 +181,9 @@ impl Dataplane {
             };
             let SocketAddr::V4(from) = from else { continue };
             self.buf.set_len(n);
-            let verdict = self.switch.from_underlay(from, &mut self.buf, Instant::now());
+            let verdict = self
+                .switch
+                .from_underlay(from, &mut self.buf, Instant::now());
             self.emit(verdict);
         }
     }

@@ -169,7 +169,11 @@ pub fn run(args: CellArgs) -> Result<()> {
         .with_context(|| format!("binding the VTEP socket {underlay_ip}:{}", args.vtep_port))?;
         let view = view::CellView::load(&state)?;
         let containers: Containers = state.load("containers.json")?.unwrap_or_default();
-        let tables = Arc::new(Tables::new(view::build_snapshot(&config, &view, &containers)?));
+        let tables = Arc::new(Tables::new(view::build_snapshot(
+            &config,
+            &view,
+            &containers,
+        )?));
         let conntrack = Arc::new(Conntrack::new(args.conntrack_max));
         let counters = Arc::new(Counters::new());
         let dp = dataplane::start(udp, tables.clone(), conntrack.clone(), counters.clone())?;

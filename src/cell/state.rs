@@ -39,8 +39,7 @@ pub struct StateDir {
 
 impl StateDir {
     pub fn open(dir: &Path) -> Result<StateDir> {
-        fs::create_dir_all(dir)
-            .with_context(|| format!("creating state dir {}", dir.display()))?;
+        fs::create_dir_all(dir).with_context(|| format!("creating state dir {}", dir.display()))?;
         Ok(StateDir {
             dir: dir.to_path_buf(),
         })
@@ -71,8 +70,8 @@ impl StateDir {
         let path = self.path(name);
         let tmp = self.path(&format!(".{name}.tmp"));
         let bytes = serde_json::to_vec_pretty(value).context("encoding state")?;
-        let mut f = fs::File::create(&tmp)
-            .with_context(|| format!("creating {}", tmp.display()))?;
+        let mut f =
+            fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         f.write_all(&bytes)
             .and_then(|_| f.sync_all())
             .with_context(|| format!("writing {}", tmp.display()))?;
@@ -112,12 +111,21 @@ mod tests {
     #[test]
     fn allocates_lowest_free_and_reuses() {
         let base = Ipv4Addr::new(10, 255, 7, 0);
-        assert_eq!(allocate_ip(base, 24, []), Some(Ipv4Addr::new(10, 255, 7, 1)));
+        assert_eq!(
+            allocate_ip(base, 24, []),
+            Some(Ipv4Addr::new(10, 255, 7, 1))
+        );
         let used = [Ipv4Addr::new(10, 255, 7, 1), Ipv4Addr::new(10, 255, 7, 3)];
-        assert_eq!(allocate_ip(base, 24, used), Some(Ipv4Addr::new(10, 255, 7, 2)));
+        assert_eq!(
+            allocate_ip(base, 24, used),
+            Some(Ipv4Addr::new(10, 255, 7, 2))
+        );
         let all: Vec<_> = (1..=254).map(|i| Ipv4Addr::new(10, 255, 7, i)).collect();
         assert_eq!(allocate_ip(base, 24, all), None);
-        assert_eq!(allocate_ip(base, 30, [Ipv4Addr::new(10, 255, 7, 1)]), Some(Ipv4Addr::new(10, 255, 7, 2)));
+        assert_eq!(
+            allocate_ip(base, 30, [Ipv4Addr::new(10, 255, 7, 1)]),
+            Some(Ipv4Addr::new(10, 255, 7, 2))
+        );
     }
 
     #[test]

@@ -56,7 +56,11 @@ pub fn connect(control: &str, credentials: &Path) -> Result<InternalClient> {
 /// Acquires this cell's lease. If the control plane cannot be reached, a lease persisted by an
 /// earlier run for the same underlay IP is used so the cell keeps working; without one it keeps
 /// trying.
-pub async fn obtain_lease(client: &InternalClient, state: &StateDir, underlay_ip: Ipv4Addr) -> Result<CellLease> {
+pub async fn obtain_lease(
+    client: &InternalClient,
+    state: &StateDir,
+    underlay_ip: Ipv4Addr,
+) -> Result<CellLease> {
     let saved: Option<Lease> = state.load(LEASE_FILE)?;
     let saved = saved.filter(|l| l.underlay_ip == underlay_ip);
     let start = Instant::now();
@@ -81,7 +85,10 @@ pub async fn obtain_lease(client: &InternalClient, state: &StateDir, underlay_ip
                 }
                 if let Some(old) = &saved {
                     if start.elapsed() > Duration::from_secs(3) {
-                        tracing::warn!("control plane unreachable ({msg}); running with the saved lease {}", old.overlay_subnet);
+                        tracing::warn!(
+                            "control plane unreachable ({msg}); running with the saved lease {}",
+                            old.overlay_subnet
+                        );
                         return Ok(CellLease {
                             lease: old.clone(),
                             subnet: old.overlay_subnet,
@@ -97,7 +104,10 @@ pub async fn obtain_lease(client: &InternalClient, state: &StateDir, underlay_ip
 }
 
 fn now_secs() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 impl Cell {
@@ -218,7 +228,9 @@ async fn renew_lease(cell: Arc<Cell>, client: Arc<InternalClient>, mut lease: Le
                 let _ = cell.state.store(LEASE_FILE, &l);
                 lease = l;
             }
-            Ok(l) => tracing::error!(got = %l.overlay_subnet, "lease renewal returned a different subnet"),
+            Ok(l) => {
+                tracing::error!(got = %l.overlay_subnet, "lease renewal returned a different subnet")
+            }
             Err(e) => tracing::warn!("renewing the lease: {e:#}"),
         }
     }

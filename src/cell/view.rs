@@ -44,7 +44,9 @@ impl CellView {
         if !had_changes && next.version() == before {
             return Ok(false);
         }
-        state.store(VIEW_FILE, &next).context("persisting the feed view")?;
+        state
+            .store(VIEW_FILE, &next)
+            .context("persisting the feed view")?;
         *self = Self::from_view(next);
         Ok(true)
     }
@@ -64,7 +66,11 @@ fn subnet_tuple(n: &ipnet::Ipv4Net) -> (Ipv4Addr, u8) {
 
 /// The switch tables for this cell: its ports (with their apps' tags), every other cell's
 /// subnet, and the policies whose destination is an app with an instance here.
-pub fn build_snapshot(config: &CellConfig, view: &CellView, containers: &Containers) -> Result<Snapshot> {
+pub fn build_snapshot(
+    config: &CellConfig,
+    view: &CellView,
+    containers: &Containers,
+) -> Result<Snapshot> {
     let base = config.subnet.network();
     let ports: Vec<PortConfig> = containers
         .containers
@@ -86,7 +92,11 @@ pub fn build_snapshot(config: &CellConfig, view: &CellView, containers: &Contain
             underlay: SocketAddrV4::new(l.underlay_ip, config.vtep_port),
         })
         .collect();
-    let local_apps: HashSet<&str> = containers.containers.values().map(|c| c.app_id.as_str()).collect();
+    let local_apps: HashSet<&str> = containers
+        .containers
+        .values()
+        .map(|c| c.app_id.as_str())
+        .collect();
     let policies: Vec<PolicyRule> = view
         .view
         .policies()
@@ -113,5 +123,6 @@ pub fn build_snapshot(config: &CellConfig, view: &CellView, containers: &Contain
         overlay_network: subnet_tuple(&config.overlay_network),
         subnet: subnet_tuple(&config.subnet),
     };
-    Snapshot::new(cfg, ports, remotes, policies).map_err(|e| anyhow::anyhow!("building the switch tables: {e}"))
+    Snapshot::new(cfg, ports, remotes, policies)
+        .map_err(|e| anyhow::anyhow!("building the switch tables: {e}"))
 }

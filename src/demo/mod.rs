@@ -26,7 +26,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
     {
         let slot = slot.clone();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
             if let Ok(rt) = rt {
                 rt.block_on(async {
                     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -55,7 +57,10 @@ pub fn run(args: DemoArgs) -> Result<()> {
     result
 }
 
-fn with<T>(slot: &Arc<Mutex<Option<Overlay>>>, f: impl FnOnce(&mut Overlay) -> Result<T>) -> Result<T> {
+fn with<T>(
+    slot: &Arc<Mutex<Option<Overlay>>>,
+    f: impl FnOnce(&mut Overlay) -> Result<T>,
+) -> Result<T> {
     let mut g = slot.lock().unwrap_or_else(|p| p.into_inner());
     f(g.as_mut().context("the overlay is gone")?)
 }
@@ -71,8 +76,13 @@ fn scenario(bin: &std::path::Path, slot: &Arc<Mutex<Option<Overlay>>>, keep: boo
         let c = ov.add_container(0, "c", "app-C", "space-1")?;
         Ok((a, b, c))
     })?;
-    println!("-- containers: A {} on cell1, B {} on cell2, C {} on cell1", a.container_ip, b.container_ip, c.container_ip);
-    let (na, nb, nc) = with(slot, |ov| Ok((ov.tb.ns_path("a"), ov.tb.ns_path("b"), ov.tb.ns_path("c"))))?;
+    println!(
+        "-- containers: A {} on cell1, B {} on cell2, C {} on cell1",
+        a.container_ip, b.container_ip, c.container_ip
+    );
+    let (na, nb, nc) = with(slot, |ov| {
+        Ok((ov.tb.ns_path("a"), ov.tb.ns_path("b"), ov.tb.ns_path("c")))
+    })?;
     serve_tcp(&nb, 8080, "hello from B")?;
     serve_tcp(&nc, 8080, "hello from C")?;
     let b_addr = SocketAddrV4::new(b.container_ip, 8080);
@@ -82,22 +92,41 @@ fn scenario(bin: &std::path::Path, slot: &Arc<Mutex<Option<Overlay>>>, keep: boo
         Err(_) => println!("   {what}: DENIED (no connection within 1 s)"),
     };
     println!("-- before any policy (default deny):");
-    show("A -> B:8080", tcp_exchange(&na, b_addr, Duration::from_secs(1)));
+    show(
+        "A -> B:8080",
+        tcp_exchange(&na, b_addr, Duration::from_secs(1)),
+    );
     println!("-- creating policies A->B tcp 8080 and A->C tcp 8080 through the policy API");
     with(slot, |ov| {
         ov.allow("app-A", "app-B", "tcp", 8080, 8080)?;
         ov.allow("app-A", "app-C", "tcp", 8080, 8080)
     })?;
     let (reply, took) = wait_tcp(&na, b_addr, Duration::from_secs(10))?;
-    println!("   A -> B:8080 (cross-cell): ALLOWED after {:.1} ms, reply {:?}", took.as_secs_f64() * 1e3, reply.trim());
-    show("A -> C:8080 (same cell)", tcp_exchange(&na, c_addr, Duration::from_secs(1)));
-    show("B -> C:8080 (no policy)", tcp_exchange(&nb, c_addr, Duration::from_secs(1)));
-    show("B -> A:8080 (policies are one-way)", tcp_exchange(&nb, SocketAddrV4::new(a.container_ip, 8080), Duration::from_secs(1)));
+    println!(
+        "   A -> B:8080 (cross-cell): ALLOWED after {:.1} ms, reply {:?}",
+        took.as_secs_f64() * 1e3,
+        reply.trim()
+    );
+    show(
+        "A -> C:8080 (same cell)",
+        tcp_exchange(&na, c_addr, Duration::from_secs(1)),
+    );
+    show(
+        "B -> C:8080 (no policy)",
+        tcp_exchange(&nb, c_addr, Duration::from_secs(1)),
+    );
+    show(
+        "B -> A:8080 (policies are one-way)",
+        tcp_exchange(
+            &nb,
+            SocketAddrV4::new(a.container_ip, 8080),
+            Duration::from_secs(1),
+        ),
+    );
     let status = with(slot, |ov| ov.cell_status(1))?;
     println!(
         "-- cell2: {} policies in force, drops: {}",
-        status["policies_in_force"],
-        status["drops"]
+        status["policies_in_force"], status["drops"]
     );
     if keep {
         println!("-- overlay is up; press Ctrl-C to tear it down");

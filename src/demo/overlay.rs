@@ -48,7 +48,13 @@ impl Overlay {
         Self::start_with(prefix, bin, cells, cell_args, 1500)
     }
 
-    pub fn start_with(prefix: &str, bin: &Path, cells: usize, cell_args: &[&str], underlay_mtu: u32) -> Result<Overlay> {
+    pub fn start_with(
+        prefix: &str,
+        bin: &Path,
+        cells: usize,
+        cell_args: &[&str],
+        underlay_mtu: u32,
+    ) -> Result<Overlay> {
         let mut tb = Testbed::new(prefix, bin)?;
         tb.add_underlay(underlay_mtu)?;
         let cip = underlay_ip(CONTROL_HOST);
@@ -68,13 +74,17 @@ impl Overlay {
             ],
         )?;
         let token_path = data_dir.join("admin.token");
-        let admin_token = tb.wait_for("the control plane's admin token", Duration::from_secs(30), || {
-            let t = std::fs::read_to_string(&token_path)?;
-            if t.trim().is_empty() {
-                bail!("empty token");
-            }
-            Ok(t.trim().to_string())
-        })?;
+        let admin_token = tb.wait_for(
+            "the control plane's admin token",
+            Duration::from_secs(30),
+            || {
+                let t = std::fs::read_to_string(&token_path)?;
+                if t.trim().is_empty() {
+                    bail!("empty token");
+                }
+                Ok(t.trim().to_string())
+            },
+        )?;
         let mut ov = Overlay {
             tb,
             data_dir,
@@ -82,13 +92,19 @@ impl Overlay {
             cells: vec![],
             underlay_mtu,
         };
-        ov.tb.wait_for("the control plane's external API", Duration::from_secs(30), || {
-            let (code, _) = Self::http(&ov.tb.ns_path("ctl"), &ov.admin_token, "GET", "/health", None)?;
-            if code != 200 {
-                bail!("health returned {code}");
-            }
-            Ok(())
-        })?;
+        let ctl_ns = ov.tb.ns_path("ctl");
+        let token = ov.admin_token.clone();
+        ov.tb.wait_for(
+            "the control plane's external API",
+            Duration::from_secs(30),
+            || {
+                let (code, _) = Self::http(&ctl_ns, &token, "GET", "/health", None)?;
+                if code != 200 {
+                    bail!("health returned {code}");
+                }
+                Ok(())
+            },
+        )?;
         for i in 0..cells {
             let ns = format!("cell{}", i + 1);
             let ip = underlay_ip(i as u8 + 1);
@@ -125,9 +141,11 @@ impl Overlay {
         let (ns, args, sock) = (c.ns.clone(), c.args.clone(), c.state_dir.join("cell.sock"));
         let _ = std::fs::remove_file(&sock);
         self.tb.spawn_tapestry(&ns, &ns, &args)?;
-        self.tb.wait_for(&format!("{ns} to serve its API"), Duration::from_secs(30), || {
-            api::call(&sock, &Request::Status).map(|_| ())
-        })
+        self.tb.wait_for(
+            &format!("{ns} to serve its API"),
+            Duration::from_secs(30),
+            || api::call(&sock, &Request::Status).map(|_| ()),
+        )
     }
 
     /// Kills cell `i` with SIGKILL (its TAPs persist in the containers' namespaces).
@@ -145,7 +163,13 @@ impl Overlay {
     }
 
     /// Creates namespace `name` and attaches it to cell `cell` as an instance of `app`.
-    pub fn add_container(&mut self, cell: usize, name: &str, app: &str, space: &str) -> Result<Attachment> {
+    pub fn add_container(
+        &mut self,
+        cell: usize,
+        name: &str,
+        app: &str,
+        space: &str,
+    ) -> Result<Attachment> {
         let netns = self.tb.add_namespace(name)?;
         let v = api::call(
             &self.cell_socket(cell),
@@ -163,7 +187,13 @@ impl Overlay {
     }
 
     /// One request to the external API from inside the control plane's namespace.
-    pub fn http(ctl_ns: &Path, token: &str, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
+    pub fn http(
+        ctl_ns: &Path,
+        token: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value)> {
         let url = format!("http://{}:4002{path}", underlay_ip(CONTROL_HOST));
         let token = token.to_string();
         let method = reqwest::Method::from_bytes(method.as_bytes())?;
@@ -184,7 +214,13 @@ impl Overlay {
     }
 
     pub fn api(&self, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value)> {
-        Self::http(&self.tb.ns_path("ctl"), &self.admin_token, method, path, body)
+        Self::http(
+            &self.tb.ns_path("ctl"),
+            &self.admin_token,
+            method,
+            path,
+            body,
+        )
     }
 
     fn policy_body(src: &str, dst: &str, proto: &str, start: u16, end: u16) -> Value {
@@ -194,7 +230,11 @@ impl Overlay {
 
     /// Allows `src` -> `dst` on `proto` ports start..=end.
     pub fn allow(&self, src: &str, dst: &str, proto: &str, start: u16, end: u16) -> Result<()> {
-        let (code, v) = self.api("POST", "/networking/v1/external/policies", Some(Self::policy_body(src, dst, proto, start, end)))?;
+        let (code, v) = self.api(
+            "POST",
+            "/networking/v1/external/policies",
+            Some(Self::policy_body(src, dst, proto, start, end)),
+        )?;
         if code != 200 {
             bail!("creating policy {src}->{dst}: {code} {v}");
         }
@@ -202,7 +242,11 @@ impl Overlay {
     }
 
     pub fn revoke(&self, src: &str, dst: &str, proto: &str, start: u16, end: u16) -> Result<()> {
-        let (code, v) = self.api("POST", "/networking/v1/external/policies/delete", Some(Self::policy_body(src, dst, proto, start, end)))?;
+        let (code, v) = self.api(
+            "POST",
+            "/networking/v1/external/policies/delete",
+            Some(Self::policy_body(src, dst, proto, start, end)),
+        )?;
         if code != 200 {
             bail!("deleting policy {src}->{dst}: {code} {v}");
         }
@@ -214,7 +258,10 @@ impl Overlay {
 /// first line the client sent. Runs until the process ends.
 pub fn serve_tcp(ns: &Path, port: u16, greeting: &str) -> Result<()> {
     let listener = in_netns(ns, move || {
-        Ok(TcpListener::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?)
+        Ok(TcpListener::bind(SocketAddrV4::new(
+            Ipv4Addr::UNSPECIFIED,
+            port,
+        ))?)
     })?;
     let greeting = greeting.to_string();
     std::thread::spawn(move || {
@@ -225,7 +272,9 @@ pub fn serve_tcp(ns: &Path, port: u16, greeting: &str) -> Result<()> {
                 let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
                 let mut buf = [0u8; 256];
                 let n = conn.read(&mut buf).unwrap_or(0);
-                let _ = conn.write_all(format!("{greeting} {}", String::from_utf8_lossy(&buf[..n])).as_bytes());
+                let _ = conn.write_all(
+                    format!("{greeting} {}", String::from_utf8_lossy(&buf[..n])).as_bytes(),
+                );
             });
         }
     });
@@ -241,7 +290,8 @@ pub fn tcp_exchange(ns: &Path, dst: SocketAddrV4, timeout: Duration) -> Result<S
         s.set_read_timeout(Some(timeout))?;
         s.write_all(b"hello\n")?;
         let mut out = String::new();
-        s.read_to_string(&mut out).with_context(|| format!("reading from {dst}"))?;
+        s.read_to_string(&mut out)
+            .with_context(|| format!("reading from {dst}"))?;
         Ok(out)
     })
 }

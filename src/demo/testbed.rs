@@ -101,7 +101,12 @@ impl Testbed {
         self.add_namespace("ul")?;
         let ul = self.ns_name("ul");
         let mtu = mtu.to_string();
-        sh("ip", &["-n", &ul, "link", "add", "br0", "mtu", &mtu, "type", "bridge"])?;
+        sh(
+            "ip",
+            &[
+                "-n", &ul, "link", "add", "br0", "mtu", &mtu, "type", "bridge",
+            ],
+        )?;
         sh("ip", &["-n", &ul, "link", "set", "br0", "up"])?;
         Ok(())
     }
@@ -114,9 +119,21 @@ impl Testbed {
         let port = format!("p{}", self.next_port);
         self.next_port += 1;
         let mtu = mtu.to_string();
-        sh("ip", &["-n", &ul, "link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", "ul0", "mtu", &mtu, "netns", &ns])?;
-        sh("ip", &["-n", &ul, "link", "set", &port, "master", "br0", "up"])?;
-        sh("ip", &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "ul0"])?;
+        sh(
+            "ip",
+            &[
+                "-n", &ul, "link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name",
+                "ul0", "mtu", &mtu, "netns", &ns,
+            ],
+        )?;
+        sh(
+            "ip",
+            &["-n", &ul, "link", "set", &port, "master", "br0", "up"],
+        )?;
+        sh(
+            "ip",
+            &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "ul0"],
+        )?;
         sh("ip", &["-n", &ns, "link", "set", "ul0", "up"])?;
         Ok(path)
     }
@@ -170,7 +187,8 @@ impl Testbed {
     pub fn check_children(&mut self) -> Result<()> {
         for (name, child, _) in self.children.iter_mut().filter(|c| c.2) {
             if let Ok(Some(status)) = child.try_wait() {
-                let log = fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
+                let log =
+                    fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
                 bail!("{name} exited ({status}); its log:\n{log}");
             }
         }
@@ -196,7 +214,12 @@ impl Testbed {
     }
 
     /// Waits until `f` succeeds, or fails with its last error after `timeout`.
-    pub fn wait_for<T>(&mut self, what: &str, timeout: Duration, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    pub fn wait_for<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut() -> Result<T>,
+    ) -> Result<T> {
         let start = Instant::now();
         loop {
             match f() {
