@@ -1,0 +1,343 @@
+//! The `tapestry policy|asg|route|lease` clients against a real `tapestry control` on loopback.
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_tapestry"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Control {
+    child: Child,
+    dir: tempfile::TempDir,
+    api: String,
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Control {
+    fn start(extra: &[&str]) -> Control {
+        let dir = tempfile::tempdir().unwrap();
+        let (p1, p2) = (free_port(), free_port());
+        let child = Command::new(bin())
+            .args(["control", "--data-dir"])
+            .arg(dir.path())
+            .args(["--listen", &format!("127.0.0.1:{p1}")])
+            .args(["--internal-listen", &format!("127.0.0.1:{p2}")])
+            .args(extra)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let ctl = Control {
+            child,
+            dir,
+            api: format!("http://127.0.0.1:{p1}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", p1)).is_err() || !ctl.token_file().exists()
+        {
+            assert!(Instant::now() < deadline, "control plane did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        ctl
+    }
+
+    fn token_file(&self) -> PathBuf {
+        self.dir.path().join("admin.token")
+    }
+
+    /// Runs the CLI with this control plane's API and admin token.
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(args)
+            .args(["--api", &self.api, "--token-file"])
+            .arg(self.token_file())
+            .env_remove("TAPESTRY_API")
+            .env_remove("TAPESTRY_TOKEN")
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+}
+
+#[test]
+fn policy_add_list_remove() {
+    let ctl = Control::start(&[]);
+    assert!(ctl
+        .ok(&[
+            "policy",
+            "add",
+            "app-a",
+            "app-b",
+            "--protocol",
+            "tcp",
+            "--port",
+            "8080"
+        ])
+        .contains("added policy app-a -> app-b tcp 8080"));
+    ctl.ok(&[
+        "policy",
+        "add",
+        "app-a",
+        "app-c",
+        "--protocol",
+        "udp",
+        "--port",
+        "9000-9010",
+    ]);
+    // Idempotent.
+    ctl.ok(&["policy", "add", "app-a", "app-b", "--port", "8080"]);
+
+    let table = ctl.ok(&["policy", "list"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    assert!(lines[0].starts_with("SOURCE"));
+    assert!(table.contains("app-c") && table.contains("9000-9010") && table.contains("udp"));
+
+    let v = ctl.json(&["policy", "list"]);
+    assert_eq!(v["total_policies"], 2);
+    let v = ctl.json(&["policy", "list", "--destination", "app-c"]);
+    assert_eq!(v["total_policies"], 1);
+    assert_eq!(v["policies"][0]["destination"]["ports"]["start"], 9000);
+    let v = ctl.json(&["policy", "list", "--id", "app-b"]);
+    assert_eq!(v["total_policies"], 1);
+
+    let tags = ctl.json(&["policy", "tags"]);
+    assert_eq!(tags["tags"].as_array().unwrap().len(), 3);
+    assert!(ctl.ok(&["policy", "tags"]).contains("0001"));
+
+    ctl.ok(&["policy", "remove", "app-a", "app-b", "--port", "8080"]);
+    // Removing a missing policy is not an error.
+    ctl.ok(&["policy", "remove", "app-a", "app-b", "--port", "8080"]);
+    assert_eq!(ctl.json(&["policy", "list"])["total_policies"], 1);
+}
+
+#[test]
+fn errors_are_reported_with_nonzero_exit() {
+    let ctl = Control::start(&["--max-policies-per-source", "1"]);
+    ctl.ok(&["policy", "add", "a", "b"]);
+    let err = ctl.fails(&["policy", "add", "a", "c"]);
+    assert!(
+        err.contains("403") && err.contains("policy quota exceeded"),
+        "{err}"
+    );
+
+    let err = ctl.fails(&["policy", "add", "a", "b", "--port", "0"]);
+    assert!(err.contains("1-65535"), "{err}");
+    let err = ctl.fails(&["policy", "add", "a", "b", "--protocol", "icmp"]);
+    assert!(err.contains("icmp"), "{err}");
+
+    // A wrong token: the server's 401 and its message.
+    let bad = ctl.dir.path().join("bad.token");
+    std::fs::write(&bad, "nonsense").unwrap();
+    let out = Command::new(bin())
+        .args(["policy", "list", "--api", &ctl.api, "--token-file"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+
+    // No token at all.
+    let out = Command::new(bin())
+        .args(["policy", "list", "--api", &ctl.api])
+        .env_remove("TAPESTRY_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--token-file"));
+
+    // The environment works instead of flags.
+    let token = std::fs::read_to_string(ctl.token_file()).unwrap();
+    let out = Command::new(bin())
+        .args(["policy", "list", "--json"])
+        .env("TAPESTRY_API", &ctl.api)
+        .env("TAPESTRY_TOKEN", token.trim())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Nothing listening.
+    let out = Command::new(bin())
+        .args([
+            "lease",
+            "list",
+            "--api",
+            &format!("http://127.0.0.1:{}", free_port()),
+        ])
+        .env("TAPESTRY_TOKEN", "x")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn security_groups() {
+    let ctl = Control::start(&[]);
+    let rules = ctl.dir.path().join("rules.json");
+    std::fs::write(
+        &rules,
+        r#"[{"protocol":"tcp","destination":"10.0.11.0/24","ports":"80,443","log":true,"description":"web"},
+            {"protocol":"icmp","destination":"0.0.0.0/0","type":0,"code":0}]"#,
+    )
+    .unwrap();
+    let rules_s = rules.to_str().unwrap();
+    assert!(ctl
+        .ok(&[
+            "asg",
+            "create",
+            "web",
+            rules_s,
+            "--running-space",
+            "space-1"
+        ])
+        .contains("created security group web (2 rules"));
+    let list = ctl.ok(&["asg", "list"]);
+    assert!(list.contains("web") && list.contains("space-1"), "{list}");
+
+    ctl.ok(&[
+        "asg",
+        "bind",
+        "web",
+        "--space",
+        "space-2",
+        "--lifecycle",
+        "staging",
+    ]);
+    ctl.ok(&["asg", "bind", "web", "--global"]);
+    let g = ctl.json(&["asg", "show", "web"]);
+    assert_eq!(g["staging_spaces"], serde_json::json!(["space-2"]));
+    assert_eq!(g["globally_enabled"]["running"], true);
+    ctl.ok(&["asg", "unbind", "web", "--space", "space-1"]);
+    ctl.ok(&["asg", "unbind", "web", "--global"]);
+    let g = ctl.json(&["asg", "show", "web"]);
+    assert_eq!(g["running_spaces"], serde_json::json!([]));
+    assert_eq!(g["globally_enabled"]["running"], false);
+    let show = ctl.ok(&["asg", "show", "web"]);
+    assert!(
+        show.contains("10.0.11.0/24") && show.contains("type 0 code 0"),
+        "{show}"
+    );
+
+    std::fs::write(
+        &rules,
+        r#"[{"protocol":"all","destination":"10.1.0.0-10.1.0.9"}]"#,
+    )
+    .unwrap();
+    ctl.ok(&["asg", "update", "web", rules_s]);
+    let g = ctl.json(&["asg", "show", "web"]);
+    assert_eq!(g["rules"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        g["staging_spaces"],
+        serde_json::json!(["space-2"]),
+        "bindings kept"
+    );
+
+    // An invalid rule: the server's 400 names the rule and the field.
+    std::fs::write(
+        &rules,
+        r#"[{"protocol":"tcp","destination":"10.0.0.0/8","ports":"99999"}]"#,
+    )
+    .unwrap();
+    let err = ctl.fails(&["asg", "create", "bad", rules_s]);
+    assert!(err.contains("400") && err.contains("ports"), "{err}");
+    std::fs::write(&rules, "{not json").unwrap();
+    assert!(ctl
+        .fails(&["asg", "create", "bad", rules_s])
+        .contains("not JSON"));
+
+    ctl.ok(&["asg", "delete", "web"]);
+    assert!(ctl.fails(&["asg", "show", "web"]).contains("404"));
+}
+
+#[test]
+fn routes_and_leases() {
+    let ctl = Control::start(&[]);
+    assert!(ctl
+        .ok(&["route", "map", "backend.apps.internal", "app-b"])
+        .contains("mapped route backend.apps.internal -> app-b"));
+    let list = ctl.ok(&["route", "list"]);
+    assert!(list.contains("backend.apps.internal") && list.contains("app-b"));
+    assert_eq!(
+        ctl.json(&["route", "list"])["routes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let err = ctl.fails(&["route", "map", "backend.example.com", "app-b"]);
+    assert!(err.contains("400"), "{err}");
+    ctl.ok(&["route", "unmap", "backend.apps.internal", "app-b"]);
+    assert_eq!(
+        ctl.json(&["route", "list"])["routes"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+
+    let out = ctl.ok(&[
+        "lease",
+        "add",
+        "--underlay-ip",
+        "198.18.0.50",
+        "--overlay-subnet",
+        "10.255.200.0/24",
+    ]);
+    assert!(
+        out.contains("10.255.200.0/24") && out.contains("static"),
+        "{out}"
+    );
+    let leases = ctl.json(&["lease", "list"]);
+    assert_eq!(leases["leases"][0]["underlay_ip"], "198.18.0.50");
+    let table = ctl.ok(&["lease", "list"]);
+    assert!(table.contains("never"), "{table}");
+    let err = ctl.fails(&[
+        "lease",
+        "add",
+        "--underlay-ip",
+        "198.18.0.51",
+        "--overlay-subnet",
+        "192.168.0.0/24",
+    ]);
+    assert!(err.contains("4"), "{err}");
+}
