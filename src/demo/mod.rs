@@ -107,9 +107,12 @@ fn scenario(bin: &std::path::Path, slot: &Arc<Mutex<Option<Overlay>>>, keep: boo
         took.as_secs_f64() * 1e3,
         reply.trim()
     );
-    show(
-        "A -> C:8080 (same cell)",
-        tcp_exchange(&na, c_addr, Duration::from_secs(1)),
+    // Each cell applies the feed on its own; the same-cell policy lives on cell1.
+    let (reply, took) = wait_tcp(&na, c_addr, Duration::from_secs(10))?;
+    println!(
+        "   A -> C:8080 (same cell): ALLOWED after {:.1} ms, reply {:?}",
+        took.as_secs_f64() * 1e3,
+        reply.trim()
     );
     show(
         "B -> C:8080 (no policy)",
