@@ -136,6 +136,8 @@ fn policy_add_list_remove() {
     assert_eq!(v["policies"][0]["destination"]["ports"]["start"], 9000);
     let v = ctl.json(&["policy", "list", "--id", "app-b"]);
     assert_eq!(v["total_policies"], 1);
+    let v = ctl.json(&["policy", "list", "--id", "app-b,app-c"]);
+    assert_eq!(v["total_policies"], 2);
 
     let tags = ctl.json(&["policy", "tags"]);
     assert_eq!(tags["tags"].as_array().unwrap().len(), 3);

@@ -8,7 +8,7 @@ use reqwest::Method;
 use tapestry_policy::model::{GloballyEnabled, Rule, SecurityGroup};
 
 use super::table::Table;
-use super::ApiArgs;
+use super::{percent_encode, ApiArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct AsgArgs {
@@ -216,17 +216,10 @@ fn read_rules(path: &PathBuf) -> Result<Vec<Rule>> {
 }
 
 fn path_of(name: &str) -> String {
-    let enc: String = name
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
-    format!("/networking/v1/external/security_groups/{enc}")
+    format!(
+        "/networking/v1/external/security_groups/{}",
+        percent_encode(name)
+    )
 }
 
 fn get(api: &ApiArgs, name: &str) -> Result<SecurityGroup> {

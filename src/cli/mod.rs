@@ -89,6 +89,19 @@ impl ApiArgs {
     }
 }
 
+/// Percent-encodes a path segment or query value (RFC 3986 unreserved characters stay).
+pub fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 /// Parses `8080` or `8080-8090`.
 pub fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
     let one = |p: &str| -> Result<u16, String> {

@@ -5,7 +5,7 @@ use serde_json::Value;
 use tapestry_policy::model::{Policy, Tag};
 
 use super::table::Table;
-use super::{parse_port_range, ApiArgs};
+use super::{parse_port_range, percent_encode, ApiArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct PolicyArgs {
@@ -85,7 +85,7 @@ pub fn run_policy(args: PolicyArgs) -> Result<()> {
             let mut query = vec![];
             for (k, v) in [("id", id), ("source_id", source), ("dest_id", destination)] {
                 if let Some(v) = v {
-                    query.push(format!("{k}={}", encode_query(&v)));
+                    query.push(format!("{k}={}", percent_encode(&v)));
                 }
             }
             let path = if query.is_empty() {
@@ -155,17 +155,4 @@ fn print_policies(policies: &[Policy]) {
         ]);
     }
     t.print();
-}
-
-/// Percent-encodes a query value (app GUIDs are plain, but names may not be).
-fn encode_query(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~,".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }
