@@ -176,7 +176,13 @@ pub fn run(args: CellArgs) -> Result<()> {
         )?));
         let conntrack = Arc::new(Conntrack::new(args.conntrack_max));
         let counters = Arc::new(Counters::new());
-        let dp = dataplane::start(udp, tables.clone(), conntrack.clone(), counters.clone())?;
+        let dp = dataplane::start(
+            udp,
+            config.offload,
+            tables.clone(),
+            conntrack.clone(),
+            counters.clone(),
+        )?;
         let cell = Arc::new(Cell {
             config,
             state,

@@ -104,6 +104,10 @@ pub struct Totals {
     pub underlay_tx_bytes: u64,
     pub conntrack_entries: u64,
     pub conntrack_evictions: u64,
+    /// Frames a port's device refused (write to the TAP failed).
+    pub port_tx_errors: u64,
+    /// Datagrams the underlay socket refused (sendmsg/sendmmsg failed).
+    pub underlay_tx_errors: u64,
 }
 
 /// Everything counted, read at one moment.
@@ -146,6 +150,8 @@ pub struct Counters {
     underlay_tx_bytes: AtomicU64,
     conntrack_entries: AtomicU64,
     conntrack_evictions: AtomicU64,
+    port_tx_errors: AtomicU64,
+    underlay_tx_errors: AtomicU64,
 }
 
 impl Default for Counters {
@@ -166,6 +172,8 @@ impl Counters {
             underlay_tx_bytes: AtomicU64::new(0),
             conntrack_entries: AtomicU64::new(0),
             conntrack_evictions: AtomicU64::new(0),
+            port_tx_errors: AtomicU64::new(0),
+            underlay_tx_errors: AtomicU64::new(0),
         }
     }
 
@@ -216,6 +224,16 @@ impl Counters {
 
     pub fn set_conntrack_entries(&self, n: usize) {
         self.conntrack_entries.store(n as u64, Relaxed);
+    }
+
+    /// A frame the pipeline sent to a port could not be written to its device.
+    pub fn port_tx_error(&self) {
+        self.port_tx_errors.fetch_add(1, Relaxed);
+    }
+
+    /// `n` datagrams could not be sent on the underlay.
+    pub fn underlay_tx_errors(&self, n: usize) {
+        self.underlay_tx_errors.fetch_add(n as u64, Relaxed);
     }
 
     pub fn conntrack_evicted(&self, n: usize) {
@@ -281,6 +299,8 @@ impl Counters {
             underlay_tx_bytes: self.underlay_tx_bytes.load(Relaxed),
             conntrack_entries: self.conntrack_entries.load(Relaxed),
             conntrack_evictions: self.conntrack_evictions.load(Relaxed),
+            port_tx_errors: self.port_tx_errors.load(Relaxed),
+            underlay_tx_errors: self.underlay_tx_errors.load(Relaxed),
             ..Totals::default()
         };
         for (_, s) in &ports {

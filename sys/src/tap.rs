@@ -221,6 +221,28 @@ impl Tap {
         Ok(n as usize)
     }
 
+    /// Writes one frame given in two parts (a virtio-net header and the frame after it) with a
+    /// single writev, so the caller need not copy them together.
+    pub fn write2(&self, head: &[u8], body: &[u8]) -> io::Result<usize> {
+        let iov = [
+            libc::iovec {
+                iov_base: head.as_ptr() as *mut libc::c_void,
+                iov_len: head.len(),
+            },
+            libc::iovec {
+                iov_base: body.as_ptr() as *mut libc::c_void,
+                iov_len: body.len(),
+            },
+        ];
+        // SAFETY: both iovecs point at live slices valid for reads of their lengths for the
+        // duration of the call; writev only reads through them.
+        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(n as usize)
+    }
+
     /// TUNSETOFFLOAD with `flags` (TUN_F_*). Offloads need a TAP opened with `vnet_hdr`.
     pub fn set_offload(&self, flags: u32) -> Result<()> {
         if flags != 0 && !self.opts.vnet_hdr {

@@ -84,6 +84,12 @@ pub fn send_gso(
     Ok(n as usize)
 }
 
+/// Whether the kernel knows UDP_SEGMENT, asked on `sock` itself (setsockopt UDP_SEGMENT 0, which
+/// leaves per-send segmentation to control messages). Needs no traffic and no loopback device.
+pub fn gso_supported(sock: &impl AsRawFd) -> bool {
+    super::setsockopt_int(sock, libc::SOL_UDP, UDP_SEGMENT, 0).is_ok()
+}
+
 /// Turns on UDP_GRO: the kernel may hand over several datagrams of one flow as one buffer,
 /// with the segment size in a control message (see [`recv_gro`] and [`super::recv_batch`]).
 pub fn enable_gro(sock: &impl AsRawFd) -> Result<()> {

@@ -4,7 +4,10 @@
 mod gso;
 mod mmsg;
 
-pub use gso::{enable_gro, probe_udp_offloads, recv_gro, send_gso, UdpOffloads, MAX_GSO_SEGMENTS};
+pub use gso::{
+    enable_gro, gso_supported, probe_udp_offloads, recv_gro, send_gso, UdpOffloads,
+    MAX_GSO_SEGMENTS,
+};
 pub use mmsg::{recv_batch, send_batch, RecvMeta, Transmit, MAX_BATCH};
 
 use std::net::{SocketAddrV4, UdpSocket};

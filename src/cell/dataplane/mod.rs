@@ -1,0 +1,323 @@
+//! The dataplane driver: one mio loop that moves frames between TAP devices, the underlay UDP
+//! socket and the sans-IO switch pipeline. All decisions are the pipeline's; these files only do
+//! I/O, so they hold no policy logic.
+//!
+//! With offloads on (the default), TAPs carry the virtio-net header and hand over 64 KiB TCP
+//! super-frames: same-cell ones go TAP to TAP whole, others are split into MSS-sized segments in
+//! user space and sent with one sendmsg each (UDP_SEGMENT, [`underlay_tx`]); the receive side
+//! uses UDP_GRO and recvmmsg and coalesces inner TCP segments back into super-frames
+//! ([`underlay_rx`]). `--no-offload` moves plain frames, still batched with recvmmsg/sendmmsg.
+//! Every buffer is allocated when the thread starts.
+
+mod underlay_rx;
+mod underlay_tx;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use crossbeam_channel::{Receiver, Sender};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use tapestry_switch::offload::{complete_checksum, segment_tcpv4, segment_vxlan};
+use tapestry_switch::wire::virtio_net;
+use tapestry_switch::{
+    Conntrack, Counters, DropReason, PacketBuf, PortId, Switch, Tables, Verdict,
+};
+use tapestry_sys::tap::Tap;
+
+use underlay_rx::UnderlayRx;
+use underlay_tx::UnderlayTx;
+
+const UDP: Token = Token(0);
+const WAKER: Token = Token(1);
+const PORT_BASE: usize = 2;
+/// Frames read from one TAP before the loop looks at other work.
+const PORT_BUDGET: usize = 32;
+/// recvmmsg batches read before the loop looks at other work.
+const UDP_BUDGET: usize = 4;
+/// Scratch for one segment: outer VXLAN header + inner headers + an MSS of payload (an MSS is
+/// below the underlay MTU, at most 64 KiB).
+const SCRATCH: usize = (64 << 10) + 256;
+
+/// Changes to the set of ports, sent by the control side.
+pub enum PortCommand {
+    Add(PortId, Arc<Tap>),
+    Remove(PortId),
+}
+
+/// Handle the control side keeps to add and remove ports.
+#[derive(Clone)]
+pub struct DataplaneHandle {
+    tx: Sender<PortCommand>,
+    waker: Arc<Waker>,
+}
+
+impl DataplaneHandle {
+    pub fn send(&self, cmd: PortCommand) {
+        if self.tx.send(cmd).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+/// A port as the dataplane sees it.
+pub(crate) struct Port {
+    tap: Arc<Tap>,
+    /// Frames on this TAP carry the virtio-net header.
+    vnet: bool,
+}
+
+pub(crate) type Ports = HashMap<PortId, Port>;
+
+/// Writes a plain Ethernet frame to a port (behind an empty virtio-net header if it has one).
+pub(crate) fn write_plain(port: &Port, frame: &[u8], counters: &Counters) {
+    const EMPTY: [u8; virtio_net::HEADER_LEN] = [0; virtio_net::HEADER_LEN];
+    let r = if port.vnet {
+        port.tap.write2(&EMPTY, frame)
+    } else {
+        port.tap.write(frame)
+    };
+    // A full TAP queue drops the frame, as a NIC would; TCP recovers.
+    if r.is_err() {
+        counters.port_tx_error();
+    }
+}
+
+/// Starts the dataplane thread. `offload`: use UDP GSO/GRO on the underlay (if the kernel has
+/// them) and TCP coalescing towards ports with the virtio-net header.
+pub fn start(
+    udp: UdpSocket,
+    offload: bool,
+    tables: Arc<Tables>,
+    conntrack: Arc<Conntrack>,
+    counters: Arc<Counters>,
+) -> Result<DataplaneHandle> {
+    let poll = Poll::new().context("creating the dataplane poller")?;
+    let waker =
+        Arc::new(Waker::new(poll.registry(), WAKER).context("creating the dataplane waker")?);
+    let (tx, rx) = crossbeam_channel::unbounded();
+    udp.set_nonblocking(true)?;
+    let gso = offload && tapestry_sys::udp::gso_supported(&udp);
+    let gro = offload && tapestry_sys::udp::enable_gro(&udp).is_ok();
+    if offload {
+        tracing::info!(gso, gro, "underlay UDP offloads (UDP_SEGMENT, UDP_GRO)");
+    } else {
+        tracing::info!("offloads off (--no-offload): plain frames, batched system calls");
+    }
+    let send_sock = udp.try_clone().context("duplicating the underlay socket")?;
+    let switch = Switch::new(tables, conntrack.clone(), counters.clone());
+    let txq = UnderlayTx::new(send_sock, gso, counters.clone());
+    let rxq = UnderlayRx::new(udp, offload, counters.clone());
+    std::thread::Builder::new()
+        .name("dataplane".into())
+        .spawn(move || {
+            let mut dp = Dataplane {
+                poll,
+                ports: HashMap::new(),
+                switch,
+                conntrack,
+                counters,
+                rx,
+                buf: PacketBuf::new(),
+                scratch: vec![0u8; SCRATCH].into_boxed_slice(),
+                txq,
+                rxq,
+                again: Vec::with_capacity(1024),
+                again_work: Vec::with_capacity(1024),
+                udp_again: false,
+            };
+            if let Err(e) = dp.run() {
+                tracing::error!("dataplane stopped: {e:#}");
+                std::process::exit(3);
+            }
+        })
+        .context("spawning the dataplane thread")?;
+    Ok(DataplaneHandle { tx, waker })
+}
+
+struct Dataplane {
+    poll: Poll,
+    ports: Ports,
+    switch: Switch,
+    conntrack: Arc<Conntrack>,
+    counters: Arc<Counters>,
+    rx: Receiver<PortCommand>,
+    buf: PacketBuf,
+    scratch: Box<[u8]>,
+    txq: UnderlayTx,
+    rxq: UnderlayRx,
+    /// Ports whose budget ran out before they were empty (edge-triggered: come back to them).
+    again: Vec<PortId>,
+    again_work: Vec<PortId>,
+    udp_again: bool,
+}
+
+impl Dataplane {
+    fn run(&mut self) -> Result<()> {
+        let fd = self.rxq.socket().as_raw_fd();
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&fd), UDP, Interest::READABLE)?;
+        let mut events = Events::with_capacity(256);
+        let mut last_sweep = Instant::now();
+        loop {
+            let timeout = if self.again.is_empty() && !self.udp_again {
+                Duration::from_secs(1)
+            } else {
+                Duration::ZERO
+            };
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).context("polling"),
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    UDP => self.udp_again = true,
+                    WAKER => self.apply_commands()?,
+                    Token(t) => self.drain_port(PortId((t - PORT_BASE) as u32)),
+                }
+            }
+            std::mem::swap(&mut self.again, &mut self.again_work);
+            let mut work = std::mem::take(&mut self.again_work);
+            for id in work.drain(..) {
+                self.drain_port(id);
+            }
+            self.again_work = work;
+            if self.udp_again {
+                self.udp_again =
+                    self.rxq
+                        .drain(&mut self.switch, &mut self.buf, &self.ports, UDP_BUDGET);
+            }
+            self.txq.flush();
+            let now = Instant::now();
+            if now.duration_since(last_sweep) >= Duration::from_secs(1) {
+                self.conntrack.expire(now);
+                self.counters.set_conntrack_entries(self.conntrack.len());
+                last_sweep = now;
+            }
+        }
+    }
+
+    fn apply_commands(&mut self) -> Result<()> {
+        while let Ok(cmd) = self.rx.try_recv() {
+            match cmd {
+                PortCommand::Add(id, tap) => {
+                    if let Some(old) = self.ports.remove(&id) {
+                        let fd = old.tap.as_raw_fd();
+                        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+                    }
+                    tap.set_nonblocking(true)?;
+                    let fd = tap.as_raw_fd();
+                    self.poll.registry().register(
+                        &mut SourceFd(&fd),
+                        Token(PORT_BASE + id.0 as usize),
+                        Interest::READABLE,
+                    )?;
+                    let vnet = tap.options().vnet_hdr;
+                    self.ports.insert(id, Port { tap, vnet });
+                    // Frames may have queued before registration; edge-triggered polling would
+                    // not report them.
+                    self.drain_port(id);
+                }
+                PortCommand::Remove(id) => {
+                    if let Some(old) = self.ports.remove(&id) {
+                        let fd = old.tap.as_raw_fd();
+                        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn drain_port(&mut self, id: PortId) {
+        for _ in 0..PORT_BUDGET {
+            let Some(port) = self.ports.get(&id) else {
+                return;
+            };
+            let vnet = port.vnet;
+            let n = match port.tap.read(self.buf.read_space()) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("reading port {}: {e}", id.0);
+                    return;
+                }
+            };
+            self.buf.set_len(n);
+            let now = Instant::now();
+            if vnet {
+                let (v, hdr) = self.switch.from_port_vnet(id, &mut self.buf, now);
+                self.emit_vnet(id, v, hdr);
+            } else {
+                match self.switch.from_port(id, &mut self.buf, now) {
+                    Verdict::ToPort(to) => {
+                        if let Some(p) = self.ports.get(&to) {
+                            write_plain(p, self.buf.data(), &self.counters);
+                        }
+                    }
+                    Verdict::ToUnderlay(dst) => self.txq.push(dst, self.buf.data()),
+                    Verdict::Drop(_) => {}
+                }
+            }
+        }
+        if !self.again.contains(&id) {
+            self.again.push(id);
+        }
+    }
+
+    /// Sends what `from_port_vnet` left in the buffer.
+    fn emit_vnet(&mut self, from: PortId, v: Verdict, hdr: virtio_net::Repr) {
+        match v {
+            Verdict::ToPort(to) => {
+                let Some(p) = self.ports.get(&to) else {
+                    return;
+                };
+                if p.vnet {
+                    // Header and (super-)frame, whole.
+                    if p.tap.write(self.buf.data()).is_err() {
+                        self.counters.port_tx_error();
+                    }
+                    return;
+                }
+                // A port without the header (it could not be opened with one): segment here.
+                let frame = &mut self.buf.data_mut()[virtio_net::HEADER_LEN..];
+                let counters = &self.counters;
+                let r = if hdr.gso_kind() == virtio_net::GSO_NONE {
+                    complete_checksum(frame, &hdr).map(|()| write_plain(p, frame, counters))
+                } else {
+                    segment_tcpv4(frame, &hdr, &mut self.scratch, |s| {
+                        write_plain(p, s, counters)
+                    })
+                    .map(|_| ())
+                };
+                if r.is_err() {
+                    self.counters
+                        .dropped(DropReason::BadOffload, Some(from), frame.len());
+                }
+            }
+            Verdict::ToUnderlay(dst) => {
+                if hdr.gso_kind() == virtio_net::GSO_NONE && !hdr.needs_csum() {
+                    self.txq.push(dst, self.buf.data());
+                    return;
+                }
+                let txq = &mut self.txq;
+                let r = segment_vxlan(self.buf.data(), &hdr, &mut self.scratch, |seg| {
+                    txq.push(dst, seg)
+                });
+                if r.is_err() {
+                    self.counters
+                        .dropped(DropReason::BadOffload, Some(from), self.buf.len());
+                }
+            }
+            Verdict::Drop(_) => {}
+        }
+    }
+}
