@@ -55,6 +55,11 @@ pub struct CellArgs {
     /// Turn off TAP and UDP offloads (TSO, GSO, GRO).
     #[arg(long)]
     no_offload: bool,
+    /// After the last packet, the dataplane keeps polling (yielding the CPU between polls) for
+    /// this many microseconds before it sleeps: a reply arriving meanwhile skips a thread
+    /// wake-up. 0 turns it off.
+    #[arg(long, default_value_t = 200)]
+    busy_poll_us: u64,
     /// Most connections tracked at once; new flows beyond it are refused and counted.
     #[arg(long, default_value_t = 262_144)]
     conntrack_max: usize,
@@ -178,7 +183,10 @@ pub fn run(args: CellArgs) -> Result<()> {
         let counters = Arc::new(Counters::new());
         let dp = dataplane::start(
             udp,
-            config.offload,
+            dataplane::Options {
+                offload: config.offload,
+                busy_poll: std::time::Duration::from_micros(args.busy_poll_us),
+            },
             tables.clone(),
             conntrack.clone(),
             counters.clone(),

@@ -88,11 +88,20 @@ pub(crate) fn write_plain(port: &Port, frame: &[u8], counters: &Counters) {
     }
 }
 
-/// Starts the dataplane thread. `offload`: use UDP GSO/GRO on the underlay (if the kernel has
-/// them) and TCP coalescing towards ports with the virtio-net header.
+/// How the dataplane runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Use UDP GSO/GRO on the underlay (if the kernel has them) and TCP coalescing towards ports
+    /// with the virtio-net header.
+    pub offload: bool,
+    /// Keep polling this long after the last packet before sleeping in epoll.
+    pub busy_poll: Duration,
+}
+
+/// Starts the dataplane thread.
 pub fn start(
     udp: UdpSocket,
-    offload: bool,
+    opts: Options,
     tables: Arc<Tables>,
     conntrack: Arc<Conntrack>,
     counters: Arc<Counters>,
@@ -102,6 +111,7 @@ pub fn start(
         Arc::new(Waker::new(poll.registry(), WAKER).context("creating the dataplane waker")?);
     let (tx, rx) = crossbeam_channel::unbounded();
     udp.set_nonblocking(true)?;
+    let offload = opts.offload;
     let gso = offload && tapestry_sys::udp::gso_supported(&udp);
     let gro = offload && tapestry_sys::udp::enable_gro(&udp).is_ok();
     if offload {
@@ -130,6 +140,7 @@ pub fn start(
                 again: Vec::with_capacity(1024),
                 again_work: Vec::with_capacity(1024),
                 udp_again: false,
+                busy_poll: opts.busy_poll,
             };
             if let Err(e) = dp.run() {
                 tracing::error!("dataplane stopped: {e:#}");
@@ -155,6 +166,7 @@ struct Dataplane {
     again: Vec<PortId>,
     again_work: Vec<PortId>,
     udp_again: bool,
+    busy_poll: Duration,
 }
 
 impl Dataplane {
@@ -165,16 +177,28 @@ impl Dataplane {
             .register(&mut SourceFd(&fd), UDP, Interest::READABLE)?;
         let mut events = Events::with_capacity(256);
         let mut last_sweep = Instant::now();
+        let mut last_busy = Instant::now();
         loop {
-            let timeout = if self.again.is_empty() && !self.udp_again {
-                Duration::from_secs(1)
-            } else {
+            let pending = !self.again.is_empty() || self.udp_again;
+            let spinning = !pending && last_busy.elapsed() < self.busy_poll;
+            let timeout = if pending || spinning {
                 Duration::ZERO
+            } else {
+                Duration::from_secs(1)
             };
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e).context("polling"),
+            }
+            if events.is_empty() && !pending {
+                if spinning {
+                    // Let whatever else wants this CPU (the containers' own processes) run.
+                    std::thread::yield_now();
+                    continue;
+                }
+            } else {
+                last_busy = Instant::now();
             }
             for ev in events.iter() {
                 match ev.token() {
@@ -308,10 +332,21 @@ impl Dataplane {
                     self.txq.push(dst, self.buf.data());
                     return;
                 }
-                let txq = &mut self.txq;
-                let r = segment_vxlan(self.buf.data(), &hdr, &mut self.scratch, |seg| {
-                    txq.push(dst, seg)
-                });
+                let r = match hdr.gso_kind() {
+                    virtio_net::GSO_TCPV4 => self.txq.push_segmented(dst, self.buf.data(), &hdr),
+                    _ => Ok(false),
+                };
+                let r = match r {
+                    Ok(true) => Ok(()),
+                    Ok(false) => {
+                        let txq = &mut self.txq;
+                        segment_vxlan(self.buf.data(), &hdr, &mut self.scratch, |seg| {
+                            txq.push(dst, seg)
+                        })
+                        .map(|_| ())
+                    }
+                    Err(e) => Err(e),
+                };
                 if r.is_err() {
                     self.counters
                         .dropped(DropReason::BadOffload, Some(from), self.buf.len());

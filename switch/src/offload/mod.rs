@@ -9,7 +9,7 @@ use crate::wire::virtio_net;
 use crate::wire::{checksum, ethernet, ipv4, tcp};
 
 pub use gro::{Push, TcpCoalescer};
-pub use tso::{segment_tcpv4, segment_vxlan};
+pub use tso::{segment_tcpv4, segment_vxlan, segment_vxlan_into, segmented_len, Segments};
 
 /// Why a frame could not be offloaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -83,31 +83,133 @@ fn segment_with_prefix(
         let start = i * mss;
         let chunk = &payload[start.min(payload.len())..(start + mss).min(payload.len())];
         let n = h + chunk.len();
-        {
-            let out = &mut scratch[p..p + n];
-            out[..h].copy_from_slice(&frame[..h]);
-            out[h..].copy_from_slice(chunk);
-            let last = i + 1 == chunks;
-            let mut ip = ipv4::Packet::new_unchecked(&mut out[l.ip..]);
-            ip.set_total_len((l.ip_len + l.tcp_len + chunk.len()) as u16);
-            ip.set_ident(id0.wrapping_add(i as u16));
-            ip.fill_checksum();
-            let (src, dst) = (ip.src(), ip.dst());
-            let mut t = tcp::Packet::new_unchecked(&mut out[l.tcp..]);
-            t.set_seq(seq0.wrapping_add(start as u32));
-            let mut f = flags;
-            if !last {
-                f &= !(tcp::FIN | tcp::PSH);
-            }
-            if i > 0 {
-                f &= !tcp::CWR;
-            }
-            t.set_flags(f);
-            t.fill_checksum(src, dst);
-        }
+        build_segment(
+            &mut scratch[p..p + n],
+            frame,
+            &l,
+            chunk,
+            (id0, seq0.wrapping_add(start as u32), flags),
+            i,
+            chunks,
+        );
         emit(&scratch[..p + n]);
     }
     Ok(chunks)
+}
+
+/// Writes segment `i` of `chunks` (headers of `frame`, then `chunk`) into `out` and fixes its
+/// IP length, id (`id0 + i`) and checksum, sequence number (`seq`, already offset), flags and
+/// TCP checksum.
+fn build_segment(
+    out: &mut [u8],
+    frame: &[u8],
+    l: &TcpV4Layout,
+    chunk: &[u8],
+    (id0, seq, flags): (u16, u32, u8),
+    i: usize,
+    chunks: usize,
+) {
+    let h = l.headers_len();
+    out[..h].copy_from_slice(&frame[..h]);
+    out[h..h + chunk.len()].copy_from_slice(chunk);
+    let last = i + 1 == chunks;
+    let mut ip = ipv4::Packet::new_unchecked(&mut out[l.ip..]);
+    ip.set_total_len((l.ip_len + l.tcp_len + chunk.len()) as u16);
+    ip.set_ident(id0.wrapping_add(i as u16));
+    ip.fill_checksum();
+    let (src, dst) = (ip.src(), ip.dst());
+    let mut t = tcp::Packet::new_unchecked(&mut out[l.tcp..l.tcp + l.tcp_len + chunk.len()]);
+    t.set_seq(seq);
+    let mut f = flags;
+    if !last {
+        f &= !(tcp::FIN | tcp::PSH);
+    }
+    if i > 0 {
+        f &= !tcp::CWR;
+    }
+    t.set_flags(f);
+    t.fill_checksum(src, dst);
+}
+
+/// What [`segment_vxlan_into`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Segments {
+    /// Datagrams written.
+    pub count: usize,
+    /// Length of each datagram but the last (which may be shorter).
+    pub seg_len: usize,
+    /// Bytes written (all datagrams, back to back).
+    pub total: usize,
+}
+
+/// Bytes [`segment_vxlan_into`] needs for `payload` split as `hdr` says (an upper bound; at
+/// most one extra header's worth).
+pub fn segmented_len(payload: &[u8], hdr: &virtio_net::Repr) -> usize {
+    // VXLAN + Ethernet + IPv4 and TCP headers of at most 60 bytes each.
+    const MAX_HEADERS: usize = 8 + 14 + 60 + 60;
+    let mss = hdr.gso_size.max(1) as usize;
+    payload.len() + payload.len().div_ceil(mss) * MAX_HEADERS
+}
+
+/// [`segment_vxlan`], writing the datagrams back to back into `out` instead of calling back, so
+/// a driver can hand them to one UDP GSO send without another copy. `hdr` must have GSO TCPV4.
+pub fn segment_vxlan_into(
+    payload: &[u8],
+    hdr: &virtio_net::Repr,
+    out: &mut [u8],
+) -> Result<Segments, OffloadError> {
+    let p = crate::wire::vxlan_gbp::HEADER_LEN;
+    if payload.len() < p {
+        return Err(OffloadError::Malformed);
+    }
+    match hdr.gso_kind() {
+        virtio_net::GSO_TCPV4 => {}
+        other => return Err(OffloadError::UnsupportedGso(other)),
+    }
+    let (vx, frame) = payload.split_at(p);
+    let mss = hdr.gso_size as usize;
+    if mss == 0 {
+        return Err(OffloadError::ZeroGsoSize);
+    }
+    let l = TcpV4Layout::parse(frame)?;
+    let h = l.headers_len();
+    if l.end < h || l.end > frame.len() {
+        return Err(OffloadError::Malformed);
+    }
+    let data = &frame[h..l.end];
+    let chunks = data.len().div_ceil(mss).max(1);
+    let total = chunks * (p + h) + data.len();
+    if out.len() < total {
+        return Err(OffloadError::ScratchTooSmall);
+    }
+    let ids = {
+        let ip = ipv4::Packet::new_unchecked(&frame[l.ip..]);
+        let t = tcp::Packet::new_unchecked(&frame[l.tcp..]);
+        (ip.ident(), t.seq(), t.flags())
+    };
+    let mut at = 0;
+    for i in 0..chunks {
+        let start = i * mss;
+        let chunk = &data[start.min(data.len())..(start + mss).min(data.len())];
+        let n = p + h + chunk.len();
+        let seg = &mut out[at..at + n];
+        seg[..p].copy_from_slice(vx);
+        build_segment(
+            &mut seg[p..],
+            frame,
+            &l,
+            chunk,
+            (ids.0, ids.1.wrapping_add(start as u32), ids.2),
+            i,
+            chunks,
+        );
+        at += n;
+    }
+    Ok(Segments {
+        count: chunks,
+        seg_len: p + h + mss.min(data.len()),
+        total,
+    })
 }
 
 #[cfg(test)]
@@ -214,6 +316,32 @@ mod tests {
             Ok(1)
         );
         assert!(checksums_ok(&out));
+    }
+
+    #[test]
+    fn into_matches_callback_version() {
+        let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
+        let f = super_frame(&payload, tcp::ACK | tcp::PSH);
+        let mut vx = vec![0x88, 0, 0, 7, 0, 0, 1, 0];
+        vx.extend_from_slice(&f);
+        let hdr = tso_hdr(1398);
+        let mut scratch = vec![0u8; 8 + 54 + 1398];
+        let mut want = vec![];
+        let n = segment_vxlan(&vx, &hdr, &mut scratch, |s| want.extend_from_slice(s)).unwrap();
+        let mut out = vec![0u8; segmented_len(&vx, &hdr)];
+        let got = segment_vxlan_into(&vx, &hdr, &mut out).unwrap();
+        assert_eq!(got.count, n);
+        assert_eq!(got.seg_len, 8 + 54 + 1398);
+        assert_eq!(&out[..got.total], &want[..]);
+        assert_eq!(
+            segment_vxlan_into(&vx, &hdr, &mut out[..got.total - 1]),
+            Err(OffloadError::ScratchTooSmall)
+        );
+        let none = virtio_net::Repr::default();
+        assert_eq!(
+            segment_vxlan_into(&vx, &none, &mut out),
+            Err(OffloadError::UnsupportedGso(0))
+        );
     }
 
     proptest! {
