@@ -228,6 +228,7 @@ pub async fn start(config: ControlConfig) -> Result<RunningControl, ControlError
         .map_err(ControlError::io("local address"))?;
     let (shutdown, rx) = watch::channel(false);
     let state = AppState::new(store.clone(), rx.clone());
+    let index_task = state.lists.spawn_updater(store.clone(), rx.clone());
     let mut stop = rx.clone();
     let ext_router = api::external::router(state.clone());
     let ext_task = tokio::spawn(async move {
@@ -257,6 +258,6 @@ pub async fn start(config: ControlConfig) -> Result<RunningControl, ControlError
         credentials_dir: crate::certs::credentials_dir(&config.data_dir),
         store,
         shutdown,
-        tasks: vec![ext_task, int_task],
+        tasks: vec![ext_task, int_task, index_task],
     })
 }

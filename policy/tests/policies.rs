@@ -397,7 +397,68 @@ async fn tags_exhausted(db: Db) {
     h.shutdown().await;
 }
 
+/// A list spanning many rendered chunks, streamed with its Content-Length, before and after
+/// changes, through both API versions and a filter.
+async fn large_list_after_changes(db: Db) {
+    let h = harness!(db, |c| c.max_policies_per_source = 5000);
+    let path = "/networking/v1/external/policies";
+    let all: Vec<Value> = (0..2100)
+        .map(|i| policy(&format!("s{}", i % 3), "D", i + 1))
+        .collect();
+    let (s, _) = h.post(path, policies(all.clone())).await;
+    assert_eq!(s, 200);
+    let (s, v) = h.get(path).await;
+    assert_eq!(s, 200);
+    assert_eq!(v["total_policies"], 2100);
+    let before = v["policies"].as_array().unwrap().clone();
+    let want: HashSet<String> = all.iter().map(Value::to_string).collect();
+    let got: HashSet<String> = before.iter().map(Value::to_string).collect();
+    assert_eq!(got, want);
+    // Delete a run in the middle, then list again at once: the change is visible.
+    let gone: Vec<Value> = all[600..1300].to_vec();
+    let (s, _) = h.post(&format!("{path}/delete"), policies(gone)).await;
+    assert_eq!(s, 200);
+    let resp = h
+        .http
+        .get(h.url(path))
+        .bearer_auth(&h.c().admin_token)
+        .send()
+        .await
+        .unwrap();
+    let len: usize = resp.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = resp.bytes().await.unwrap();
+    assert_eq!(bytes.len(), len);
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["total_policies"], 1400);
+    // Same order as before, without the deleted ones.
+    let gone: HashSet<String> = all[600..1300].iter().map(Value::to_string).collect();
+    let kept: Vec<&Value> = before
+        .iter()
+        .filter(|p| !gone.contains(&p.to_string()))
+        .collect();
+    let listed: Vec<&Value> = v["policies"].as_array().unwrap().iter().collect();
+    assert_eq!(listed, kept);
+    let (_, v) = h.get("/networking/v0/external/policies?source_id=s1").await;
+    let ports: Vec<u64> = v["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["destination"]["port"].as_u64().unwrap())
+        .collect();
+    let want: Vec<u64> = (1..=2100)
+        .filter(|p| p % 3 == 2 && !(601..=1300).contains(p))
+        .collect();
+    assert_eq!(ports, want);
+    assert_eq!(v["total_policies"], want.len());
+    h.shutdown().await;
+}
+
 dual!(
+    large_list_after_changes,
     policies_crud,
     policy_errors,
     network_write_scope,

@@ -1,7 +1,7 @@
 //! Control-plane benchmark: policy creates/s, list latency with 100k policies, and feed latency
 //! from a policy create to its arrival at N subscribed simulated cells.
 //!
-//! `cargo run --release -p tapestry-bench --bin control-bench -- [--database URL] [--cells 100] [--policies 100000]`
+//! `cargo run --release -p tapestry-bench --bin control-bench -- [--database URL] [--cells 100] [--policies 100000] [--list-rounds 100]`
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,10 @@ async fn main() -> Result<()> {
         .map(|s| s.parse())
         .transpose()?
         .unwrap_or(100_000);
+    let list_rounds: usize = arg("--list-rounds")
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(100);
     let database = arg("--database");
     let dir = tempfile::tempdir()?;
     let mut cfg = ControlConfig::new(dir.path());
@@ -179,49 +183,67 @@ async fn main() -> Result<()> {
         "bulk load: {i} policies in batches of 1000 in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    // Cold: a change was just committed, so the list is read and rendered from the database.
-    // Warm: nothing changed since the last list (served from the per-version cache).
+    // Cold: a change was just committed (a create and a delete of another policy), so the
+    // server has to bring its list up to date first. Warm: nothing changed since the last list.
+    // Filtered: `?source_id=` of one source with 500 policies, right after a change too.
     let mut cold = Vec::new();
     let mut warm = Vec::new();
+    let mut filtered = Vec::new();
     let mut size = 0;
+    let mut filtered_count = 0;
     let listed = have + i + 1;
-    for k in 0..20 {
-        let body = json!({"policies":[pol("listsrc", &format!("l{k}"))]});
-        http.post(&base)
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-            .await?;
-        let body = json!({"policies":[pol("listsrc", &format!("l{k}"))]});
-        http.post(format!("{base}/delete"))
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-            .await?;
-        for out in [&mut cold, &mut warm] {
+    let get = |url: String| {
+        let (http, token) = (http.clone(), token.clone());
+        async move {
             let t = Instant::now();
-            let body = http
-                .get(&base)
+            let r = http.get(url).bearer_auth(&token).send().await?;
+            anyhow::ensure!(r.status() == 200, "list: {}", r.status());
+            let body = r.bytes().await?;
+            Ok::<_, anyhow::Error>((t.elapsed().as_secs_f64() * 1000.0, body))
+        }
+    };
+    for k in 0..list_rounds {
+        for path in ["", "/delete"] {
+            let body = json!({"policies":[pol("listsrc", &format!("l{k}"))]});
+            let r = http
+                .post(format!("{base}{path}"))
                 .bearer_auth(&token)
+                .json(&body)
                 .send()
-                .await?
-                .bytes()
                 .await?;
-            out.push(t.elapsed().as_secs_f64() * 1000.0);
-            size = body.len();
+            anyhow::ensure!(r.status() == 200, "create/delete: {}", r.status());
+        }
+        let (ms, body) = get(base.clone()).await?;
+        cold.push(ms);
+        size = body.len();
+        let (ms, _) = get(base.clone()).await?;
+        warm.push(ms);
+        if k % 2 == 0 {
+            let (ms, body) = get(format!("{base}?source_id=b{}", k % 190)).await?;
+            filtered.push(ms);
+            filtered_count = serde_json::from_slice::<serde_json::Value>(&body)?["total_policies"]
+                .as_u64()
+                .unwrap_or(0);
         }
     }
-    for l in [&mut cold, &mut warm] {
+    for l in [&mut cold, &mut warm, &mut filtered] {
         l.sort_by(|a, b| a.total_cmp(b));
     }
     println!(
-        "list {} policies ({:.1} MB JSON, time to last byte): cold p50 {:.0} ms p99 {:.0} ms; warm p50 {:.0} ms p99 {:.0} ms",
+        "list {} policies ({:.1} MB JSON, time to last byte, {list_rounds} rounds): cold p50 {:.1} ms p99 {:.1} ms max {:.1} ms; warm p50 {:.1} ms p99 {:.1} ms",
         listed - 1,
         size as f64 / 1e6,
         percentile(&cold, 50.0),
         percentile(&cold, 99.0),
+        percentile(&cold, 100.0),
         percentile(&warm, 50.0),
         percentile(&warm, 99.0)
+    );
+    println!(
+        "list ?source_id= ({filtered_count} policies, after a change, {} rounds): p50 {:.1} ms p99 {:.1} ms",
+        filtered.len(),
+        percentile(&filtered, 50.0),
+        percentile(&filtered, 99.0)
     );
     ctl.shutdown().await;
     Ok(())

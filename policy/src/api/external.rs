@@ -129,16 +129,8 @@ fn ids(q: &HashMap<String, String>, key: &str) -> Option<Vec<String>> {
     })
 }
 
-#[derive(serde::Serialize)]
-struct PolicyList<T> {
-    total_policies: usize,
-    policies: Vec<T>,
-}
-
-fn json_bytes(b: Bytes) -> Response {
-    ([(axum::http::header::CONTENT_TYPE, "application/json")], b).into_response()
-}
-
+/// Served from the in-memory index, brought to the committed version in the list's own read
+/// transaction (see [`super::policy_index`]).
 async fn list_policies(
     State(s): State<AppState>,
     Path(v): Path<String>,
@@ -153,62 +145,11 @@ async fn list_policies(
         source_id: ids(&q, "source_id"),
         dest_id: ids(&q, "dest_id"),
     };
-    // The admin's unfiltered list is cached per committed version (checked in the same
-    // read transaction), so repeated lists of a large, unchanged set cost one query.
-    let cacheable = p.is_admin() && filter == PolicyFilter::default();
-    let cached = if cacheable {
-        s.list_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&v0)
-            .cloned()
-    } else {
-        None
-    };
-    let cached_version = cached.as_ref().map(|c| c.0);
-    let (version, list) = s
-        .store
-        .call(Mode::Read, move |tx| {
-            let version = ops::current_version(tx)?;
-            if cached_version == Some(version) {
-                return Ok((version, None));
-            }
-            Ok((version, Some(ops::list_policies(tx, &filter, false)?)))
-        })
-        .await?;
-    let Some(mut list) = list else {
-        if let Some((_, bytes)) = cached {
-            return Ok(json_bytes(bytes));
-        }
-        return Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "list cache inconsistent",
-        ));
-    };
-    if let Some(allowed) = allowed_apps(&s, &p).await? {
-        list.retain(|p| allowed.contains(&p.source.id) && allowed.contains(&p.destination.id));
-    }
-    let rendered = if v0 {
-        let policies: Vec<Value> = list.iter().map(Policy::to_v0).collect();
-        serde_json::to_vec(&PolicyList {
-            total_policies: policies.len(),
-            policies,
-        })
-    } else {
-        serde_json::to_vec(&PolicyList {
-            total_policies: list.len(),
-            policies: list,
-        })
-    }
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let bytes = Bytes::from(rendered);
-    if cacheable {
-        s.list_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(v0, (version, bytes.clone()));
-    }
-    Ok(json_bytes(bytes))
+    let spaces = (!p.is_admin()).then(|| p.spaces.clone());
+    Ok(s.lists
+        .list(&s.store, filter, spaces, v0)
+        .await?
+        .into_response())
 }
 
 async fn policies_input(

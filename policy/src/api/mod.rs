@@ -1,6 +1,7 @@
 //! HTTP APIs: the external CF-compatible API and the internal (mutual TLS) API for cells.
 pub mod external;
 pub mod internal;
+pub mod policy_index;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,8 +28,8 @@ pub(crate) type FeedSlot = Arc<tokio::sync::OnceCell<crate::model::FeedResponse>
 pub struct AppState {
     pub store: Store,
     tokens: Arc<Mutex<HashMap<String, Principal>>>,
-    /// Rendered unfiltered admin policy list per API version (v0: true), with its version.
-    list_cache: Arc<Mutex<HashMap<bool, (u64, Bytes)>>>,
+    /// The in-memory policy index the external list is served from.
+    pub lists: policy_index::PolicyLists,
     /// Feed answers by `since`, shared by the cells that wake on the same commit.
     pub(crate) feed_cache: Arc<Mutex<HashMap<u64, FeedSlot>>>,
     started: std::time::Instant,
@@ -40,7 +41,7 @@ impl AppState {
         AppState {
             store,
             tokens: Default::default(),
-            list_cache: Default::default(),
+            lists: Default::default(),
             feed_cache: Default::default(),
             started: std::time::Instant::now(),
             shutdown,

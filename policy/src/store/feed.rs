@@ -3,7 +3,7 @@ use serde::Serialize;
 
 use super::{leases, misc, policies, Tx, Val};
 use crate::error::StoreError;
-use crate::model::{Change, FeedResponse, Kind, Op, Snapshot};
+use crate::model::{Change, FeedResponse, Kind, Op, Policy, Snapshot};
 
 /// How many changes are kept for resuming subscribers.
 pub const FEED_RETAIN: u64 = 10_000;
@@ -103,6 +103,60 @@ pub fn feed(tx: &mut dyn Tx, since: Option<u64>) -> Result<FeedResponse, StoreEr
     Ok(FeedResponse {
         version,
         snapshot: None,
+        changes,
+    })
+}
+
+/// What a policy index at some version must do to reach the committed version.
+#[derive(Debug)]
+pub enum PolicyDelta {
+    /// Already at `version`.
+    Current,
+    /// Apply these policy changes (in version order) to reach `version`.
+    Changes {
+        version: u64,
+        changes: Vec<(Op, Policy)>,
+    },
+    /// Replace everything with `policies` (creation order) at `version`: there was no index
+    /// yet, the log no longer holds every change since it, or the database is a different one.
+    Full { version: u64, policies: Vec<Policy> },
+}
+
+/// The policy changes committed after `since` (`None`: nothing loaded yet), read in one
+/// transaction with the version they lead to, from the same change log the feed serves.
+pub fn policy_delta(tx: &mut dyn Tx, since: Option<u64>) -> Result<PolicyDelta, StoreError> {
+    let current = current_version(tx)?;
+    let resumable = match since {
+        None => false,
+        Some(s) if s == current => return Ok(PolicyDelta::Current),
+        Some(s) if s > current => false,
+        Some(s) => {
+            let rows = tx.query("SELECT MIN(version) FROM changes", &[])?;
+            let oldest = rows.first().map(|r| r[0].opt_i()).transpose()?.flatten();
+            oldest.is_some_and(|o| s + 1 >= o as u64)
+        }
+    };
+    if !resumable {
+        return Ok(PolicyDelta::Full {
+            version: current,
+            policies: policies::list_policies(tx, &Default::default(), false)?,
+        });
+    }
+    let rows = tx.query(
+        "SELECT op, value FROM changes WHERE version > $1 AND kind = 'policy' ORDER BY version",
+        &[Val::I(since.unwrap_or(current) as i64)],
+    )?;
+    let mut changes = Vec::with_capacity(rows.len());
+    for r in rows {
+        let op =
+            Op::parse(r[0].t()?).ok_or_else(|| StoreError::Db("bad op in change log".into()))?;
+        let mut p: Policy = serde_json::from_str(r[1].t()?)?;
+        p.source.tag = None;
+        p.destination.tag = None;
+        changes.push((op, p));
+    }
+    Ok(PolicyDelta::Changes {
+        version: current,
         changes,
     })
 }

@@ -221,11 +221,11 @@ impl Store {
     }
 }
 
-pub use feed::FEED_RETAIN;
+pub use feed::{PolicyDelta, FEED_RETAIN};
 
 /// The operations, re-exported for the API layer.
 pub mod ops {
-    pub use super::feed::{current_version, feed, snapshot};
+    pub use super::feed::{current_version, feed, policy_delta, snapshot};
     pub use super::leases::{acquire, list_leases, register_static, release, renew};
     pub use super::misc::{
         add_route, app_spaces, apps_in_spaces, delete_instance, delete_route,
