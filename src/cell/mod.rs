@@ -60,6 +60,11 @@ pub struct CellArgs {
     /// wake-up. 0 turns it off.
     #[arg(long, default_value_t = 200)]
     busy_poll_us: u64,
+    /// Nice value of the dataplane thread (-20..19). Below 0 it is scheduled ahead of ordinary
+    /// processes, as the kernel's own packet processing (softirq) is; that needs CAP_SYS_NICE,
+    /// without it the thread keeps the normal priority. 0 (the default) leaves it alone.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    dataplane_nice: i32,
     /// Most connections tracked at once; new flows beyond it are refused and counted.
     #[arg(long, default_value_t = 262_144)]
     conntrack_max: usize,
@@ -136,6 +141,12 @@ pub fn run(args: CellArgs) -> Result<()> {
             576 + ENCAP_OVERHEAD
         );
     }
+    if !(-20..=19).contains(&args.dataplane_nice) {
+        bail!(
+            "--dataplane-nice {} is out of range: it must be between -20 and 19",
+            args.dataplane_nice
+        );
+    }
     if underlay_ip.is_unspecified() || underlay_ip.is_broadcast() || underlay_ip.is_multicast() {
         bail!("--underlay-ip {underlay_ip} is not a unicast address of this host");
     }
@@ -186,6 +197,7 @@ pub fn run(args: CellArgs) -> Result<()> {
             dataplane::Options {
                 offload: config.offload,
                 busy_poll: std::time::Duration::from_micros(args.busy_poll_us),
+                nice: args.dataplane_nice,
             },
             tables.clone(),
             conntrack.clone(),

@@ -10,6 +10,7 @@
 //! - [`udp`]: `bind`, `send_gso` (UDP_SEGMENT), `enable_gro` / `recv_gro`, `recv_batch` /
 //!   `send_batch` (recvmmsg / sendmmsg over caller-owned buffers), `probe_udp_offloads`.
 //! - [`vnet`]: the virtio-net header.
+//! - [`sched`]: the calling thread's nice value (the dataplane thread runs above normal).
 //!
 //! Errors ([`Error`]) name the operation and the device or namespace, e.g.
 //! `TUNSETIFF eth0 in /var/run/netns/x: Invalid argument (os error 22)`.
@@ -19,6 +20,7 @@
 mod error;
 pub mod netlink;
 pub mod netns;
+pub mod sched;
 pub mod tap;
 pub mod udp;
 pub mod vnet;

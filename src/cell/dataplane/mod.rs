@@ -96,6 +96,8 @@ pub struct Options {
     pub offload: bool,
     /// Keep polling this long after the last packet before sleeping in epoll.
     pub busy_poll: Duration,
+    /// Nice value for the dataplane thread (0: unchanged).
+    pub nice: i32,
 }
 
 /// Starts the dataplane thread.
@@ -126,6 +128,12 @@ pub fn start(
     std::thread::Builder::new()
         .name("dataplane".into())
         .spawn(move || {
+            if opts.nice != 0 {
+                match tapestry_sys::sched::set_thread_nice(opts.nice) {
+                    Ok(()) => tracing::info!(nice = opts.nice, "dataplane thread priority"),
+                    Err(e) => tracing::warn!("{e}; the dataplane keeps the normal priority"),
+                }
+            }
             let mut dp = Dataplane {
                 poll,
                 ports: HashMap::new(),

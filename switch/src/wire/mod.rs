@@ -47,16 +47,27 @@ pub mod checksum {
     use std::net::Ipv4Addr;
 
     /// Ones-complement sum of `data` (not folded, not inverted).
+    ///
+    /// Eight bytes at a time: the ones-complement sum does not depend on byte order (RFC 1071
+    /// section 2(B)), so native-endian 32-bit halves are added, the total folded to 16 bits and
+    /// turned into network order once at the end.
     pub fn sum(data: &[u8]) -> u32 {
         let mut acc: u64 = 0;
-        let mut chunks = data.chunks_exact(2);
-        for c in &mut chunks {
-            acc += u16::from_be_bytes([c[0], c[1]]) as u64;
+        let mut words = data.chunks_exact(8);
+        for w in &mut words {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(w);
+            let v = u64::from_ne_bytes(b);
+            acc += (v & 0xffff_ffff) + (v >> 32);
         }
-        if let [last] = chunks.remainder() {
-            acc += (*last as u64) << 8;
+        let mut pairs = words.remainder().chunks_exact(2);
+        for c in &mut pairs {
+            acc += u16::from_ne_bytes([c[0], c[1]]) as u64;
         }
-        fold64(acc)
+        if let [last] = pairs.remainder() {
+            acc += u16::from_ne_bytes([*last, 0]) as u64;
+        }
+        u16::from_be(fold(fold64(acc))) as u32
     }
 
     fn fold64(mut acc: u64) -> u32 {
@@ -113,6 +124,49 @@ mod tests {
         let d = [0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7];
         assert_eq!(checksum::fold(checksum::sum(&d)), 0xddf2);
         assert_eq!(checksum::data(&d), !0xddf2);
+    }
+
+    /// The straightforward big-endian 16-bit sum.
+    fn sum_ref(data: &[u8]) -> u32 {
+        let mut acc: u64 = 0;
+        let mut chunks = data.chunks_exact(2);
+        for c in &mut chunks {
+            acc += u16::from_be_bytes([c[0], c[1]]) as u64;
+        }
+        if let [last] = chunks.remainder() {
+            acc += (*last as u64) << 8;
+        }
+        while acc > 0xffff {
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+        acc as u32
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fast_sum_matches_reference(data in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000), skip in 0usize..8) {
+            let d = &data[skip.min(data.len())..];
+            proptest::prop_assert_eq!(checksum::fold(checksum::sum(d)) as u32, sum_ref(d));
+        }
+    }
+
+    #[test]
+    fn fast_sum_edges() {
+        for d in [
+            &[][..],
+            &[0xff][..],
+            &[0xff; 7][..],
+            &[0xff; 8][..],
+            &[0xff; 65535][..],
+            &[0; 9][..],
+        ] {
+            assert_eq!(
+                checksum::fold(checksum::sum(d)) as u32,
+                sum_ref(d),
+                "{}",
+                d.len()
+            );
+        }
     }
 
     #[test]
