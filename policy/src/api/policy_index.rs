@@ -5,8 +5,9 @@
 //! - every list reads the committed version in its own read transaction and, in that same
 //!   transaction, applies the policy changes the index has not seen yet, so a list never shows
 //!   less than was committed before it started, whichever replica committed it;
-//! - a background task does the same after each commit this process learns of (its own, or
-//!   another replica's through PostgreSQL NOTIFY), so a list usually finds nothing to apply;
+//! - a background task does the same shortly after each commit this process learns of (its
+//!   own, or another replica's through PostgreSQL NOTIFY), so a list usually finds little to
+//!   apply, and re-renders the chunks the commit touched;
 //! - when the log no longer holds every change since the index's version (or the database is
 //!   another one), the index is reloaded from the policies table.
 //!
@@ -31,6 +32,12 @@ use crate::store::{ops, Mode, PolicyDelta, PolicyFilter, Store, Tx};
 
 /// Policies per rendered chunk of the unfiltered list (by creation sequence number).
 pub const CHUNK: u64 = 512;
+
+/// How long the background catch-up waits after a commit before applying it (with the commits
+/// that follow in that time). Short next to the time it takes to write the changes the log
+/// retains ([`crate::store::FEED_RETAIN`]), so the index keeps within the log and does not need
+/// a full reload.
+pub const UPDATE_DELAY: Duration = Duration::from_millis(100);
 
 /// Appends `,` and the policy's JSON without tags, exactly as `serde_json` writes a [`Policy`]
 /// (v1) or [`Policy::to_v0`] (v0).
@@ -427,6 +434,12 @@ impl PolicyLists {
                 }
                 tokio::select! {
                     r = committed.changed() => if r.is_err() { return },
+                    _ = shutdown.changed() => return,
+                }
+                // Commits in a burst are applied together, and the catch-up does not compete
+                // with the feed reads that the same commit wakes (lists catch up themselves).
+                tokio::select! {
+                    _ = tokio::time::sleep(UPDATE_DELAY) => {}
                     _ = shutdown.changed() => return,
                 }
             }

@@ -125,16 +125,20 @@ pub enum PolicyDelta {
 /// The policy changes committed after `since` (`None`: nothing loaded yet), read in one
 /// transaction with the version they lead to, from the same change log the feed serves.
 pub fn policy_delta(tx: &mut dyn Tx, since: Option<u64>) -> Result<PolicyDelta, StoreError> {
-    let current = current_version(tx)?;
+    // One round trip for both ends of the log.
+    let rows = tx.query(
+        "SELECT COALESCE(MAX(version), 0), MIN(version) FROM changes",
+        &[],
+    )?;
+    let (current, oldest) = match rows.first() {
+        Some(r) => (r[0].i()? as u64, r[1].opt_i()?.map(|o| o as u64)),
+        None => (0, None),
+    };
     let resumable = match since {
         None => false,
         Some(s) if s == current => return Ok(PolicyDelta::Current),
         Some(s) if s > current => false,
-        Some(s) => {
-            let rows = tx.query("SELECT MIN(version) FROM changes", &[])?;
-            let oldest = rows.first().map(|r| r[0].opt_i()).transpose()?.flatten();
-            oldest.is_some_and(|o| s + 1 >= o as u64)
-        }
+        Some(s) => oldest.is_some_and(|o| s + 1 >= o),
     };
     if !resumable {
         return Ok(PolicyDelta::Full {
