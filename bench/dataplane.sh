@@ -2,11 +2,12 @@
 # Dataplane benchmark (issue 4): the Linux kernel VXLAN-GBP dataplane as Silk builds it and
 # Tapestry's userspace dataplane, on the same topology in one run, with the ratio printed.
 #
-#   sudo bench/dataplane.sh [--quick] [--tapestry PATH] [--no-offload] [--runs N] [--no-write]
+#   sudo bench/dataplane.sh [--quick] [--tapestry PATH] [--no-offload] [--cell-arg A]... [--runs N] [--no-write]
 #
 #   --quick        3 s per throughput run instead of 10 s, fewer latency samples
 #   --tapestry P   use this tapestry binary (default: cargo build --release, then target/release/tapestry)
 #   --no-offload   start the cells with --no-offload
+#   --cell-arg A   pass A to both `tapestry cell` processes (repeatable), e.g. --cell-arg --busy-poll-us=0
 #   --runs N       runs per measurement (default 3); the median is reported
 #   --no-write     print the table but leave BENCHMARKS.md alone
 #   --note TEXT    a line added to the BENCHMARKS.md section (e.g. how the binary was built)
@@ -30,10 +31,11 @@ while [ $# -gt 0 ]; do
         --quick) QUICK=1 ;;
         --tapestry) TAPESTRY=${2:?--tapestry needs a path}; shift ;;
         --no-offload) CELL_ARGS+=(--no-offload) ;;
+        --cell-arg) CELL_ARGS+=("${2:?--cell-arg needs a value}"); shift ;;
         --runs) RUNS=${2:?--runs needs a number}; shift ;;
         --no-write) WRITE=0 ;;
         --note) NOTE=${2:?--note needs text}; shift ;;
-        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -42,7 +44,9 @@ done
 SHOWN=()
 [ $QUICK = 1 ] && SHOWN+=(--quick)
 [ -n "$TAPESTRY" ] && SHOWN+=(--tapestry "$TAPESTRY")
-[ ${#CELL_ARGS[@]} -gt 0 ] && SHOWN+=(--no-offload)
+for a in ${CELL_ARGS[@]+"${CELL_ARGS[@]}"}; do
+    if [ "$a" = --no-offload ]; then SHOWN+=(--no-offload); else SHOWN+=(--cell-arg "$a"); fi
+done
 [ "$RUNS" != 3 ] && SHOWN+=(--runs "$RUNS")
 CMDLINE="bench/dataplane.sh${SHOWN[*]:+ ${SHOWN[*]}}"
 
