@@ -3,12 +3,14 @@
 
 mod gso;
 mod mmsg;
+mod steer;
 
 pub use gso::{
     enable_gro, gso_supported, probe_udp_offloads, recv_gro, send_gso, UdpOffloads,
     MAX_GSO_SEGMENTS,
 };
 pub use mmsg::{recv_batch, send_batch, RecvMeta, Transmit, MAX_BATCH};
+pub use steer::{bind_workers, inner_flow_worker, MAX_WORKERS};
 
 use std::net::{SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -17,13 +19,12 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{Error, Result};
 
-/// A UDP socket bound to `addr`: nonblocking, SO_REUSEADDR (and SO_REUSEPORT if `reuse_port`,
-/// for one socket per worker), SO_RCVBUF and SO_SNDBUF of `buf_bytes` (SO_*BUFFORCE first, which
+/// A UDP socket bound to `addr`: nonblocking, SO_REUSEPORT if `reuse_port` (one socket per
+/// worker, see [`bind_workers`]; no SO_REUSEADDR, so a second process cannot share the port), SO_RCVBUF and SO_SNDBUF of `buf_bytes` (SO_*BUFFORCE first, which
 /// needs CAP_NET_ADMIN and ignores rmem_max; the plain options, capped by the kernel, otherwise).
 pub fn bind(addr: SocketAddrV4, reuse_port: bool, buf_bytes: usize) -> Result<UdpSocket> {
     let e = |op: &'static str| move |err| Error::io(format!("{op} UDP {addr}"), err);
     let sock = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(e("socket"))?;
-    sock.set_reuse_address(true).map_err(e("SO_REUSEADDR"))?;
     if reuse_port {
         sock.set_reuse_port(true).map_err(e("SO_REUSEPORT"))?;
     }
@@ -75,7 +76,7 @@ mod tests {
     fn binds_nonblocking_with_buffers() {
         let s = bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), true, 4 << 20).unwrap();
         let sock = socket2::SockRef::from(&s);
-        assert!(sock.reuse_address().unwrap());
+        assert!(!sock.reuse_address().unwrap());
         assert!(sock.reuse_port().unwrap());
         // Linux doubles the value it stores; without privilege it is capped by rmem_max.
         assert!(sock.recv_buffer_size().unwrap() > 0);
