@@ -12,7 +12,6 @@ use tapestry_sys::netlink::{self, IfaceConfig};
 use tapestry_sys::tap::{self, Tap, TapOptions};
 
 use super::api::{Attachment, UpRequest};
-use super::dataplane::PortCommand;
 use super::state::{allocate_ip, port_id_for, ContainerRecord};
 use super::{Cell, GATEWAY};
 
@@ -91,21 +90,48 @@ impl Cell {
     /// the container's stack hands over 64 KiB TCP super-frames. If the header cannot be had the
     /// TAP is opened plain. With `--no-offload`, or on a re-opened persistent TAP that had
     /// offloads, all offloads are cleared: frames must arrive whole and checksummed.
-    fn open_tap(&self, rec: &ContainerRecord) -> Result<Tap> {
-        let open = |vnet_hdr| {
-            Tap::open_in_netns(
-                &rec.netns,
-                &rec.ifname,
-                TapOptions {
-                    vnet_hdr,
-                    multi_queue: false,
-                },
-            )
-            .with_context(|| format!("creating TAP {} in {}", rec.ifname, rec.netns.display()))
+    ///
+    /// With several dataplane workers the TAP is multiqueue, one queue per worker. A persistent
+    /// TAP made by a cell with another worker setting keeps its kind (the kernel does not let a
+    /// device change it): a single-queue TAP is then served by worker 0 alone.
+    fn open_tap(&self, rec: &ContainerRecord) -> Result<Vec<Tap>> {
+        let workers = self.dataplane.workers();
+        let open = |vnet_hdr| -> Result<Vec<Tap>> {
+            let open1 = |multi_queue| {
+                Tap::open_in_netns(
+                    &rec.netns,
+                    &rec.ifname,
+                    TapOptions {
+                        vnet_hdr,
+                        multi_queue,
+                    },
+                )
+            };
+            let first = open1(workers > 1)
+                .or_else(|_| open1(workers <= 1))
+                .with_context(|| {
+                    format!("creating TAP {} in {}", rec.ifname, rec.netns.display())
+                })?;
+            let mut queues = Vec::with_capacity(workers);
+            if first.options().multi_queue {
+                for i in 1..workers {
+                    let q = first.open_queue().with_context(|| {
+                        format!(
+                            "opening queue {i} of TAP {} in {}",
+                            rec.ifname,
+                            rec.netns.display()
+                        )
+                    })?;
+                    queues.push(q);
+                }
+            }
+            queues.insert(0, first);
+            Ok(queues)
         };
         if self.config.offload {
             match open(true) {
-                Ok(tap) => {
+                Ok(queues) => {
+                    let tap = &queues[0];
                     let mut accepted = 0;
                     for flags in OFFLOAD_CANDIDATES {
                         match tap.set_offload(flags) {
@@ -119,21 +145,22 @@ impl Cell {
                     if accepted == 0 {
                         let _ = tap.set_offload(0);
                     }
-                    tracing::debug!(ifname = %rec.ifname, offloads = format!("{accepted:#x}"), "TAP with virtio-net header");
-                    return Ok(tap);
+                    tracing::debug!(ifname = %rec.ifname, offloads = format!("{accepted:#x}"), queues = queues.len(), "TAP with virtio-net header");
+                    return Ok(queues);
                 }
                 Err(e) => tracing::warn!("{e:#}; opening it without offloads"),
             }
         }
-        let tap = open(false)?;
-        tap.set_offload(0)
+        let queues = open(false)?;
+        queues[0]
+            .set_offload(0)
             .with_context(|| format!("clearing offloads of {}", rec.ifname))?;
-        Ok(tap)
+        Ok(queues)
     }
 
     /// Creates (or re-opens) the container's TAP and configures its side of the link.
-    fn plumb(&self, rec: &ContainerRecord) -> Result<Arc<Tap>> {
-        let tap = self.open_tap(rec)?;
+    fn plumb(&self, rec: &ContainerRecord) -> Result<Vec<Arc<Tap>>> {
+        let queues = self.open_tap(rec)?;
         netlink::configure_container_iface(
             &rec.netns,
             &IfaceConfig {
@@ -147,7 +174,7 @@ impl Cell {
             },
         )
         .with_context(|| format!("configuring {} in {}", rec.ifname, rec.netns.display()))?;
-        Ok(Arc::new(tap))
+        Ok(queues.into_iter().map(Arc::new).collect())
     }
 
     pub fn up(&self, up: UpRequest) -> Result<Attachment> {
@@ -204,8 +231,7 @@ impl Cell {
         // Stale connections of an earlier container with this address must not carry over.
         self.conntrack.remove_ip(rec.ip);
         self.publish(&inner)?;
-        self.dataplane
-            .send(PortCommand::Add(self.port_of(rec.ip), tap.clone()));
+        self.dataplane.add_port(self.port_of(rec.ip), &tap);
         inner.taps.insert(rec.handle.clone(), tap);
         self.instances_dirty.notify_one();
         tracing::info!(handle = %rec.handle, app = %rec.app_id, ip = %rec.ip, "container up");
@@ -217,8 +243,7 @@ impl Cell {
         let Some(rec) = inner.containers.containers.get(handle).cloned() else {
             return Ok(());
         };
-        self.dataplane
-            .send(PortCommand::Remove(self.port_of(rec.ip)));
+        self.dataplane.remove_port(self.port_of(rec.ip));
         inner.taps.remove(handle);
         tapestry_sys::tap::delete_in_netns(&rec.netns, &rec.ifname)
             .with_context(|| format!("deleting {} in {}", rec.ifname, rec.netns.display()))?;
@@ -268,8 +293,7 @@ impl Cell {
             }
             match self.plumb(&rec) {
                 Ok(tap) => {
-                    self.dataplane
-                        .send(PortCommand::Add(self.port_of(rec.ip), tap.clone()));
+                    self.dataplane.add_port(self.port_of(rec.ip), &tap);
                     inner.taps.insert(rec.handle.clone(), tap);
                     tracing::info!(handle = %rec.handle, ip = %rec.ip, "container re-attached");
                 }

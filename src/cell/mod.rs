@@ -60,7 +60,7 @@ pub struct CellArgs {
     /// wake-up. 0 turns it off.
     #[arg(long, default_value_t = 200)]
     busy_poll_us: u64,
-    /// Nice value of the dataplane thread (-20..19). Below 0 it is scheduled ahead of ordinary
+    /// Nice value of the dataplane threads (-20..19). Below 0 it is scheduled ahead of ordinary
     /// processes, as the kernel's own packet processing (softirq) is; that needs CAP_SYS_NICE,
     /// without it the thread keeps the normal priority. 0 (the default) leaves it alone.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
@@ -68,6 +68,10 @@ pub struct CellArgs {
     /// Most connections tracked at once; new flows beyond it are refused and counted.
     #[arg(long, default_value_t = 262_144)]
     conntrack_max: usize,
+    /// Dataplane worker threads, each with its own queue of every TAP and its own socket of
+    /// the VTEP (SO_REUSEPORT); a flow stays on one worker. 0 (the default): one per CPU.
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -118,7 +122,8 @@ pub struct Cell {
 struct Inner {
     containers: Containers,
     view: view::CellView,
-    taps: std::collections::HashMap<String, Arc<tapestry_sys::tap::Tap>>,
+    /// Each attached container's TAP queues (one per worker, or one).
+    taps: std::collections::HashMap<String, Vec<Arc<tapestry_sys::tap::Tap>>>,
     control: sync::ControlStatus,
 }
 
@@ -177,9 +182,22 @@ pub fn run(args: CellArgs) -> Result<()> {
             subnet,
             offload: !args.no_offload,
         };
-        let udp = tapestry_sys::udp::bind(
+        if args.workers > tapestry_sys::udp::MAX_WORKERS {
+            bail!(
+                "--workers {} is too many: at most {}",
+                args.workers,
+                tapestry_sys::udp::MAX_WORKERS
+            );
+        }
+        let workers = match args.workers {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(tapestry_sys::udp::MAX_WORKERS),
+            n => n,
+        };
+        let udp = tapestry_sys::udp::bind_workers(
             SocketAddrV4::new(underlay_ip, args.vtep_port),
-            false,
+            workers,
             8 << 20,
         )
         .with_context(|| format!("binding the VTEP socket {underlay_ip}:{}", args.vtep_port))?;

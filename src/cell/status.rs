@@ -54,6 +54,7 @@ impl Cell {
                 "vtep_mac": mac_string(super::attach::container_mac(self.config.vtep_ip())),
             },
             "container_mtu": self.config.container_mtu(),
+            "workers": self.dataplane.workers(),
             "control": inner.control.to_json(),
             "feed_version": inner.view.version(),
             "remote_cells": snap.remote_count(),

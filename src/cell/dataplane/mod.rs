@@ -8,6 +8,12 @@
 //! uses UDP_GRO and recvmmsg and coalesces inner TCP segments back into super-frames
 //! ([`underlay_rx`]). `--no-offload` moves plain frames, still batched with recvmmsg/sendmmsg.
 //! Every buffer is allocated when the thread starts.
+//!
+//! One worker thread per core (`--workers`), each with its own poller, buffers, pipeline, queue
+//! of every multiqueue TAP and socket of the VTEP's SO_REUSEPORT group. The kernel keeps a flow
+//! on one worker in both directions: the group's BPF program steers underlay datagrams by their
+//! inner flow, and a multiqueue TAP sends a container's frames to the queue its flow was last
+//! written to. Workers share the table snapshots, the connection tracker and the counters.
 
 mod underlay_rx;
 mod underlay_tx;
@@ -44,23 +50,62 @@ const UDP_BUDGET: usize = 4;
 /// below the underlay MTU, at most 64 KiB).
 const SCRATCH: usize = (64 << 10) + 256;
 
-/// Changes to the set of ports, sent by the control side.
-pub enum PortCommand {
-    Add(PortId, Arc<Tap>),
+/// Changes to one worker's set of ports, sent by the control side.
+enum PortCommand {
+    /// The worker writes to `tap`, and reads from it too if `read` (its own queue).
+    Add {
+        id: PortId,
+        tap: Arc<Tap>,
+        read: bool,
+    },
     Remove(PortId),
+}
+
+#[derive(Clone)]
+struct WorkerHandle {
+    tx: Sender<PortCommand>,
+    waker: Arc<Waker>,
+}
+
+impl WorkerHandle {
+    fn send(&self, cmd: PortCommand) {
+        if self.tx.send(cmd).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
 }
 
 /// Handle the control side keeps to add and remove ports.
 #[derive(Clone)]
 pub struct DataplaneHandle {
-    tx: Sender<PortCommand>,
-    waker: Arc<Waker>,
+    workers: Vec<WorkerHandle>,
 }
 
 impl DataplaneHandle {
-    pub fn send(&self, cmd: PortCommand) {
-        if self.tx.send(cmd).is_ok() {
-            let _ = self.waker.wake();
+    /// The number of worker threads (and TAP queues wanted per port).
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Adds (or replaces) a port. `queues` are the TAP's queues: worker `i` reads and writes
+    /// queue `i`; workers beyond the last queue (a TAP that could not be opened multiqueue) only
+    /// write, to queue 0.
+    pub fn add_port(&self, id: PortId, queues: &[Arc<Tap>]) {
+        let Some(first) = queues.first() else {
+            return;
+        };
+        for (i, w) in self.workers.iter().enumerate() {
+            let (tap, read) = match queues.get(i) {
+                Some(q) => (q.clone(), true),
+                None => (first.clone(), false),
+            };
+            w.send(PortCommand::Add { id, tap, read });
+        }
+    }
+
+    pub fn remove_port(&self, id: PortId) {
+        for w in &self.workers {
+            w.send(PortCommand::Remove(id));
         }
     }
 }
@@ -70,6 +115,8 @@ pub(crate) struct Port {
     tap: Arc<Tap>,
     /// Frames on this TAP carry the virtio-net header.
     vnet: bool,
+    /// This worker polls the TAP (it is the worker's queue).
+    read: bool,
 }
 
 pub(crate) type Ports = HashMap<PortId, Port>;
@@ -100,33 +147,72 @@ pub struct Options {
     pub nice: i32,
 }
 
-/// Starts the dataplane thread.
+/// Starts one dataplane worker per socket of the VTEP's group (see
+/// `tapestry_sys::udp::bind_workers`).
 pub fn start(
-    udp: UdpSocket,
+    socks: Vec<UdpSocket>,
     opts: Options,
     tables: Arc<Tables>,
     conntrack: Arc<Conntrack>,
     counters: Arc<Counters>,
 ) -> Result<DataplaneHandle> {
-    let poll = Poll::new().context("creating the dataplane poller")?;
-    let waker =
-        Arc::new(Waker::new(poll.registry(), WAKER).context("creating the dataplane waker")?);
-    let (tx, rx) = crossbeam_channel::unbounded();
-    udp.set_nonblocking(true)?;
     let offload = opts.offload;
-    let gso = offload && tapestry_sys::udp::gso_supported(&udp);
-    let gro = offload && tapestry_sys::udp::enable_gro(&udp).is_ok();
-    if offload {
-        tracing::info!(gso, gro, "underlay UDP offloads (UDP_SEGMENT, UDP_GRO)");
-    } else {
+    if !offload {
         tracing::info!("offloads off (--no-offload): plain frames, batched system calls");
     }
-    let send_sock = udp.try_clone().context("duplicating the underlay socket")?;
-    let switch = Switch::new(tables, conntrack.clone(), counters.clone());
-    let txq = UnderlayTx::new(send_sock, gso, counters.clone());
-    let rxq = UnderlayRx::new(udp, offload, counters.clone());
+    let n = socks.len();
+    let mut workers = Vec::with_capacity(n);
+    for (index, udp) in socks.into_iter().enumerate() {
+        let poll = Poll::new().context("creating the dataplane poller")?;
+        let waker =
+            Arc::new(Waker::new(poll.registry(), WAKER).context("creating the dataplane waker")?);
+        let (tx, rx) = crossbeam_channel::unbounded();
+        udp.set_nonblocking(true)?;
+        let gso = offload && tapestry_sys::udp::gso_supported(&udp);
+        let gro = offload && tapestry_sys::udp::enable_gro(&udp).is_ok();
+        if offload && index == 0 {
+            tracing::info!(
+                gso,
+                gro,
+                workers = n,
+                "underlay UDP offloads (UDP_SEGMENT, UDP_GRO)"
+            );
+        }
+        let send_sock = udp.try_clone().context("duplicating the underlay socket")?;
+        let switch = Switch::new(tables.clone(), conntrack.clone(), counters.clone());
+        let txq = UnderlayTx::new(send_sock, gso, counters.clone());
+        let rxq = UnderlayRx::new(udp, offload, counters.clone());
+        let conntrack = conntrack.clone();
+        let counters = counters.clone();
+        spawn_worker(index, opts, move || Dataplane {
+            poll,
+            index,
+            ports: HashMap::new(),
+            switch,
+            conntrack,
+            counters,
+            rx,
+            buf: PacketBuf::new(),
+            scratch: vec![0u8; SCRATCH].into_boxed_slice(),
+            txq,
+            rxq,
+            again: Vec::with_capacity(1024),
+            again_work: Vec::with_capacity(1024),
+            udp_again: false,
+            busy_poll: opts.busy_poll,
+        })?;
+        workers.push(WorkerHandle { tx, waker });
+    }
+    Ok(DataplaneHandle { workers })
+}
+
+fn spawn_worker(
+    index: usize,
+    opts: Options,
+    make: impl FnOnce() -> Dataplane + Send + 'static,
+) -> Result<()> {
     std::thread::Builder::new()
-        .name("dataplane".into())
+        .name(format!("dataplane-{index}"))
         .spawn(move || {
             if opts.nice != 0 {
                 match tapestry_sys::sched::set_thread_nice(opts.nice) {
@@ -134,33 +220,20 @@ pub fn start(
                     Err(e) => tracing::warn!("{e}; the dataplane keeps the normal priority"),
                 }
             }
-            let mut dp = Dataplane {
-                poll,
-                ports: HashMap::new(),
-                switch,
-                conntrack,
-                counters,
-                rx,
-                buf: PacketBuf::new(),
-                scratch: vec![0u8; SCRATCH].into_boxed_slice(),
-                txq,
-                rxq,
-                again: Vec::with_capacity(1024),
-                again_work: Vec::with_capacity(1024),
-                udp_again: false,
-                busy_poll: opts.busy_poll,
-            };
+            let mut dp = make();
             if let Err(e) = dp.run() {
-                tracing::error!("dataplane stopped: {e:#}");
+                tracing::error!("dataplane worker {index} stopped: {e:#}");
                 std::process::exit(3);
             }
         })
-        .context("spawning the dataplane thread")?;
-    Ok(DataplaneHandle { tx, waker })
+        .context("spawning a dataplane thread")?;
+    Ok(())
 }
 
 struct Dataplane {
     poll: Poll,
+    /// Worker 0 also expires connections.
+    index: usize,
     ports: Ports,
     switch: Switch,
     conntrack: Arc<Conntrack>,
@@ -228,7 +301,7 @@ impl Dataplane {
             }
             self.txq.flush();
             let now = Instant::now();
-            if now.duration_since(last_sweep) >= Duration::from_secs(1) {
+            if self.index == 0 && now.duration_since(last_sweep) >= Duration::from_secs(1) {
                 self.conntrack.expire(now);
                 self.counters.set_conntrack_entries(self.conntrack.len());
                 last_sweep = now;
@@ -239,33 +312,39 @@ impl Dataplane {
     fn apply_commands(&mut self) -> Result<()> {
         while let Ok(cmd) = self.rx.try_recv() {
             match cmd {
-                PortCommand::Add(id, tap) => {
-                    if let Some(old) = self.ports.remove(&id) {
-                        let fd = old.tap.as_raw_fd();
-                        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
-                    }
+                PortCommand::Add { id, tap, read } => {
+                    self.remove_port(id);
                     tap.set_nonblocking(true)?;
-                    let fd = tap.as_raw_fd();
-                    self.poll.registry().register(
-                        &mut SourceFd(&fd),
-                        Token(PORT_BASE + id.0 as usize),
-                        Interest::READABLE,
-                    )?;
+                    if read {
+                        let fd = tap.as_raw_fd();
+                        self.poll.registry().register(
+                            &mut SourceFd(&fd),
+                            Token(PORT_BASE + id.0 as usize),
+                            Interest::READABLE,
+                        )?;
+                    }
                     let vnet = tap.options().vnet_hdr;
-                    self.ports.insert(id, Port { tap, vnet });
-                    // Frames may have queued before registration; edge-triggered polling would
-                    // not report them.
-                    self.drain_port(id);
-                }
-                PortCommand::Remove(id) => {
-                    if let Some(old) = self.ports.remove(&id) {
-                        let fd = old.tap.as_raw_fd();
-                        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+                    self.ports.insert(id, Port { tap, vnet, read });
+                    if read {
+                        // Frames may have queued before registration; edge-triggered polling
+                        // would not report them.
+                        self.drain_port(id);
                     }
                 }
+                PortCommand::Remove(id) => self.remove_port(id),
             }
         }
         Ok(())
+    }
+
+    fn remove_port(&mut self, id: PortId) {
+        if let Some(old) = self.ports.remove(&id) {
+            if old.read {
+                let fd = old.tap.as_raw_fd();
+                let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+            }
+        }
+        self.again.retain(|&p| p != id);
     }
 
     fn drain_port(&mut self, id: PortId) {
