@@ -374,6 +374,21 @@ fn e2e_cell_restart_and_control_outage() {
         tcp_exchange(&b_ns, to_a, Duration::from_secs(1)).is_err(),
         "still denied after restart"
     );
+
+    // Restarts with another number of dataplane workers: the persistent TAP keeps the kind
+    // (multiqueue or not) it was made with, and the cell serves it either way.
+    for workers in ["--workers=1", "--workers=3"] {
+        ov.kill_cell(1);
+        ov.cells[1].args.retain(|a| !a.starts_with("--workers"));
+        ov.cells[1].args.push(workers.into());
+        ov.start_cell(1).unwrap();
+        wait_tcp(&a_ns, to_b, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("traffic resumes after a restart with {workers}: {e}"));
+        assert!(
+            tcp_exchange(&b_ns, to_a, Duration::from_secs(1)).is_err(),
+            "still denied after a restart with {workers}"
+        );
+    }
 }
 
 #[test]
