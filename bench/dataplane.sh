@@ -11,6 +11,8 @@
 #   --runs N       runs per measurement (default 3); the median is reported
 #   --no-write     print the table but leave BENCHMARKS.md alone
 #   --note TEXT    a line added to the BENCHMARKS.md section (e.g. how the binary was built)
+#   --only LIST    measure only these (comma-separated: tcp1,tcp4,udp,rr,ping), for experiments;
+#                  implies --no-write
 #
 # Topology (namespaces prefixed tpb-, all removed on every exit path): a bridge underlay
 # (tpb-ul, 198.18.0.0/24); kernel cells tpb-k1/tpb-k2 (198.18.0.1/.2) with a silk-vtep each and
@@ -25,7 +27,7 @@ set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 
-QUICK=0; TAPESTRY=""; RUNS=3; WRITE=1; CELL_ARGS=(); NOTE=""
+QUICK=0; TAPESTRY=""; RUNS=3; WRITE=1; CELL_ARGS=(); NOTE=""; ONLY=""
 while [ $# -gt 0 ]; do
     case $1 in
         --quick) QUICK=1 ;;
@@ -35,7 +37,8 @@ while [ $# -gt 0 ]; do
         --runs) RUNS=${2:?--runs needs a number}; shift ;;
         --no-write) WRITE=0 ;;
         --note) NOTE=${2:?--note needs text}; shift ;;
-        -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --only) ONLY=",${2:?--only needs a list},"; WRITE=0; shift ;;
+        -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
@@ -164,14 +167,17 @@ measure() { # FUNCTION ARGS... for each side, RUNS times, interleaved to spread 
 }
 
 LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
-log "TCP, one flow"; measure tcp 1
-log "TCP, 4 flows";  measure tcp 4
-log "UDP, 64-byte payloads"; measure udp
-log "TCP request/response"; measure rr
-log "ping (kernel; Tapestry denies ICMP echo by design)"
-for r in $(seq 1 "$RUNS"); do icmp k "$r"; done
-if [[ " ${SIDES[*]} " == *" t "* ]] && nsx "$T_CLIENT_NS" 5 ping -n -c 2 -W 1 "$T_SERVER_IP" >/dev/null 2>&1; then
-    for r in $(seq 1 "$RUNS"); do icmp t "$r"; done
+wanted() { [ -z "$ONLY" ] || [[ $ONLY == *",$1,"* ]]; }
+wanted tcp1 && { log "TCP, one flow"; measure tcp 1; }
+wanted tcp4 && { log "TCP, 4 flows";  measure tcp 4; }
+wanted udp && { log "UDP, 64-byte payloads"; measure udp; }
+wanted rr && { log "TCP request/response"; measure rr; }
+if wanted ping; then
+    log "ping (kernel; Tapestry denies ICMP echo by design)"
+    for r in $(seq 1 "$RUNS"); do icmp k "$r"; done
+    if [[ " ${SIDES[*]} " == *" t "* ]] && nsx "$T_CLIENT_NS" 5 ping -n -c 2 -W 1 "$T_SERVER_IP" >/dev/null 2>&1; then
+        for r in $(seq 1 "$RUNS"); do icmp t "$r"; done
+    fi
 fi
 LOADAVG_END=$(cut -d' ' -f1-3 /proc/loadavg)
 

@@ -40,5 +40,6 @@ pub use counters::{Counters, CountersSnapshot, DropReason, PortStats, Totals};
 pub use pipeline::{Switch, Verdict};
 pub use tables::conntrack::Conntrack;
 pub use tables::{
-    CellConfig, PolicyRule, PortConfig, PortId, Proto, RemoteCell, Snapshot, TableError, Tables,
+    CellConfig, FxHashMap, PolicyRule, PortConfig, PortId, Proto, RemoteCell, Snapshot, TableError,
+    Tables,
 };

@@ -18,7 +18,6 @@
 mod underlay_rx;
 mod underlay_tx;
 
-use std::collections::HashMap;
 use std::io;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
@@ -32,7 +31,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use tapestry_switch::offload::{complete_checksum, segment_tcpv4, segment_vxlan};
 use tapestry_switch::wire::virtio_net;
 use tapestry_switch::{
-    Conntrack, Counters, DropReason, PacketBuf, PortId, Switch, Tables, Verdict,
+    Conntrack, Counters, DropReason, FxHashMap, PacketBuf, PortId, Switch, Tables, Verdict,
 };
 use tapestry_sys::tap::Tap;
 
@@ -119,7 +118,8 @@ pub(crate) struct Port {
     read: bool,
 }
 
-pub(crate) type Ports = HashMap<PortId, Port>;
+/// Port ids are offsets in the cell's subnet (not attacker-chosen): FxHash, no SipHash per packet.
+pub(crate) type Ports = FxHashMap<PortId, Port>;
 
 /// Writes a plain Ethernet frame to a port (behind an empty virtio-net header if it has one).
 pub(crate) fn write_plain(port: &Port, frame: &[u8], counters: &Counters) {
@@ -187,7 +187,7 @@ pub fn start(
         spawn_worker(index, opts, move || Dataplane {
             poll,
             index,
-            ports: HashMap::new(),
+            ports: Ports::default(),
             switch,
             conntrack,
             counters,
