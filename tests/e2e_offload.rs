@@ -1,4 +1,4 @@
-//! End-to-end (root): bulk TCP and small UDP across the overlay with offloads on (virtio-net
+//! End-to-end (root): bulk TCP, small UDP and UDP GSO sends across the overlay with offloads on (virtio-net
 //! super-frames, UDP GSO/GRO, coalescing) and with `--no-offload`, cross-cell and same-cell, each
 //! transfer checked by sha256 at the far end. Namespaces are prefixed `tpe2o`/`tpe2n` and removed
 //! by the testbed's Drop.
@@ -133,6 +133,73 @@ fn udp_small(ov: &mut Overlay, from: &str, to: &str, to_ip: Ipv4Addr, port: u16)
     std::fs::read(&got).map(|b| b.len() / 64).unwrap_or(0)
 }
 
+/// Sends 400 UDP datagrams of 1000 bytes as 40 UDP_SEGMENT (GSO) sends of 10, from `from` to a
+/// socat sink in `to`; returns how many arrived whole and in the right shape.
+fn udp_gso(ov: &mut Overlay, from: &str, to: &str, to_ip: Ipv4Addr, port: u16) -> usize {
+    let dir = ov.tb.dir().to_path_buf();
+    let got = dir.join(format!("gso-{to}-{port}"));
+    ov.tb
+        .spawn_cmd(
+            to,
+            &format!("gso-{to}-{port}"),
+            "sh",
+            &[
+                "-c",
+                &format!("socat -u UDP-RECV:{port} STDOUT > {}", got.display()),
+            ],
+        )
+        .unwrap();
+    wait_listen(ov, to, port);
+    let out = ov
+        .tb
+        .exec(
+            from,
+            "python3",
+            &[
+                "-c",
+                &format!(
+                    "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(17,103,1000)\nfor b in range(40):\n    s.sendto(b''.join(b'%08d'%(b*10+i)+b'x'*991+b'\\n' for i in range(10)),('{to_ip}',{port}))\n    time.sleep(0.005)\n"
+                ),
+            ],
+        )
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "UDP GSO send: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let data = std::fs::read(&got).unwrap_or_default();
+    assert_eq!(data.len() % 1000, 0, "a datagram arrived cut or merged");
+    let mut seen = std::collections::HashSet::new();
+    for d in data.chunks(1000) {
+        let n: usize = std::str::from_utf8(&d[..8]).unwrap().parse().unwrap();
+        assert!(d[8..999].iter().all(|&c| c == b'x') && d[999] == b'\n');
+        seen.insert(n);
+    }
+    seen.len()
+}
+
+/// With offloads on and a kernel that has USO (6.2+), the container's TAP takes UDP super-
+/// datagrams (tx-udp-segmentation on), so `udp_gso` exercises the switch's USO path.
+fn expect_uso(ov: &Overlay, ns: &str) {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release
+        .trim()
+        .split(['.', '-'])
+        .map(|x| x.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+    if (major, minor) < (6, 2) {
+        return;
+    }
+    let out = ov.tb.exec(ns, "ethtool", &["-k", "eth0"]).unwrap();
+    let k = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        k.contains("tx-udp-segmentation: on"),
+        "USO not offered on {ns}'s TAP: {k}"
+    );
+}
+
 fn scenario(prefix: &str, cell_args: &[&str]) {
     let mut ov = Overlay::start(prefix, bin(), 2, cell_args).expect("overlay starts");
     let _a = ov.add_container(0, "a", "app-A", "s1").unwrap();
@@ -140,7 +207,7 @@ fn scenario(prefix: &str, cell_args: &[&str]) {
     let c = ov.add_container(0, "c", "app-C", "s1").unwrap();
     for dst in ["app-B", "app-C"] {
         ov.allow("app-A", dst, "tcp", 9000, 9001).unwrap();
-        ov.allow("app-A", dst, "udp", 9002, 9002).unwrap();
+        ov.allow("app-A", dst, "udp", 9002, 9003).unwrap();
     }
     let payload = ov.tb.dir().join("payload");
     let out = std::process::Command::new("sh")
@@ -171,6 +238,19 @@ fn scenario(prefix: &str, cell_args: &[&str]) {
     );
     let n = udp_small(&mut ov, "a", "b", b.container_ip, 9002);
     assert!(n >= 1900, "only {n} of 2000 small UDP datagrams arrived");
+    if cell_args.is_empty() {
+        expect_uso(&ov, "a");
+    }
+    for (to, ip, what) in [
+        ("b", b.container_ip, "cross-cell"),
+        ("c", c.container_ip, "same cell"),
+    ] {
+        let n = udp_gso(&mut ov, "a", to, ip, 9003);
+        assert!(
+            n >= 380,
+            "{what}: only {n} of 400 UDP GSO datagrams arrived"
+        );
+    }
 
     for cell in 0..2 {
         let st = ov.cell_status(cell).unwrap();

@@ -18,7 +18,8 @@ use super::{Cell, GATEWAY};
 /// Transmit queue of a container's TAP (frames its stack sends before the switch reads them).
 const TAP_TXQUEUELEN: u32 = 10_000;
 /// TUNSETOFFLOAD sets tried in order; the first the kernel accepts is used.
-const OFFLOAD_CANDIDATES: [u32; 3] = [
+const OFFLOAD_CANDIDATES: [u32; 4] = [
+    tap::TUN_F_CSUM | tap::TUN_F_TSO4 | tap::TUN_F_TSO6 | tap::TUN_F_USO4 | tap::TUN_F_USO6,
     tap::TUN_F_CSUM | tap::TUN_F_TSO4 | tap::TUN_F_TSO6,
     tap::TUN_F_CSUM | tap::TUN_F_TSO4,
     tap::TUN_F_CSUM,
@@ -86,7 +87,7 @@ impl Cell {
     }
 
     /// Opens the container's TAP. With offloads on: IFF_VNET_HDR and the richest TUNSETOFFLOAD
-    /// set the kernel accepts (checksum, TSO4/6; not USO, which the switch does not segment), so
+    /// set the kernel accepts (checksum, TSO4/6 and, on kernels that have it, USO4/6), so
     /// the container's stack hands over 64 KiB TCP super-frames. If the header cannot be had the
     /// TAP is opened plain. With `--no-offload`, or on a re-opened persistent TAP that had
     /// offloads, all offloads are cleared: frames must arrive whole and checksummed.

@@ -1,21 +1,26 @@
 //! Offload helpers for 64 KiB super-frames exchanged with a TAP through the virtio-net header:
-//! checksum completion, TSO segmentation into MSS-sized TCP segments, and receive-side TCP
-//! coalescing (the rules of wireguard-go's tun/offload_linux.go).
+//! checksum completion, TSO segmentation into MSS-sized TCP segments, USO segmentation of UDP
+//! super-datagrams, and receive-side TCP coalescing (the rules of wireguard-go's
+//! tun/offload_linux.go).
 
 pub mod gro;
 pub mod tso;
+pub mod uso;
 
 use crate::wire::virtio_net;
 use crate::wire::{checksum, ethernet, ipv4, tcp};
 
 pub use gro::{Push, TcpCoalescer};
 pub use tso::{segment_tcpv4, segment_vxlan, segment_vxlan_into, segmented_len, Segments};
+pub use uso::UdpV4Layout;
 
 /// Why a frame could not be offloaded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum OffloadError {
     #[error("not an Ethernet/IPv4/TCP frame")]
     NotTcpV4,
+    #[error("not an Ethernet/IPv4/UDP frame")]
+    NotUdpV4,
     #[error("malformed headers")]
     Malformed,
     #[error("unsupported GSO type {0:#x}")]

@@ -1,10 +1,11 @@
 //! TSO in user space: split a TCPv4 super-frame into MSS-sized segments, fixing IP ids, lengths,
-//! sequence numbers, flags and checksums.
+//! sequence numbers, flags and checksums. UDP super-datagrams (GSO_UDP_L4) go to [`super::uso`].
 
 use super::{OffloadError, TcpV4Layout};
 use crate::wire::{ipv4, tcp, virtio_net};
 
-/// Splits `frame` (Ethernet/IPv4/TCP, no virtio header) as `hdr` describes. Each segment is
+/// Splits `frame` (Ethernet/IPv4/TCP, or IPv4/UDP with GSO_UDP_L4; no virtio header) as `hdr`
+/// describes. Each segment is
 /// built in `scratch` (at least headers + gso_size bytes) and handed to `emit`. Frames without
 /// GSO are passed through once, with their checksum completed if NEEDS_CSUM is set.
 /// Returns the number of segments.
@@ -58,6 +59,7 @@ fn segment_with_prefix(
             return Ok(1);
         }
         virtio_net::GSO_TCPV4 => {}
+        virtio_net::GSO_UDP_L4 => return super::uso::segment(p, frame, hdr, scratch, emit),
         other => return Err(OffloadError::UnsupportedGso(other)),
     }
     let mss = hdr.gso_size as usize;
@@ -293,13 +295,22 @@ mod tests {
             segment_tcpv4(&f, &tso_hdr(0), &mut s, |_| ()),
             Err(OffloadError::ZeroGsoSize)
         );
+        // A TCP frame announced as a UDP super-datagram.
         let udp = virtio_net::Repr {
             gso_type: virtio_net::GSO_UDP_L4,
             ..tso_hdr(10)
         };
         assert_eq!(
             segment_tcpv4(&f, &udp, &mut s, |_| ()),
-            Err(OffloadError::UnsupportedGso(5))
+            Err(OffloadError::NotUdpV4)
+        );
+        let ufo = virtio_net::Repr {
+            gso_type: virtio_net::GSO_UDP,
+            ..tso_hdr(10)
+        };
+        assert_eq!(
+            segment_tcpv4(&f, &ufo, &mut s, |_| ()),
+            Err(OffloadError::UnsupportedGso(3))
         );
         assert_eq!(
             segment_tcpv4(&f, &tso_hdr(10), &mut s[..20], |_| ()),

@@ -100,6 +100,9 @@ impl Switch {
                     virtio_net::GSO_TCPV4 => {
                         hdr.gso_size > 0 && crate::offload::TcpV4Layout::parse(frame).is_ok()
                     }
+                    virtio_net::GSO_UDP_L4 => {
+                        hdr.gso_size > 0 && crate::offload::UdpV4Layout::parse(frame).is_ok()
+                    }
                     _ => false,
                 };
                 if gso_ok && hdr.check_csum_fields(frame.len()).is_ok() {
