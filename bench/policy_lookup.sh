@@ -82,7 +82,7 @@ echo
 echo "| N policies | path | case | ns/lookup, median of $REPS (min-max) | instructions/lookup |"
 echo "|---:|---|---|---:|---:|"
 awk -F'\t' -v OFS='\t' '
-    NR == FNR { ir[$1 FS $2 FS $3] = $4; next }
+    FILENAME == ARGV[1] { ir[$1 FS $2 FS $3] = $4; next }
     $1 == "time" {
         k = $2 FS $3 FS $4
         printf "| %d | %s | %s | %.0f (%.0f-%.0f) | %s |\n", $2, $3, $4, $5, $6, $7, (k in ir ? ir[k] : "n/a")
