@@ -93,10 +93,9 @@ fn transfer(ov: &mut Overlay, from: &str, to: &str, to_ip: Ipv4Addr, port: u16) 
     panic!("{to} never finished receiving on {port}");
 }
 
-/// Sends 2000 small UDP datagrams a -> b with socat and counts what arrived.
-fn udp_small(ov: &mut Overlay, from: &str, to: &str, to_ip: Ipv4Addr, port: u16) -> usize {
-    let dir = ov.tb.dir().to_path_buf();
-    let got = dir.join(format!("udp-{to}-{port}"));
+/// Starts a socat UDP sink on `port` in `to`; returns the file it appends the datagrams to.
+fn udp_sink(ov: &mut Overlay, to: &str, port: u16) -> std::path::PathBuf {
+    let got = ov.tb.dir().join(format!("udp-{to}-{port}"));
     ov.tb
         .spawn_cmd(
             to,
@@ -109,66 +108,47 @@ fn udp_small(ov: &mut Overlay, from: &str, to: &str, to_ip: Ipv4Addr, port: u16)
         )
         .unwrap();
     wait_listen(ov, to, port);
-    // Each datagram is one 64-byte line; a short pause now and then keeps the receiver's socket
-    // buffer from overflowing.
-    let out = ov
-        .tb
-        .exec(
-            from,
-            "python3",
-            &[
-                "-c",
-                &format!(
-                    "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor i in range(2000):\n    s.sendto(b'x'*63+b'\\n',('{to_ip}',{port}))\n    if i%100==99: time.sleep(0.01)\n"
-                ),
-            ],
-        )
-        .unwrap();
+    got
+}
+
+/// Runs a python3 sender in `from` and gives the sink 300 ms to take what it sent.
+fn python_send(ov: &Overlay, from: &str, script: &str) {
+    let out = ov.tb.exec(from, "python3", &["-c", script]).unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "python3 sender: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     std::thread::sleep(Duration::from_millis(300));
+}
+
+/// Sends 2000 small UDP datagrams a -> b and counts what arrived.
+fn udp_small(ov: &mut Overlay, from: &str, to: &str, to_ip: Ipv4Addr, port: u16) -> usize {
+    let got = udp_sink(ov, to, port);
+    // Each datagram is one 64-byte line; a short pause now and then keeps the receiver's socket
+    // buffer from overflowing.
+    python_send(
+        ov,
+        from,
+        &format!(
+            "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor i in range(2000):\n    s.sendto(b'x'*63+b'\\n',('{to_ip}',{port}))\n    if i%100==99: time.sleep(0.01)\n"
+        ),
+    );
     std::fs::read(&got).map(|b| b.len() / 64).unwrap_or(0)
 }
 
 /// Sends 400 UDP datagrams of 1000 bytes as 40 UDP_SEGMENT (GSO) sends of 10, from `from` to a
 /// socat sink in `to`; returns how many arrived whole and in the right shape.
 fn udp_gso(ov: &mut Overlay, from: &str, to: &str, to_ip: Ipv4Addr, port: u16) -> usize {
-    let dir = ov.tb.dir().to_path_buf();
-    let got = dir.join(format!("gso-{to}-{port}"));
-    ov.tb
-        .spawn_cmd(
-            to,
-            &format!("gso-{to}-{port}"),
-            "sh",
-            &[
-                "-c",
-                &format!("socat -u UDP-RECV:{port} STDOUT > {}", got.display()),
-            ],
-        )
-        .unwrap();
-    wait_listen(ov, to, port);
-    let out = ov
-        .tb
-        .exec(
-            from,
-            "python3",
-            &[
-                "-c",
-                &format!(
-                    "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(17,103,1000)\nfor b in range(40):\n    s.sendto(b''.join(b'%08d'%(b*10+i)+b'x'*991+b'\\n' for i in range(10)),('{to_ip}',{port}))\n    time.sleep(0.005)\n"
-                ),
-            ],
-        )
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "UDP GSO send: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let got = udp_sink(ov, to, port);
+    // setsockopt(SOL_UDP, UDP_SEGMENT, 1000): each sendto of 10,000 bytes leaves as 10 datagrams.
+    python_send(
+        ov,
+        from,
+        &format!(
+            "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(17,103,1000)\nfor b in range(40):\n    s.sendto(b''.join(b'%08d'%(b*10+i)+b'x'*991+b'\\n' for i in range(10)),('{to_ip}',{port}))\n    time.sleep(0.005)\n"
+        ),
     );
-    std::thread::sleep(Duration::from_millis(300));
     let data = std::fs::read(&got).unwrap_or_default();
     assert_eq!(data.len() % 1000, 0, "a datagram arrived cut or merged");
     let mut seen = std::collections::HashSet::new();

@@ -68,16 +68,8 @@ impl TcpV4Layout {
     }
 
     pub fn parse(frame: &[u8]) -> Result<TcpV4Layout, OffloadError> {
-        let eth = ethernet::Frame::new_checked(frame).map_err(|_| OffloadError::NotTcpV4)?;
-        if eth.ethertype() != ethernet::ETHERTYPE_IPV4 {
-            return Err(OffloadError::NotTcpV4);
-        }
-        let ip = ipv4::Packet::new_checked(eth.payload()).map_err(|_| OffloadError::Malformed)?;
-        if ip.protocol() != ipv4::PROTO_TCP || ip.is_fragment() {
-            return Err(OffloadError::NotTcpV4);
-        }
+        let (ip, end) = ipv4_carrying(frame, ipv4::PROTO_TCP, OffloadError::NotTcpV4)?;
         let ip_len = ip.header_len();
-        let end = ethernet::HEADER_LEN + ip.total_len() as usize;
         let t = tcp::Packet::new_checked(ip.payload()).map_err(|_| OffloadError::Malformed)?;
         Ok(TcpV4Layout {
             ip: ethernet::HEADER_LEN,
@@ -87,6 +79,26 @@ impl TcpV4Layout {
             end,
         })
     }
+}
+
+/// The IPv4 packet in an Ethernet frame, if it is an unfragmented `proto` packet (`wrong`
+/// otherwise), and where the IP datagram ends in the frame (link padding excluded).
+fn ipv4_carrying(
+    frame: &[u8],
+    proto: u8,
+    wrong: OffloadError,
+) -> Result<(ipv4::Packet<&[u8]>, usize), OffloadError> {
+    let eth = ethernet::Frame::new_checked(frame).map_err(|_| wrong)?;
+    if eth.ethertype() != ethernet::ETHERTYPE_IPV4 {
+        return Err(wrong);
+    }
+    let ip = ipv4::Packet::new_checked(&frame[ethernet::HEADER_LEN..])
+        .map_err(|_| OffloadError::Malformed)?;
+    if ip.protocol() != proto || ip.is_fragment() {
+        return Err(wrong);
+    }
+    let end = ethernet::HEADER_LEN + ip.total_len() as usize;
+    Ok((ip, end))
 }
 
 #[cfg(test)]

@@ -23,16 +23,8 @@ impl UdpV4Layout {
     }
 
     pub fn parse(frame: &[u8]) -> Result<UdpV4Layout, OffloadError> {
-        let eth = ethernet::Frame::new_checked(frame).map_err(|_| OffloadError::NotUdpV4)?;
-        if eth.ethertype() != ethernet::ETHERTYPE_IPV4 {
-            return Err(OffloadError::NotUdpV4);
-        }
-        let ip = ipv4::Packet::new_checked(eth.payload()).map_err(|_| OffloadError::Malformed)?;
-        if ip.protocol() != ipv4::PROTO_UDP || ip.is_fragment() {
-            return Err(OffloadError::NotUdpV4);
-        }
+        let (ip, end) = super::ipv4_carrying(frame, ipv4::PROTO_UDP, OffloadError::NotUdpV4)?;
         let ip_len = ip.header_len();
-        let end = ethernet::HEADER_LEN + ip.total_len() as usize;
         let udp_at = ethernet::HEADER_LEN + ip_len;
         if end < udp_at + udp::HEADER_LEN || end > frame.len() {
             return Err(OffloadError::Malformed);
