@@ -78,7 +78,12 @@ pub fn print(state_dir: &Path, as_json: bool) -> Result<()> {
         Value::Null => "-".into(),
         other => other.to_string(),
     };
-    println!("cell {}:{}", s(&v["underlay_ip"]), s(&v["vtep_port"]));
+    println!(
+        "cell {}:{}, {} dataplane worker(s)",
+        s(&v["underlay_ip"]),
+        s(&v["vtep_port"]),
+        s(&v["workers"])
+    );
     println!(
         "lease {} (VTEP {} {}), container MTU {}",
         s(&v["lease"]["overlay_subnet"]),
