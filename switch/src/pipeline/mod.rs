@@ -129,6 +129,30 @@ impl Switch {
         (v, hdr)
     }
 
+    /// The ingress decision alone, as [`Switch::from_underlay`] and same-cell delivery make it
+    /// after parsing: may a packet of `flow` (IP payload `l4`) from a source with `src_tag` reach
+    /// local port `dst`? Records an admitted flow. For benchmarks and simulations that want the
+    /// policy and connection-tracking cost without decapsulation and header checks.
+    pub fn decide_ingress(
+        &mut self,
+        dst: PortId,
+        src_tag: u16,
+        flow: &flow::Flow,
+        l4: &[u8],
+        now: Instant,
+    ) -> Result<(), DropReason> {
+        let snap = self.tables.load();
+        let port = snap.port(dst).ok_or(DropReason::NoSuchPort)?;
+        let mut cx = Ctx {
+            snap: &snap,
+            ct: self.conntrack.pin(),
+            counters: &self.counters,
+            frags: &mut self.frags,
+            now,
+        };
+        cx.ingress(port, src_tag, flow, l4)
+    }
+
     /// A UDP payload (VXLAN-GBP header + inner Ethernet frame) received from `src`.
     pub fn from_underlay(
         &mut self,

@@ -16,12 +16,10 @@
 //! through the pipeline before timing. Every packet carries the same `now`, so nothing expires.
 //!
 //! Paths:
-//! - `decide`: the decision of `switch/src/pipeline/decide.rs` (`Ctx::ingress` for an
-//!   unfragmented TCP/UDP packet). That module is private to the switch crate, so this is a
-//!   line-for-line copy made of the public API it calls (`Tables::load`, `Conntrack::pin`,
-//!   `Pinned::with/observe/insert`, `Snapshot::policy_allows`), with the snapshot load and the
-//!   conntrack pin per packet as `Switch` does. At start-up its verdicts are checked against
-//!   the real pipeline's on the same packets.
+//! - `decide`: the decision of `switch/src/pipeline/decide.rs` alone (`Ctx::ingress` for an
+//!   unfragmented TCP/UDP packet, through `Switch::decide_ingress`), with the snapshot load and
+//!   the conntrack pin per packet as `Switch` does. At start-up its verdicts are checked against
+//!   the full pipeline's on the same packets.
 //! - `pipeline`: the real per-packet entry point `Switch::from_underlay` on pre-built
 //!   VXLAN-GBP frames (copied into the `PacketBuf` per packet): decap, header checks, the
 //!   ingress decision above, counters and the MAC/TTL rewrite.
@@ -44,9 +42,8 @@ use std::time::Instant;
 
 use anyhow::{bail, ensure, Context, Result};
 use tapestry_bench::percentile;
-use tapestry_switch::pipeline::flow::Frag;
-use tapestry_switch::tables::conntrack::{Dir, Entry, FlowKey, Origin, State};
-use tapestry_switch::{Conntrack, Counters, DropReason, PacketBuf, Proto, Switch, Tables, Verdict};
+use tapestry_switch::pipeline::flow::Flow;
+use tapestry_switch::{Conntrack, DropReason, PacketBuf, Proto, Switch, Verdict};
 
 mod world;
 
@@ -89,99 +86,16 @@ const RUNS: [(Path, Case, &str, &str); 8] = [
     ),
 ];
 
-enum Found {
-    Allowed,
-    Revoked,
-    Other,
-    Untracked,
-}
-
-/// `Ctx::ingress` (switch/src/pipeline/decide.rs) for an unfragmented TCP/UDP packet from
-/// `t.src_tag` to local port `t.dst`, written with the public table API; the snapshot load and
-/// the conntrack pin are per packet, as in `Switch::from_underlay`.
+/// The real ingress decision (`Switch::decide_ingress`, i.e. `Ctx::ingress` of
+/// switch/src/pipeline/decide.rs) for the template's flow with source port `sport`.
 fn ingress_decision(
-    tables: &Tables,
-    conntrack: &Conntrack,
-    counters: &Counters,
+    sw: &mut Switch,
     t: &Template,
     sport: u16,
     now: Instant,
 ) -> Result<(), DropReason> {
-    let snap = tables.load();
-    let ct = conntrack.pin();
-    let (dst, src_tag, f) = (&t.dst, t.src_tag, &t.flow);
-    if f.frag != Frag::None || Proto::from_ip_proto(f.proto).is_none() {
-        return Err(DropReason::ProtocolDenied); // not generated here
-    }
-    let k = FlowKey {
-        zone: dst.id.0,
-        proto: f.proto,
-        src: f.src,
-        dst: f.dst,
-        sport,
-        dport: f.dport,
-    };
-    let gen = snap.generation();
-    // A reply on a flow `dst` originated.
-    if ct
-        .with(&k.reversed(), now, |e| {
-            let ours = e.origin() == Origin::Egress;
-            if ours {
-                ct.observe(e, Dir::Reply, f.tcp_flags, now);
-            }
-            ours
-        })
-        .unwrap_or(false)
-    {
-        return Ok(());
-    }
-    let still_allowed = |e: &Entry, entry_tag: u16| {
-        if !e.is_revoked() && e.generation() == gen && entry_tag == src_tag {
-            return true;
-        }
-        Proto::from_ip_proto(k.proto)
-            .is_some_and(|p| snap.policy_allows(src_tag, dst.tag, p, k.dport))
-    };
-    // A later packet of a flow admitted here before.
-    let found = ct.with(&k, now, |e| match e.origin() {
-        Origin::Ingress { src_tag: tag } => {
-            if still_allowed(e, tag) {
-                if tag == src_tag {
-                    ct.reinstate(e);
-                    e.set_generation(gen);
-                }
-                ct.observe(e, Dir::Original, f.tcp_flags, now);
-                Found::Allowed
-            } else if tag != src_tag {
-                Found::Other
-            } else {
-                if !e.is_revoked() {
-                    ct.revoke(e, now);
-                }
-                Found::Revoked
-            }
-        }
-        Origin::Egress => Found::Untracked,
-    });
-    match found {
-        Some(Found::Allowed) => return Ok(()),
-        Some(Found::Revoked) => return Err(DropReason::PolicyRevoked),
-        Some(Found::Other) => return Err(DropReason::PolicyDenied),
-        Some(Found::Untracked) | None => {}
-    }
-    let proto = Proto::from_ip_proto(f.proto).ok_or(DropReason::ProtocolDenied)?;
-    if !snap.policy_allows(src_tag, dst.tag, proto, f.dport) {
-        return Err(DropReason::PolicyDenied);
-    }
-    let state = State::initial(k.proto, f.tcp_flags);
-    match ct.insert(k, Origin::Ingress { src_tag }, gen, state, now) {
-        Ok(evicted) => {
-            counters.conntrack_evicted(evicted);
-            counters.set_conntrack_entries(ct.len());
-            Ok(())
-        }
-        Err(_) => Err(DropReason::ConntrackFull),
-    }
+    let flow = Flow { sport, ..t.flow };
+    sw.decide_ingress(t.dst.id, t.src_tag, &flow, &[], now)
 }
 
 /// One packet through `Switch::from_underlay`: the template copied into the buffer (as a
@@ -250,7 +164,7 @@ fn run_case(
     let t0 = Instant::now();
     let ok = match path {
         Path::Decide => for_packets(set, count, sport0, wrap, |t, sport| {
-            ingress_decision(&w.tables, &ct, &w.counters, t, sport, now).is_ok()
+            ingress_decision(&mut sw, t, sport, now).is_ok()
         }),
         Path::Pipeline => for_packets(set, count, sport0, wrap, |t, sport| {
             let v = pipeline_packet(&mut sw, &mut buf, t, sport, now);

@@ -336,6 +336,7 @@ impl World {
             Arc::new(Conntrack::new(4096)),
             Arc::new(Conntrack::new(4096)),
         );
+        let mut sw_a = self.switch(&ct_a);
         let mut sw = self.switch(&ct_b);
         let mut buf = PacketBuf::new();
         let sets = [
@@ -345,7 +346,7 @@ impl World {
         ];
         for (set, expect) in sets {
             for t in set.iter().step_by(set.len() / 500) {
-                let d = ingress_decision(&self.tables, &ct_a, &self.counters, t, t.flow.sport, now);
+                let d = ingress_decision(&mut sw_a, t, t.flow.sport, now);
                 let v = pipeline_packet(&mut sw, &mut buf, t, t.flow.sport, now);
                 let p = match v {
                     Verdict::ToPort(id) if id == t.dst.id => Ok(()),
