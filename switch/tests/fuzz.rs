@@ -68,6 +68,66 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    /// A container's TAP with the virtio-net header hands over anything: a header with any flags,
+    /// GSO type, sizes and checksum offsets, before a real or mangled frame. The switch and the
+    /// offload code the dataplane runs on its verdict (segmenting for the underlay or a plain
+    /// port, coalescing) never panic, and a drop is counted.
+    #[test]
+    fn arbitrary_virtio_headers(
+        flags in prop_oneof![Just(0u8), Just(1), any::<u8>()],
+        gso_type in prop_oneof![Just(0u8), Just(1), Just(5), Just(0x81), any::<u8>()],
+        gso_size in prop_oneof![1u16..1500, any::<u16>()],
+        csum in prop_oneof![Just((34u16, 16u16)), Just((34, 6)), (any::<u16>(), any::<u16>())],
+        hdr_len in any::<u16>(),
+        kind in 0u8..4,
+        size in 0usize..4000,
+        edits in proptest::collection::vec((0usize..80, any::<u8>()), 0..4),
+        cut in 0usize..60,
+    ) {
+        use tapestry_switch::offload::{segment_tcpv4, segment_vxlan, TcpCoalescer};
+        use tapestry_switch::wire::virtio_net;
+        let (mut net, a, b, c) = world();
+        let payload = vec![0x5a; size];
+        let mut f = match kind {
+            0 => frame_with(a.cfg.mac, tapestry_switch::tables::gateway_mac(a.ip()),
+                &Ip::new(a.ip(), b.ip(), 6), &tcp_bytes(a.ip(), b.ip(), 1000, 80, 0x18, &payload)),
+            1 => frame_with(a.cfg.mac, tapestry_switch::tables::gateway_mac(a.ip()),
+                &Ip::new(a.ip(), c.ip(), 17), &udp_bytes(a.ip(), c.ip(), 1000, 53, &payload)),
+            2 => tcp_frame(&a, c.ip(), 1000, 80, 0x02),
+            _ => tcp_frame(&a, b.ip(), 1000, 80, 0x10),
+        };
+        for (i, v) in edits {
+            if let Some(x) = f.get_mut(i) { *x = v; }
+        }
+        f.truncate(f.len().saturating_sub(cut));
+        let mut bytes = vec![0u8; virtio_net::HEADER_LEN];
+        virtio_net::Repr { flags, gso_type, hdr_len, gso_size, csum_start: csum.0, csum_offset: csum.1 }
+            .emit(&mut virtio_net::Packet::new_unchecked(&mut bytes[..]));
+        bytes.extend_from_slice(&f);
+        let now = net.now;
+        let before = net.cells[0].counters.snapshot().totals.drop_packets;
+        let mut buf = PacketBuf::from_slice(&bytes);
+        let (v, h) = net.cells[0].switch.from_port_vnet(a.port(), &mut buf, now);
+        check(&net, 0, before, v);
+        let mut scratch = vec![0u8; 70_000];
+        match v {
+            Verdict::ToUnderlay(_) => {
+                let _ = segment_vxlan(buf.data(), &h, &mut scratch, |_| {});
+            }
+            Verdict::ToPort(_) => {
+                let frame = &buf.data()[virtio_net::HEADER_LEN..];
+                let mut co = TcpCoalescer::new();
+                let _ = segment_tcpv4(frame, &h, &mut scratch, |seg| { let _ = co.push(seg); });
+                let _ = co.finish();
+            }
+            Verdict::Drop(_) => {}
+        }
+    }
+}
+
 fn icmp_frame(a: &Ctr, b: &Ctr) -> Vec<u8> {
     let syn = tcp_frame(a, b.ip(), 1, 2, 0x02);
     let err = icmp_bytes(3, 3, &syn[14..14 + 28]);
