@@ -97,6 +97,14 @@ impl PacketBuf {
         &mut self.buf[self.start..self.start + n]
     }
 
+    /// Makes the data the `len` bytes at `offset` in the read space (clamped to it): after one
+    /// receive of several datagrams back to back (UDP GRO), each is processed in place.
+    pub fn select(&mut self, offset: usize, len: usize) {
+        let max = self.buf.len();
+        self.start = (HEADROOM + offset).min(max);
+        self.end = (self.start + len).min(max);
+    }
+
     /// Removes `n` bytes from the front (at most the whole data).
     pub fn pull_front(&mut self, n: usize) {
         self.start += n.min(self.len());
@@ -132,6 +140,19 @@ mod tests {
         b.push_front(HEADROOM + 10).fill(0);
         assert_eq!(b.len(), HEADROOM + 13);
         assert_eq!(&b.data()[HEADROOM + 10..], &[1, 2, 3]);
+    }
+
+    #[test]
+    fn select_windows_the_read_space() {
+        let mut b = PacketBuf::new();
+        b.read_space()[..6].copy_from_slice(&[1, 2, 3, 4, 5, 6]);
+        b.select(2, 3);
+        assert_eq!(b.data(), &[3, 4, 5]);
+        assert_eq!(b.headroom(), HEADROOM + 2);
+        b.select(MAX_FRAME - 1, 10);
+        assert_eq!(b.len(), 1);
+        b.select(usize::MAX / 2, 10);
+        assert!(b.is_empty());
     }
 
     #[test]

@@ -295,9 +295,7 @@ impl Dataplane {
             }
             self.again_work = work;
             if self.udp_again {
-                self.udp_again =
-                    self.rxq
-                        .drain(&mut self.switch, &mut self.buf, &self.ports, UDP_BUDGET);
+                self.udp_again = self.rxq.drain(&mut self.switch, &self.ports, UDP_BUDGET);
             }
             self.txq.flush();
             let now = Instant::now();

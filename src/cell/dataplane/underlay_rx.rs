@@ -1,5 +1,6 @@
 //! The underlay receive side: recvmmsg into preallocated 64 KiB buffers (with UDP_GRO, each may
-//! hold many datagrams of one size), every datagram through the switch, and consecutive inner TCP
+//! hold many datagrams of one size), every datagram through the switch in place (no copy), and
+//! consecutive inner TCP
 //! segments of a flow coalesced per destination port into one super-frame written to the TAP with
 //! a virtio-net header (NEEDS_CSUM, GSO TCPV4). Coalescers are flushed at the end of each batch.
 
@@ -16,11 +17,20 @@ use tapestry_sys::udp::{self, RecvMeta, MAX_BATCH};
 use super::{write_plain, Ports};
 
 /// Size of each receive buffer: a whole GRO batch (at most 64 KiB of UDP payload).
-const RX_BUF: usize = 1 << 16;
+const RX_BUF: usize = tapestry_switch::buf::MAX_FRAME;
 /// Receive buffers, i.e. messages per recvmmsg.
 const RX_BATCH: usize = MAX_BATCH;
 /// Super-frames being built at once (one per destination port).
 const SLOTS: usize = 8;
+
+/// A receive buffer: the switch works on each datagram where recvmmsg put it.
+struct RxBuf(PacketBuf);
+
+impl AsMut<[u8]> for RxBuf {
+    fn as_mut(&mut self) -> &mut [u8] {
+        self.0.read_space()
+    }
+}
 
 struct Slot {
     port: Option<PortId>,
@@ -29,7 +39,7 @@ struct Slot {
 
 pub struct UnderlayRx {
     sock: UdpSocket,
-    bufs: Vec<Box<[u8]>>,
+    bufs: Vec<RxBuf>,
     meta: [RecvMeta; RX_BATCH],
     slots: Vec<Slot>,
     next_evict: usize,
@@ -44,9 +54,7 @@ impl UnderlayRx {
         let slots = if coalesce { SLOTS } else { 0 };
         UnderlayRx {
             sock,
-            bufs: (0..RX_BATCH)
-                .map(|_| vec![0u8; RX_BUF].into_boxed_slice())
-                .collect(),
+            bufs: (0..RX_BATCH).map(|_| RxBuf(PacketBuf::new())).collect(),
             meta: [RecvMeta::default(); RX_BATCH],
             slots: (0..slots)
                 .map(|_| Slot {
@@ -67,13 +75,7 @@ impl UnderlayRx {
 
     /// Receives up to `batches` recvmmsg batches and forwards them. Returns true if there may be
     /// more to read (the budget ran out before the socket was empty).
-    pub fn drain(
-        &mut self,
-        sw: &mut Switch,
-        pkt: &mut PacketBuf,
-        ports: &Ports,
-        batches: usize,
-    ) -> bool {
+    pub fn drain(&mut self, sw: &mut Switch, ports: &Ports, batches: usize) -> bool {
         for _ in 0..batches {
             let got = match udp::recv_batch(&self.sock, &mut self.bufs, &mut self.meta) {
                 Ok(n) => n,
@@ -96,17 +98,20 @@ impl UnderlayRx {
                         .dropped(DropReason::FrameTooLarge, None, m.len);
                     continue;
                 }
+                if m.len == 0 {
+                    self.counters.underlay_rx(0);
+                    self.counters.dropped(DropReason::MalformedVxlan, None, 0);
+                    continue;
+                }
                 let seg = if m.segment_size == 0 {
                     m.len
                 } else {
                     m.segment_size
                 };
-                let data = &self.bufs[i][..m.len];
-                for chunk in data.chunks(seg.max(1)) {
-                    let space = pkt.read_space();
-                    let n = chunk.len().min(space.len());
-                    space[..n].copy_from_slice(&chunk[..n]);
-                    pkt.set_len(n);
+                let seg = seg.max(1);
+                let pkt = &mut self.bufs[i].0;
+                for off in (0..m.len).step_by(seg) {
+                    pkt.select(off, seg.min(m.len - off));
                     if let Verdict::ToPort(p) = sw.from_underlay(m.src, pkt, now) {
                         deliver(
                             &mut self.slots,
