@@ -7,10 +7,12 @@
 //! - [`tap::Tap`]: persistent TAP devices (open, re-attach, `open_in_netns`, `open_queue`,
 //!   virtio-net header, TUNSETOFFLOAD probing); [`tap::delete_in_netns`].
 //! - [`netlink`]: hand-built rtnetlink requests; [`netlink::configure_container_iface`].
-//! - [`udp`]: `bind`, `send_gso` (UDP_SEGMENT), `enable_gro` / `recv_gro`, `recv_batch` /
-//!   `send_batch` (recvmmsg / sendmmsg over caller-owned buffers), `probe_udp_offloads`.
+//! - [`udp`]: `bind`, `bind_workers` (an exclusive SO_REUSEPORT group, one socket per dataplane
+//!   worker, steered by a classic BPF program on the inner flow), `send_gso` (UDP_SEGMENT),
+//!   `enable_gro` / `recv_gro`, `recv_batch` / `send_batch` (recvmmsg / sendmmsg over
+//!   caller-owned buffers), `probe_udp_offloads`.
 //! - [`vnet`]: the virtio-net header.
-//! - [`sched`]: the calling thread's nice value (the dataplane thread runs above normal).
+//! - [`sched`]: the calling thread's nice value (`--dataplane-nice`).
 //!
 //! Errors ([`Error`]) name the operation and the device or namespace, e.g.
 //! `TUNSETIFF eth0 in /var/run/netns/x: Invalid argument (os error 22)`.
