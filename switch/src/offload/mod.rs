@@ -110,10 +110,9 @@ pub(crate) mod testutil {
     pub const SRC: Ipv4Addr = Ipv4Addr::new(10, 255, 1, 1);
     pub const DST: Ipv4Addr = Ipv4Addr::new(10, 255, 2, 1);
 
-    /// An Ethernet/IPv4/TCP frame with valid checksums.
-    pub fn tcp_frame(seq: u32, flags: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
-        let thl = 20 + options.len();
-        let mut f = vec![0u8; 14 + 20 + thl + payload.len()];
+    /// Ethernet and IPv4 headers (SRC -> DST, `proto`, id `ident`) before `l4_len` zero bytes.
+    pub fn eth_ipv4(proto: u8, l4_len: usize, ident: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 20 + l4_len];
         ethernet::Repr {
             dst: [0xee; 6],
             src: [0xaa; 6],
@@ -123,14 +122,21 @@ pub(crate) mod testutil {
         ipv4::Repr {
             src: SRC,
             dst: DST,
-            protocol: ipv4::PROTO_TCP,
-            payload_len: (thl + payload.len()) as u16,
+            protocol: proto,
+            payload_len: l4_len as u16,
             ttl: 64,
             tos: 0,
-            ident: 100,
+            ident,
             dont_frag: true,
         }
         .emit(&mut ipv4::Packet::new_unchecked(&mut f[14..]));
+        f
+    }
+
+    /// An Ethernet/IPv4/TCP frame with valid checksums.
+    pub fn tcp_frame(seq: u32, flags: u8, options: &[u8], payload: &[u8]) -> Vec<u8> {
+        let thl = 20 + options.len();
+        let mut f = eth_ipv4(ipv4::PROTO_TCP, thl + payload.len(), 100);
         let mut t = tcp::Packet::new_unchecked(&mut f[34..]);
         tcp::Repr {
             src_port: 40000,

@@ -83,31 +83,14 @@ pub(super) fn segment(
 mod tests {
     use super::*;
     use crate::offload::segment_tcpv4;
-    use crate::offload::testutil::{DST, SRC};
+    use crate::offload::testutil::{eth_ipv4, DST, SRC};
     use crate::wire::checksum;
     use proptest::prelude::*;
 
     /// What a TAP hands over for a UDP_SEGMENT send: one IPv4/UDP datagram holding the whole
     /// payload, UDP checksum field = pseudo-header sum (NEEDS_CSUM), GSO_UDP_L4.
     fn super_datagram(payload: &[u8], size: u16) -> (Vec<u8>, virtio_net::Repr) {
-        let mut f = vec![0u8; 14 + 20 + 8 + payload.len()];
-        ethernet::Repr {
-            dst: [0xee; 6],
-            src: [0xaa; 6],
-            ethertype: ethernet::ETHERTYPE_IPV4,
-        }
-        .emit(&mut ethernet::Frame::new_unchecked(&mut f[..]));
-        ipv4::Repr {
-            src: SRC,
-            dst: DST,
-            protocol: ipv4::PROTO_UDP,
-            payload_len: (8 + payload.len()) as u16,
-            ttl: 64,
-            tos: 0,
-            ident: 0xfffe,
-            dont_frag: true,
-        }
-        .emit(&mut ipv4::Packet::new_unchecked(&mut f[14..]));
+        let mut f = eth_ipv4(ipv4::PROTO_UDP, 8 + payload.len(), 0xfffe);
         let ulen = (8 + payload.len()) as u16;
         f[34..36].copy_from_slice(&5353u16.to_be_bytes());
         f[36..38].copy_from_slice(&53u16.to_be_bytes());

@@ -48,6 +48,17 @@ impl Switch {
         }
     }
 
+    /// The context of one decision: this worker's fragment table, the shared tracker and counters.
+    fn ctx<'a>(&'a mut self, snap: &'a Snapshot, now: Instant) -> Ctx<'a> {
+        Ctx {
+            snap,
+            ct: self.conntrack.pin(),
+            counters: &self.counters,
+            frags: &mut self.frags,
+            now,
+        }
+    }
+
     pub fn tables(&self) -> &Arc<Tables> {
         &self.tables
     }
@@ -63,13 +74,7 @@ impl Switch {
         let len = pkt.len();
         self.counters.port_rx(port, len);
         let snap = self.tables.load();
-        let mut cx = Ctx {
-            snap: &snap,
-            ct: self.conntrack.pin(),
-            counters: &self.counters,
-            frags: &mut self.frags,
-            now,
-        };
+        let mut cx = self.ctx(&snap, now);
         let v = from_port(&mut cx, port, pkt).unwrap_or_else(Verdict::Drop);
         drop(cx);
         self.account(v, Some(port), len, pkt.len());
@@ -143,13 +148,7 @@ impl Switch {
     ) -> Result<(), DropReason> {
         let snap = self.tables.load();
         let port = snap.port(dst).ok_or(DropReason::NoSuchPort)?;
-        let mut cx = Ctx {
-            snap: &snap,
-            ct: self.conntrack.pin(),
-            counters: &self.counters,
-            frags: &mut self.frags,
-            now,
-        };
+        let mut cx = self.ctx(&snap, now);
         cx.ingress(port, src_tag, flow, l4)
     }
 
@@ -163,13 +162,7 @@ impl Switch {
         let len = pkt.len();
         self.counters.underlay_rx(len);
         let snap = self.tables.load();
-        let mut cx = Ctx {
-            snap: &snap,
-            ct: self.conntrack.pin(),
-            counters: &self.counters,
-            frags: &mut self.frags,
-            now,
-        };
+        let mut cx = self.ctx(&snap, now);
         let mut dst_port = None;
         let v = from_underlay(&mut cx, src, pkt, &mut dst_port).unwrap_or_else(Verdict::Drop);
         drop(cx);
