@@ -243,6 +243,40 @@ mod tests {
         assert!(e.contains("bind UDP 127.0.0.1:"), "{e}");
     }
 
+    /// A UDP GSO send (several datagrams of one inner flow in one skb) to sockets with UDP_GRO
+    /// on, as between two cells, is steered by its inner flow too.
+    #[test]
+    fn kernel_steers_gso_sends() {
+        const N: usize = 2;
+        let socks = bind_workers(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0), N, 1 << 22).unwrap();
+        for s in &socks {
+            crate::udp::enable_gro(s).unwrap();
+        }
+        let to = match socks[0].local_addr().unwrap() {
+            std::net::SocketAddr::V4(a) => a,
+            a => panic!("{a}"),
+        };
+        let tx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let mut want = [0usize; N];
+        for i in 0..40u16 {
+            let d = vxlan([10, 255, 1, 2], [10, 255, 2, 3], 6, 30000 + i, 5201, 0);
+            let w = inner_flow_worker(&d, N);
+            let buf: Vec<u8> = d.iter().chain(&d).chain(&d).copied().collect();
+            crate::udp::send_gso(&tx, to, &buf, d.len() as u16).unwrap();
+            want[w] += 3 * d.len();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let mut got = [0usize; N];
+        let mut buf = vec![0u8; 65536];
+        for (w, s) in socks.iter().enumerate() {
+            s.set_nonblocking(true).unwrap();
+            while let Ok(n) = s.recv(&mut buf) {
+                got[w] += n;
+            }
+        }
+        assert_eq!(got, want, "bytes per worker: kernel vs model");
+    }
+
     /// The kernel runs the program as the model says: each flow and its reverse on one socket,
     /// flows spread over all sockets.
     #[test]
