@@ -528,3 +528,44 @@ fn e2e_small_underlay_mtu() {
     });
     assert_eq!(count.as_deref().map(str::trim), Some("5000000"));
 }
+
+/// Two dataplane workers per cell: new connections spread over both (the TAP's queue choice on
+/// the sending cell, the BPF steering of the VTEP sockets on the receiving one), and each
+/// worker's share shows in `cell status`.
+#[test]
+fn e2e_flows_spread_over_workers() {
+    require_root!();
+    let mut ov = Overlay::start("tpe2w", bin(), 2, &["--workers=2"]).expect("overlay starts");
+    ov.add_container(0, "a", "app-A", "s1").unwrap();
+    let b = ov.add_container(1, "b", "app-B", "s1").unwrap();
+    serve_tcp(&ov.tb.ns_path("b"), 8080, "hello").unwrap();
+    ov.allow("app-A", "app-B", "tcp", 8080, 8080).unwrap();
+    let a_ns = ov.tb.ns_path("a");
+    let to_b = SocketAddrV4::new(b.container_ip, 8080);
+    wait_tcp(&a_ns, to_b, Duration::from_secs(10)).unwrap();
+    // Each exchange is a new connection from a new source port: a new flow.
+    for i in 0..24 {
+        tcp_exchange(&a_ns, to_b, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+    }
+    let stats = |cell: usize| {
+        let st = ov.cell_status(cell).unwrap();
+        assert_eq!(st["workers"], 2, "{st}");
+        st["worker_stats"].as_array().unwrap().clone()
+    };
+    let sending = stats(0);
+    assert!(
+        sending
+            .iter()
+            .all(|w| w["port_frames"].as_u64().unwrap() > 0),
+        "the sending cell's workers all read frames from their TAP queues: {sending:?}"
+    );
+    let receiving = stats(1);
+    println!("worker stats: sending cell {sending:?}, receiving cell {receiving:?}");
+    assert!(
+        receiving
+            .iter()
+            .all(|w| w["underlay_buffers"].as_u64().unwrap() > 0),
+        "the receiving cell's workers all got datagrams from their sockets: {receiving:?}"
+    );
+}

@@ -55,6 +55,17 @@ impl Cell {
             },
             "container_mtu": self.config.container_mtu(),
             "workers": self.dataplane.workers(),
+            "worker_stats": self
+                .dataplane
+                .worker_stats()
+                .iter()
+                .enumerate()
+                .map(|(i, (frames, buffers))| json!({
+                    "worker": i,
+                    "port_frames": frames,
+                    "underlay_buffers": buffers,
+                }))
+                .collect::<Vec<_>>(),
             "control": inner.control.to_json(),
             "feed_version": inner.view.version(),
             "remote_cells": snap.remote_count(),
@@ -84,6 +95,14 @@ pub fn print(state_dir: &Path, as_json: bool) -> Result<()> {
         s(&v["vtep_port"]),
         s(&v["workers"])
     );
+    for w in v["worker_stats"].as_array().into_iter().flatten() {
+        println!(
+            "  worker {}: {} frames from TAP queues, {} underlay receive buffers",
+            s(&w["worker"]),
+            s(&w["port_frames"]),
+            s(&w["underlay_buffers"])
+        );
+    }
     println!(
         "lease {} (VTEP {} {}), container MTU {}",
         s(&v["lease"]["overlay_subnet"]),

@@ -21,6 +21,7 @@ mod underlay_tx;
 use std::io;
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,27 @@ enum PortCommand {
 struct WorkerHandle {
     tx: Sender<PortCommand>,
     waker: Arc<Waker>,
+    stats: Arc<WorkerStats>,
+}
+
+/// What one worker has moved (one writer, relaxed atomics; a cache line of its own), so an
+/// operator can see how the kernel spreads flows over the workers.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct WorkerStats {
+    /// Frames (or super-frames) read from the worker's TAP queues.
+    port_frames: AtomicU64,
+    /// Receive buffers (datagrams, or GRO batches of them) read from the worker's socket.
+    underlay_buffers: AtomicU64,
+}
+
+impl WorkerStats {
+    fn add_port_frame(&self) {
+        self.port_frames.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn add_underlay_buffers(&self, n: usize) {
+        self.underlay_buffers.fetch_add(n as u64, Ordering::Relaxed);
+    }
 }
 
 impl WorkerHandle {
@@ -84,6 +106,19 @@ impl DataplaneHandle {
     /// The number of worker threads (and TAP queues wanted per port).
     pub fn workers(&self) -> usize {
         self.workers.len()
+    }
+
+    /// Per worker: frames read from TAP queues and buffers read from the underlay socket.
+    pub fn worker_stats(&self) -> Vec<(u64, u64)> {
+        self.workers
+            .iter()
+            .map(|w| {
+                (
+                    w.stats.port_frames.load(Ordering::Relaxed),
+                    w.stats.underlay_buffers.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
     }
 
     /// Adds (or replaces) a port. `queues` are the TAP's queues: worker `i` reads and writes
@@ -181,12 +216,15 @@ pub fn start(
         let send_sock = udp.try_clone().context("duplicating the underlay socket")?;
         let switch = Switch::new(tables.clone(), conntrack.clone(), counters.clone());
         let txq = UnderlayTx::new(send_sock, gso, counters.clone());
-        let rxq = UnderlayRx::new(udp, offload, counters.clone());
+        let stats = Arc::new(WorkerStats::default());
+        let rxq = UnderlayRx::new(udp, offload, counters.clone(), stats.clone());
         let conntrack = conntrack.clone();
         let counters = counters.clone();
+        let worker_stats = stats.clone();
         spawn_worker(index, opts, move || Dataplane {
             poll,
             index,
+            stats: worker_stats,
             ports: Ports::default(),
             switch,
             conntrack,
@@ -201,7 +239,7 @@ pub fn start(
             udp_again: false,
             busy_poll: opts.busy_poll,
         })?;
-        workers.push(WorkerHandle { tx, waker });
+        workers.push(WorkerHandle { tx, waker, stats });
     }
     Ok(DataplaneHandle { workers })
 }
@@ -234,6 +272,7 @@ struct Dataplane {
     poll: Poll,
     /// Worker 0 also expires connections.
     index: usize,
+    stats: Arc<WorkerStats>,
     ports: Ports,
     switch: Switch,
     conntrack: Arc<Conntrack>,
@@ -361,6 +400,7 @@ impl Dataplane {
                 }
             };
             self.buf.set_len(n);
+            self.stats.add_port_frame();
             let now = Instant::now();
             if vnet {
                 let (v, hdr) = self.switch.from_port_vnet(id, &mut self.buf, now);

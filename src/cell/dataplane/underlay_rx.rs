@@ -14,7 +14,7 @@ use tapestry_switch::wire::{ipv4, tcp, virtio_net};
 use tapestry_switch::{Counters, DropReason, PacketBuf, PortId, Switch, Verdict};
 use tapestry_sys::udp::{self, RecvMeta, MAX_BATCH};
 
-use super::{write_plain, Ports};
+use super::{write_plain, Ports, WorkerStats};
 
 /// Size of each receive buffer: a whole GRO batch (at most 64 KiB of UDP payload).
 const RX_BUF: usize = tapestry_switch::buf::MAX_FRAME;
@@ -46,11 +46,17 @@ pub struct UnderlayRx {
     /// Coalesce inner TCP segments for ports with the virtio-net header.
     coalesce: bool,
     counters: Arc<Counters>,
+    stats: Arc<WorkerStats>,
     warned: bool,
 }
 
 impl UnderlayRx {
-    pub fn new(sock: UdpSocket, coalesce: bool, counters: Arc<Counters>) -> UnderlayRx {
+    pub fn new(
+        sock: UdpSocket,
+        coalesce: bool,
+        counters: Arc<Counters>,
+        stats: Arc<WorkerStats>,
+    ) -> UnderlayRx {
         let slots = if coalesce { SLOTS } else { 0 };
         UnderlayRx {
             sock,
@@ -65,6 +71,7 @@ impl UnderlayRx {
             next_evict: 0,
             coalesce,
             counters,
+            stats,
             warned: false,
         }
     }
@@ -89,6 +96,7 @@ impl UnderlayRx {
                     return false;
                 }
             };
+            self.stats.add_underlay_buffers(got);
             let now = Instant::now();
             for i in 0..got {
                 let m = self.meta[i];
