@@ -243,6 +243,7 @@ impl Testbed {
         }
         self.children.clear();
         for ns in self.namespaces.drain(..).rev() {
+            kill_all_in(&ns);
             let _ = Command::new("ip").args(["netns", "del", &ns]).status();
         }
         let _ = fs::remove_dir_all(&self.dir);
@@ -254,6 +255,27 @@ impl Testbed {
         let _ = fs::remove_dir_all(&kept);
         let _ = fs::rename(&self.dir, &kept);
         kept
+    }
+}
+
+/// SIGKILLs every process left in namespace `ns` (grandchildren of what the testbed started,
+/// such as a sink behind `sh -c`), so none outlives the test holding the namespace alive.
+fn kill_all_in(ns: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() else {
+        return;
+    };
+    let me = std::process::id().to_string();
+    let pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter(|p| *p != me)
+        .map(String::from)
+        .collect();
+    if !pids.is_empty() {
+        let _ = Command::new("kill")
+            .arg("-9")
+            .args(&pids)
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
