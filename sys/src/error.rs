@@ -4,23 +4,25 @@ use std::io;
 
 /// Errors from the system-call wrappers. The message names the operation and what it was applied
 /// to, e.g. `TUNSETIFF eth0 in /var/run/netns/x: Operation not permitted (os error 1)`.
+///
+/// The OS error is part of the message and deliberately not reported again as `source()`: an
+/// error chain printed with anyhow's `{:#}` would otherwise repeat it. [`Error::raw_os_error`]
+/// gives the errno.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A system call failed.
-    #[error("{op}: {source}")]
+    #[error("{op}: {cause}")]
     Io {
         /// The operation and its target ("TUNSETIFF eth0 in /var/run/netns/x").
         op: String,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// The kernel answered a netlink request with an error.
-    #[error("netlink {request}: {source}{}", ext.as_deref().map(|m| format!(" ({m})")).unwrap_or_default())]
+    #[error("netlink {request}: {cause}{}", ext.as_deref().map(|m| format!(" ({m})")).unwrap_or_default())]
     Netlink {
         /// The request and its target ("RTM_NEWADDR 10.255.1.2/32 dev eth0 in /var/run/netns/x").
         request: String,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
         /// The kernel's extended-ack message, if it sent one.
         ext: Option<String>,
     },
@@ -35,10 +37,10 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(op: impl Into<String>, source: io::Error) -> Self {
+    pub(crate) fn io(op: impl Into<String>, cause: io::Error) -> Self {
         Error::Io {
             op: op.into(),
-            source,
+            cause,
         }
     }
 
@@ -49,7 +51,7 @@ impl Error {
     /// The errno behind this error, if there is one.
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
-            Error::Io { source, .. } | Error::Netlink { source, .. } => source.raw_os_error(),
+            Error::Io { cause, .. } | Error::Netlink { cause, .. } => cause.raw_os_error(),
             Error::Invalid { .. } => None,
         }
     }

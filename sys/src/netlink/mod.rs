@@ -119,10 +119,10 @@ impl Netlink {
         }
     }
 
-    fn fail(&self, what: &str, source: io::Error, ext: Option<String>) -> Error {
+    fn fail(&self, what: &str, cause: io::Error, ext: Option<String>) -> Error {
         Error::Netlink {
             request: format!("{what}{}", self.where_),
-            source,
+            cause,
             ext,
         }
     }
@@ -311,7 +311,7 @@ pub fn link_exists(netns: &Path, name: &str) -> Result<bool> {
     let n = name.to_string();
     match netns::run_in_netns(netns, move || Netlink::open(Some(&ns))?.ifindex(&n)) {
         Ok(i) => Ok(i.is_some()),
-        Err(Error::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e @ Error::Io { .. }) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
     }
 }
