@@ -343,3 +343,45 @@ fn routes_and_leases() {
     ]);
     assert!(err.contains("4"), "{err}");
 }
+
+/// `tapestry cell` rejects bad flags and an address it cannot have before it contacts the
+/// control plane (nothing listens at --control here, so reaching it would fail differently).
+#[test]
+fn cell_refuses_bad_workers_and_a_taken_vtep_before_taking_a_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    for f in ["ca.pem", "cert.pem", "key.pem"] {
+        std::fs::write(creds.join(f), "not used").unwrap();
+    }
+    let cell = |extra: &[&str]| -> Output {
+        Command::new(bin())
+            .args(["cell", "--control", "https://127.0.0.1:9", "--credentials"])
+            .arg(&creds)
+            .args(["--underlay-ip", "127.0.0.1", "--state-dir"])
+            .arg(dir.path().join("state"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = cell(&["--workers", "65"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--workers 65 is too many: at most 64"),
+        "{err}"
+    );
+
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    for workers in ["1", "2"] {
+        let out = cell(&["--vtep-port", &port, "--workers", workers]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("binding the VTEP socket 127.0.0.1:{port}"))
+                && err.matches("Address already in use").count() == 1,
+            "{workers} worker(s): {err}"
+        );
+    }
+}

@@ -108,25 +108,28 @@ impl Cell {
                     },
                 )
             };
+            // A persistent TAP keeps the kind it was made with: try the other one on failure.
             let first = open1(workers > 1)
                 .or_else(|_| open1(workers <= 1))
                 .with_context(|| {
                     format!("creating TAP {} in {}", rec.ifname, rec.netns.display())
                 })?;
-            let mut queues = Vec::with_capacity(workers);
-            if first.options().multi_queue {
-                for i in 1..workers {
-                    let q = first.open_queue().with_context(|| {
-                        format!(
-                            "opening queue {i} of TAP {} in {}",
-                            rec.ifname,
-                            rec.netns.display()
-                        )
-                    })?;
-                    queues.push(q);
-                }
+            let mut queues = vec![first];
+            let extra = if queues[0].options().multi_queue {
+                workers - 1
+            } else {
+                0
+            };
+            for i in 1..=extra {
+                let q = queues[0].open_queue().with_context(|| {
+                    format!(
+                        "opening queue {i} of TAP {} in {}",
+                        rec.ifname,
+                        rec.netns.display()
+                    )
+                })?;
+                queues.push(q);
             }
-            queues.insert(0, first);
             Ok(queues)
         };
         if self.config.offload {

@@ -152,6 +152,13 @@ pub fn run(args: CellArgs) -> Result<()> {
             args.dataplane_nice
         );
     }
+    if args.workers > tapestry_sys::udp::MAX_WORKERS {
+        bail!(
+            "--workers {} is too many: at most {}",
+            args.workers,
+            tapestry_sys::udp::MAX_WORKERS
+        );
+    }
     if underlay_ip.is_unspecified() || underlay_ip.is_broadcast() || underlay_ip.is_multicast() {
         bail!("--underlay-ip {underlay_ip} is not a unicast address of this host");
     }
@@ -164,6 +171,19 @@ pub fn run(args: CellArgs) -> Result<()> {
         }
     }
     let state = StateDir::open(&state_dir)?;
+    // The VTEP address first: a cell that cannot have it must fail before it takes a lease.
+    let workers = match args.workers {
+        0 => std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(tapestry_sys::udp::MAX_WORKERS),
+        n => n,
+    };
+    let udp = tapestry_sys::udp::bind_workers(
+        SocketAddrV4::new(underlay_ip, args.vtep_port),
+        workers,
+        8 << 20,
+    )
+    .with_context(|| format!("binding the VTEP socket {underlay_ip}:{}", args.vtep_port))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -182,25 +202,6 @@ pub fn run(args: CellArgs) -> Result<()> {
             subnet,
             offload: !args.no_offload,
         };
-        if args.workers > tapestry_sys::udp::MAX_WORKERS {
-            bail!(
-                "--workers {} is too many: at most {}",
-                args.workers,
-                tapestry_sys::udp::MAX_WORKERS
-            );
-        }
-        let workers = match args.workers {
-            0 => std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .min(tapestry_sys::udp::MAX_WORKERS),
-            n => n,
-        };
-        let udp = tapestry_sys::udp::bind_workers(
-            SocketAddrV4::new(underlay_ip, args.vtep_port),
-            workers,
-            8 << 20,
-        )
-        .with_context(|| format!("binding the VTEP socket {underlay_ip}:{}", args.vtep_port))?;
         let view = view::CellView::load(&state)?;
         let containers: Containers = state.load("containers.json")?.unwrap_or_default();
         let tables = Arc::new(Tables::new(view::build_snapshot(

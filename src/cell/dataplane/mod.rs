@@ -218,17 +218,14 @@ pub fn start(
         let txq = UnderlayTx::new(send_sock, gso, counters.clone());
         let stats = Arc::new(WorkerStats::default());
         let rxq = UnderlayRx::new(udp, offload, counters.clone(), stats.clone());
-        let conntrack = conntrack.clone();
-        let counters = counters.clone();
-        let worker_stats = stats.clone();
-        spawn_worker(index, opts, move || Dataplane {
+        let dp = Dataplane {
             poll,
             index,
-            stats: worker_stats,
+            stats: stats.clone(),
             ports: Ports::default(),
             switch,
-            conntrack,
-            counters,
+            conntrack: conntrack.clone(),
+            counters: counters.clone(),
             rx,
             buf: PacketBuf::new(),
             scratch: vec![0u8; SCRATCH].into_boxed_slice(),
@@ -238,27 +235,24 @@ pub fn start(
             again_work: Vec::with_capacity(1024),
             udp_again: false,
             busy_poll: opts.busy_poll,
-        })?;
+        };
+        spawn_worker(dp, opts.nice)?;
         workers.push(WorkerHandle { tx, waker, stats });
     }
     Ok(DataplaneHandle { workers })
 }
 
-fn spawn_worker(
-    index: usize,
-    opts: Options,
-    make: impl FnOnce() -> Dataplane + Send + 'static,
-) -> Result<()> {
+fn spawn_worker(mut dp: Dataplane, nice: i32) -> Result<()> {
+    let index = dp.index;
     std::thread::Builder::new()
         .name(format!("dataplane-{index}"))
         .spawn(move || {
-            if opts.nice != 0 {
-                match tapestry_sys::sched::set_thread_nice(opts.nice) {
-                    Ok(()) => tracing::info!(nice = opts.nice, "dataplane thread priority"),
+            if nice != 0 {
+                match tapestry_sys::sched::set_thread_nice(nice) {
+                    Ok(()) => tracing::info!(nice, "dataplane thread priority"),
                     Err(e) => tracing::warn!("{e}; the dataplane keeps the normal priority"),
                 }
             }
-            let mut dp = make();
             if let Err(e) = dp.run() {
                 tracing::error!("dataplane worker {index} stopped: {e:#}");
                 std::process::exit(3);

@@ -1,8 +1,8 @@
 //! The underlay receive side: recvmmsg into preallocated 64 KiB buffers (with UDP_GRO, each may
-//! hold many datagrams of one size), every datagram through the switch in place (no copy), and
-//! consecutive inner TCP
-//! segments of a flow coalesced per destination port into one super-frame written to the TAP with
-//! a virtio-net header (NEEDS_CSUM, GSO TCPV4). Coalescers are flushed at the end of each batch.
+//! hold many datagrams of one size), every datagram through the switch where it was received (no
+//! copy), and consecutive inner TCP segments of a flow coalesced per destination port into one
+//! super-frame written to the TAP with a virtio-net header (NEEDS_CSUM, GSO TCPV4). Coalescers
+//! are flushed at the end of each batch.
 
 use std::io;
 use std::net::UdpSocket;

@@ -46,7 +46,8 @@ pub(crate) fn set_u32(b: &mut [u8], at: usize, v: u32) {
 pub mod checksum {
     use std::net::Ipv4Addr;
 
-    /// Ones-complement sum of `data` (not folded, not inverted).
+    /// Ones-complement sum of `data`, folded to 16 bits (in a u32, ready for [`combine`]) but not
+    /// inverted.
     ///
     /// Eight bytes at a time: the ones-complement sum does not depend on byte order (RFC 1071
     /// section 2(B)), so native-endian 32-bit halves are added, the total folded to 16 bits and

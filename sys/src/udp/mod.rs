@@ -10,7 +10,7 @@ pub use gso::{
     MAX_GSO_SEGMENTS,
 };
 pub use mmsg::{recv_batch, send_batch, RecvMeta, Transmit, MAX_BATCH};
-pub use steer::{bind_workers, inner_flow_worker, MAX_WORKERS};
+pub use steer::{bind_workers, MAX_WORKERS};
 
 use std::net::{SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;

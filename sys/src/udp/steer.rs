@@ -12,8 +12,6 @@
 use std::net::{SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 
-use socket2::{Domain, Protocol, Socket, Type};
-
 use crate::{Error, Result};
 
 /// linux/asm-generic/socket.h; not in the libc crate for Linux.
@@ -39,7 +37,8 @@ fn op(code: u32, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
     }
 }
 
-/// The steering program for `workers` (>= 2) sockets. Kept in step with [`inner_flow_worker`].
+/// The steering program for `workers` (>= 2) sockets. Kept in step with `inner_flow_worker`,
+/// its model in Rust, which the tests check against the kernel's real choice.
 fn program(workers: u32) -> Vec<libc::sock_filter> {
     use libc::*;
     vec![
@@ -82,8 +81,9 @@ fn program(workers: u32) -> Vec<libc::sock_filter> {
 const MIX: u32 = 0x045d_9f3b;
 
 /// The worker the program picks for a UDP payload (VXLAN header + inner frame), computed in
-/// Rust: what the dataplane and tests use to predict the kernel's choice.
-pub fn inner_flow_worker(payload: &[u8], workers: usize) -> usize {
+/// Rust: the model the tests hold the kernel to.
+#[cfg(test)]
+fn inner_flow_worker(payload: &[u8], workers: usize) -> usize {
     if workers <= 1 {
         return 0;
     }
@@ -135,16 +135,12 @@ pub fn bind_workers(
     if workers == 1 {
         return Ok(vec![super::bind(addr, false, buf_bytes)?]);
     }
-    let probe = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
-        .map_err(|e| Error::io(format!("socket UDP {addr}"), e))?;
-    probe
-        .bind(&addr.into())
-        .map_err(|e| Error::io(format!("bind UDP {addr}"), e))?;
-    let port = probe
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_socket_ipv4())
-        .map_or(addr.port(), |a| a.port());
+    // A socket without SO_REUSEPORT: fails if anyone holds the address.
+    let probe = super::bind(addr, false, 0)?;
+    let port = match probe.local_addr() {
+        Ok(std::net::SocketAddr::V4(a)) => a.port(),
+        _ => addr.port(),
+    };
     drop(probe);
     let addr = SocketAddrV4::new(*addr.ip(), port);
     let socks = (0..workers)
@@ -265,6 +261,7 @@ mod tests {
             crate::udp::send_gso(&tx, to, &buf, d.len() as u16).unwrap();
             want[w] += 3 * d.len();
         }
+        assert!(want.iter().all(|&b| b > 0), "the flows cover every worker: {want:?}");
         std::thread::sleep(Duration::from_millis(100));
         let mut got = [0usize; N];
         let mut buf = vec![0u8; 65536];
