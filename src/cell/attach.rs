@@ -15,8 +15,6 @@ use super::api::{Attachment, UpRequest};
 use super::state::{allocate_ip, port_id_for, ContainerRecord};
 use super::{Cell, GATEWAY};
 
-/// Transmit queue of a container's TAP (frames its stack sends before the switch reads them).
-const TAP_TXQUEUELEN: u32 = 10_000;
 /// TUNSETOFFLOAD sets tried in order; the first the kernel accepts is used.
 const OFFLOAD_CANDIDATES: [u32; 4] = [
     tap::TUN_F_CSUM | tap::TUN_F_TSO4 | tap::TUN_F_TSO6 | tap::TUN_F_USO4 | tap::TUN_F_USO6,
@@ -162,7 +160,10 @@ impl Cell {
         Ok(queues)
     }
 
-    /// Creates (or re-opens) the container's TAP and configures its side of the link.
+    /// Creates (or re-opens) the container's TAP and configures its side of the link. The root
+    /// qdisc is `noqueue`, set before the device comes up; a persistent TAP made by an older
+    /// version (with the default `mq` root and a `pfifo_fast` per transmit queue) has its root
+    /// replaced when it is re-opened, which frees those queues' rings.
     fn plumb(&self, rec: &ContainerRecord) -> Result<Vec<Arc<Tap>>> {
         let queues = self.open_tap(rec)?;
         netlink::configure_container_iface(
@@ -174,7 +175,8 @@ impl Cell {
                 ip: rec.ip,
                 gateway: GATEWAY,
                 gateway_mac: Some(gateway_mac(rec.ip)),
-                txqueuelen: Some(TAP_TXQUEUELEN),
+                txqueuelen: Some(self.config.tap_txqueuelen),
+                noqueue: true,
             },
         )
         .with_context(|| format!("configuring {} in {}", rec.ifname, rec.netns.display()))?;
@@ -194,6 +196,14 @@ impl Cell {
                 );
             }
             return Ok(self.attachment(rec));
+        }
+        let attached = inner.containers.containers.len();
+        if attached >= self.config.max_containers {
+            bail!(
+                "cell is full: {attached} containers are attached and --max-containers is {}; \
+                 detach one or restart the cell with a larger --max-containers",
+                self.config.max_containers
+            );
         }
         let used = inner.containers.containers.values().map(|c| c.ip);
         let Some(ip) = allocate_ip(

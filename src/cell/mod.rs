@@ -72,7 +72,21 @@ pub struct CellArgs {
     /// the VTEP (SO_REUSEPORT); a flow stays on one worker. 0 (the default): one per CPU.
     #[arg(long, default_value_t = 0)]
     workers: usize,
+    /// Most containers attached at once; one more is refused with an error, so a full cell
+    /// fails at attach time instead of running the host out of kernel memory. The default is
+    /// a full /24.
+    #[arg(long, default_value_t = 254)]
+    max_containers: usize,
+    /// Length of each container TAP's per-queue ring (txqueuelen): frames the container's
+    /// stack has sent and the switch has not read yet. The TAP has no qdisc (`noqueue`), so
+    /// this ring is the only queue; it costs 8 bytes an entry per queue, in kernel memory.
+    #[arg(long, default_value_t = DEFAULT_TAP_TXQUEUELEN)]
+    tap_txqueuelen: u32,
 }
+
+/// txqueuelen of container TAPs, by measurement (BENCHMARKS.md, "Kernel memory"): with the
+/// `noqueue` root this is only the TAP's own ring, 8 bytes an entry per queue.
+pub const DEFAULT_TAP_TXQUEUELEN: u32 = 1000;
 
 #[derive(clap::Subcommand, Debug)]
 enum CellCommand {
@@ -95,6 +109,10 @@ pub struct CellConfig {
     pub overlay_network: ipnet::Ipv4Net,
     pub subnet: ipnet::Ipv4Net,
     pub offload: bool,
+    /// Refuse an attach beyond this many containers.
+    pub max_containers: usize,
+    /// txqueuelen of every container TAP.
+    pub tap_txqueuelen: u32,
 }
 
 impl CellConfig {
@@ -159,6 +177,18 @@ pub fn run(args: CellArgs) -> Result<()> {
             tapestry_sys::udp::MAX_WORKERS
         );
     }
+    if args.max_containers == 0 || args.max_containers > 65_534 {
+        bail!(
+            "--max-containers {} is out of range: it must be between 1 and 65534",
+            args.max_containers
+        );
+    }
+    if args.tap_txqueuelen == 0 || args.tap_txqueuelen > 100_000 {
+        bail!(
+            "--tap-txqueuelen {} is out of range: it must be between 1 and 100000",
+            args.tap_txqueuelen
+        );
+    }
     if underlay_ip.is_unspecified() || underlay_ip.is_broadcast() || underlay_ip.is_multicast() {
         bail!("--underlay-ip {underlay_ip} is not a unicast address of this host");
     }
@@ -201,6 +231,8 @@ pub fn run(args: CellArgs) -> Result<()> {
             overlay_network: args.overlay_network,
             subnet,
             offload: !args.no_offload,
+            max_containers: args.max_containers,
+            tap_txqueuelen: args.tap_txqueuelen,
         };
         let view = view::CellView::load(&state)?;
         let containers: Containers = state.load("containers.json")?.unwrap_or_default();

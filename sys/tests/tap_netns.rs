@@ -23,6 +23,7 @@ fn cfg(gateway_mac: Option<[u8; 6]>) -> IfaceConfig {
         gateway: GW,
         gateway_mac,
         txqueuelen: Some(4321),
+        noqueue: true,
     }
 }
 
@@ -62,6 +63,20 @@ fn open_configure_reattach_delete() {
     assert!(link.contains("\"address\":\"ee:ee:0a:ff:01:02\""), "{link}");
     assert!(link.contains("\"txqlen\":4321"), "{link}");
     assert!(link.contains("\"UP\""), "{link}");
+    // The root qdisc was made noqueue before the device came up: no per-queue rings.
+    assert_eq!(
+        netlink::root_qdisc(&path, "eth0").unwrap().as_deref(),
+        Some("noqueue")
+    );
+    let tc = std::process::Command::new("tc")
+        .args(["-n", &ns.name, "qdisc", "show", "dev", "eth0"])
+        .output()
+        .expect("running tc");
+    let tc = String::from_utf8_lossy(&tc.stdout);
+    assert!(
+        tc.contains("qdisc noqueue") && !tc.contains("pfifo_fast"),
+        "{tc}"
+    );
     let lo = ns.ip_json(&["link", "show", "dev", "lo"]);
     assert!(lo.contains("\"UP\""), "{lo}");
     let addr = ns.ip_json(&["-4", "addr", "show", "dev", "eth0"]);

@@ -27,6 +27,7 @@ fn configure(ns: &Netns) {
             gateway: GW,
             gateway_mac: Some(GW_MAC),
             txqueuelen: None,
+            noqueue: true,
         },
     )
     .unwrap();
@@ -364,4 +365,92 @@ fn tcp_frame(dport: u16, seq: u32, ack: u32, flags: u8, options: &[u8]) -> Vec<u
     tcp[16..18].copy_from_slice(&c.to_be_bytes());
     f.extend_from_slice(&tcp);
     f
+}
+
+/// `tc qdisc show dev DEV` inside the namespace.
+fn qdiscs(ns: &Netns, dev: &str) -> String {
+    let out = std::process::Command::new("tc")
+        .args(["-n", &ns.name, "qdisc", "show", "dev", dev])
+        .output()
+        .expect("running tc");
+    assert!(out.status.success(), "tc qdisc show dev {dev}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn multiqueue_tap_from_an_older_version_loses_its_queue_rings() {
+    if !root_or_skip("multiqueue_tap_from_an_older_version_loses_its_queue_rings") {
+        return;
+    }
+    let ns = Netns::new("oldmq");
+    let mq = TapOptions {
+        vnet_hdr: true,
+        multi_queue: true,
+    };
+    // As older versions left it: a persistent multiqueue TAP brought up with the kernel's
+    // default root (mq, one pfifo_fast per transmit queue) and txqueuelen 10000.
+    let q0 = Tap::open_in_netns(&ns.path(), "eth0", mq).unwrap();
+    q0.set_txqueuelen(10_000).unwrap();
+    let st = std::process::Command::new("ip")
+        .args(["-n", &ns.name, "link", "set", "eth0", "up"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let before = qdiscs(&ns, "eth0");
+    assert!(
+        before.contains("qdisc mq") && before.contains("pfifo_fast"),
+        "{before}"
+    );
+    assert_eq!(
+        netlink::root_qdisc(&ns.path(), "eth0").unwrap().as_deref(),
+        Some("mq")
+    );
+    drop(q0);
+
+    // Re-opened and configured by this version: the root is replaced while the device is up.
+    let q0 = Tap::open_in_netns(&ns.path(), "eth0", mq).unwrap();
+    let q1 = q0.open_queue().unwrap();
+    configure(&ns);
+    let after = qdiscs(&ns, "eth0");
+    assert!(
+        after.contains("qdisc noqueue") && !after.contains("pfifo_fast"),
+        "{after}"
+    );
+    assert_eq!(
+        netlink::root_qdisc(&ns.path(), "eth0").unwrap().as_deref(),
+        Some("noqueue")
+    );
+    // Configuring again (every cell restart does) keeps it so.
+    configure(&ns);
+    assert!(qdiscs(&ns, "eth0").contains("qdisc noqueue"));
+
+    // And the device still carries frames: an echo request written on either queue is answered.
+    for (i, q) in [&q0, &q1].into_iter().enumerate() {
+        q.set_nonblocking(true).unwrap();
+        let mut w = VnetHdr::default().to_bytes().to_vec();
+        w.extend(echo_request(
+            GW_MAC,
+            MAC,
+            GW.octets(),
+            IP.octets(),
+            0x6000 + i as u16,
+        ));
+        q.write(&w).unwrap();
+    }
+    let mut ids = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut buf = vec![0u8; 65536];
+    while ids.len() < 2 && std::time::Instant::now() < deadline {
+        for q in [&q0, &q1] {
+            if let Ok(n) = q.read(&mut buf) {
+                let f = &buf[VNET_HDR_LEN..n];
+                if is_icmp(f, 0, GW.octets(), Some(GW_MAC)) {
+                    ids.push(u16::from_be_bytes([f[38], f[39]]));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    ids.sort();
+    assert_eq!(ids, vec![0x6000, 0x6001]);
 }

@@ -30,6 +30,12 @@ pub struct IfaceConfig {
     pub gateway_mac: Option<[u8; 6]>,
     /// If set, the device's transmit queue length.
     pub txqueuelen: Option<u32>,
+    /// Make `noqueue` the root qdisc before the device comes up (or replace whatever root qdisc a
+    /// device that is already up has). A multiqueue TAP has 256 transmit queues, and the default
+    /// `mq` root gives each a `pfifo_fast` child that preallocates three rings of txqueuelen
+    /// entries: about 100 MB of kernel memory per TAP at txqueuelen 10,000. A TAP never asks its
+    /// qdisc to hold a packet (its own per-queue ring is the queue), so `noqueue` loses nothing.
+    pub noqueue: bool,
 }
 
 /// A NETLINK_ROUTE socket bound to the calling thread's namespace at the time it was opened.
@@ -205,6 +211,45 @@ impl Netlink {
         self.request(|seq| msg::link_set(seq, index, c), &what)
     }
 
+    /// `tc qdisc replace dev NAME root KIND`.
+    pub(crate) fn set_root_qdisc(&mut self, name: &str, kind: &str) -> Result<()> {
+        let index = self.index_of(name)?;
+        self.request(
+            |seq| msg::qdisc_replace_root(seq, index, kind),
+            &format!("RTM_NEWQDISC dev {name} root {kind}"),
+        )
+    }
+
+    /// The kind of the root qdisc of `name` (`noqueue`, `mq`, `pfifo_fast`...), None if the
+    /// device has none listed.
+    pub(crate) fn root_qdisc(&mut self, name: &str) -> Result<Option<String>> {
+        let index = self.index_of(name)?;
+        let seq = self.next_seq();
+        let what = format!("RTM_GETQDISC dump for {name}");
+        self.send(&msg::qdisc_dump(seq), &what)?;
+        let mut found = None;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let data = self.recv(&mut buf, &what)?;
+            for r in msg::replies(data) {
+                if r.seq != seq {
+                    continue;
+                }
+                if r.ty == msg::NLMSG_DONE {
+                    return Ok(found);
+                }
+                if let Some((err, ext)) = msg::parse_error(&r) {
+                    return Err(self.fail(&what, io::Error::from_raw_os_error(-err), ext));
+                }
+                if let Some((i, parent, kind)) = msg::qdisc_info(&r) {
+                    if i == index && parent == msg::TC_H_ROOT {
+                        found = Some(kind);
+                    }
+                }
+            }
+        }
+    }
+
     pub(crate) fn delete_link(&mut self, name: &str) -> Result<()> {
         check_ifname(name)?;
         self.request(
@@ -229,9 +274,20 @@ impl Netlink {
                 mac: Some(cfg.mac),
                 mtu: Some(cfg.mtu),
                 txqlen: cfg.txqueuelen,
-                up: Some(true),
+                up: if cfg.noqueue { None } else { Some(true) },
             },
         )?;
+        if cfg.noqueue {
+            // Before IFF_UP, so the kernel never builds the default (mq + pfifo_fast) qdiscs.
+            self.set_root_qdisc(name, "noqueue")?;
+            self.set_link(
+                name,
+                &LinkChange {
+                    up: Some(true),
+                    ..Default::default()
+                },
+            )?;
+        }
         let index = self.index_of(name)?;
         self.request(
             |seq| msg::addr_add(seq, index, cfg.ip, 32),
@@ -290,8 +346,8 @@ fn fmt_mac(m: &[u8; 6]) -> String {
     )
 }
 
-/// Inside the namespace at `netns`: brings `lo` up; on `cfg.name` sets MAC, MTU, txqueuelen and
-/// IFF_UP; adds ip/32; a route gateway/32 dev name scope link; the default route via the gateway
+/// Inside the namespace at `netns`: brings `lo` up; on `cfg.name` sets MAC, MTU, txqueuelen,
+/// the `noqueue` root qdisc if asked, and IFF_UP; adds ip/32; a route gateway/32 dev name scope link; the default route via the gateway
 /// (onlink); and, if `gateway_mac` is set, a permanent neighbour gateway -> gateway_mac.
 /// Idempotent (CREATE|REPLACE): re-running after a cell restart succeeds.
 pub fn configure_container_iface(netns: &Path, cfg: &IfaceConfig) -> Result<()> {
@@ -314,6 +370,14 @@ pub fn link_exists(netns: &Path, name: &str) -> Result<bool> {
         Err(e @ Error::Io { .. }) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// The kind of the root qdisc of link `name` in the namespace at `netns` (`noqueue`, `mq`, ...).
+pub fn root_qdisc(netns: &Path, name: &str) -> Result<Option<String>> {
+    check_ifname(name)?;
+    let ns = netns.to_path_buf();
+    let n = name.to_string();
+    netns::run_in_netns(netns, move || Netlink::open(Some(&ns))?.root_qdisc(&n))
 }
 
 /// The ifindex of `name` in the calling thread's namespace, or None.

@@ -22,6 +22,15 @@ pub const RTM_GETLINK: u16 = 18;
 pub const RTM_NEWADDR: u16 = 20;
 pub const RTM_NEWROUTE: u16 = 24;
 pub const RTM_NEWNEIGH: u16 = 28;
+pub const RTM_NEWQDISC: u16 = 36;
+pub const RTM_GETQDISC: u16 = 38;
+/// NLM_F_DUMP (ROOT|MATCH): every object of the kind, answered by several messages and NLMSG_DONE.
+pub const NLM_F_DUMP: u16 = 0x300;
+pub const NLMSG_DONE: u16 = 3;
+/// `TCA_KIND`: the qdisc's kind as a NUL-terminated string.
+pub const TCA_KIND: u16 = 1;
+/// `TC_H_ROOT`: the parent handle that names a device's root qdisc.
+pub const TC_H_ROOT: u32 = 0xffff_ffff;
 
 pub const IFLA_ADDRESS: u16 = 1;
 pub const IFLA_IFNAME: u16 = 3;
@@ -147,6 +156,60 @@ pub fn link_set(seq: u32, index: i32, c: &LinkChange) -> Vec<u8> {
         m = m.attr_u32(IFLA_TXQLEN, q);
     }
     m.finish()
+}
+
+/// `struct tcmsg` (20 bytes): family, ifindex, handle, parent, info.
+pub fn tcmsg(index: i32, handle: u32, parent: u32) -> [u8; 20] {
+    let mut b = [0u8; 20];
+    b[0] = AF_UNSPEC;
+    b[4..8].copy_from_slice(&index.to_ne_bytes());
+    b[8..12].copy_from_slice(&handle.to_ne_bytes());
+    b[12..16].copy_from_slice(&parent.to_ne_bytes());
+    b
+}
+
+/// RTM_NEWQDISC CREATE|REPLACE: the root qdisc of `index` becomes `kind` (`tc qdisc replace dev
+/// DEV root KIND`). The kernel picks the handle.
+pub fn qdisc_replace_root(seq: u32, index: i32, kind: &str) -> Vec<u8> {
+    Msg::new(
+        RTM_NEWQDISC,
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        seq,
+    )
+    .header(&tcmsg(index, 0, TC_H_ROOT))
+    .attr_str(TCA_KIND, kind)
+    .finish()
+}
+
+/// RTM_GETQDISC dump of every qdisc in the namespace (`tc qdisc show`).
+pub fn qdisc_dump(seq: u32) -> Vec<u8> {
+    Msg::new(RTM_GETQDISC, NLM_F_REQUEST | NLM_F_DUMP, seq)
+        .header(&tcmsg(0, 0, 0))
+        .finish()
+}
+
+/// From an RTM_NEWQDISC reply: (ifindex, parent, kind).
+pub fn qdisc_info(r: &Reply<'_>) -> Option<(i32, u32, String)> {
+    if r.ty != RTM_NEWQDISC || r.payload.len() < 20 {
+        return None;
+    }
+    let index = i32::from_ne_bytes(r.payload[4..8].try_into().ok()?);
+    let parent = u32::from_ne_bytes(r.payload[12..16].try_into().ok()?);
+    let mut attrs = &r.payload[20..];
+    while attrs.len() >= 4 {
+        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let ty = u16::from_ne_bytes([attrs[2], attrs[3]]);
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if ty == TCA_KIND {
+            let v = &attrs[4..len];
+            let v = v.split(|&b| b == 0).next().unwrap_or(v);
+            return Some((index, parent, String::from_utf8_lossy(v).into_owned()));
+        }
+        attrs = &attrs[align(len).min(attrs.len())..];
+    }
+    None
 }
 
 /// RTM_GETLINK by name (no ACK flag: the answer is RTM_NEWLINK or an error).
@@ -344,6 +407,51 @@ mod tests {
             8, 0, 13, 0,  0xe8, 0x03, 0, 0,                         // IFLA_TXQLEN 1000
         ];
         assert_eq!(m, want);
+    }
+
+    #[test]
+    fn qdisc_replace_root_bytes() {
+        let m = qdisc_replace_root(9, 4, "noqueue");
+        #[rustfmt::skip]
+        let want: &[u8] = &[
+            48, 0, 0, 0,  36, 0,  0x05, 0x05,  9, 0, 0, 0,  0, 0, 0, 0, // NEWQDISC, REQUEST|ACK|REPLACE|CREATE
+            0, 0, 0, 0,  4, 0, 0, 0,  0, 0, 0, 0,                       // tcmsg: family, pad, ifindex 4, handle 0
+            0xff, 0xff, 0xff, 0xff,  0, 0, 0, 0,                         // parent TC_H_ROOT, info 0
+            12, 0, 1, 0,  b'n', b'o', b'q', b'u', b'e', b'u', b'e', 0,   // TCA_KIND "noqueue\0"
+        ];
+        assert_eq!(m, want);
+    }
+
+    #[test]
+    fn qdisc_info_reads_kind_and_survives_garbage() {
+        let mut payload = tcmsg(5, 0x8001_0000, TC_H_ROOT).to_vec();
+        payload.extend_from_slice(&[12, 0, 1, 0, b'n', b'o', b'q', b'u', b'e', b'u', b'e', 0]);
+        let r = Reply {
+            ty: RTM_NEWQDISC,
+            flags: 0,
+            seq: 1,
+            payload: &payload,
+        };
+        assert_eq!(qdisc_info(&r), Some((5, TC_H_ROOT, "noqueue".to_string())));
+        // An attribute whose length runs past the end is refused, not read.
+        let mut bad = tcmsg(5, 0, TC_H_ROOT).to_vec();
+        bad.extend_from_slice(&[40, 0, 1, 0, b'x']);
+        let r = Reply {
+            ty: RTM_NEWQDISC,
+            flags: 0,
+            seq: 1,
+            payload: &bad,
+        };
+        assert_eq!(qdisc_info(&r), None);
+        for n in 0..payload.len() {
+            let r = Reply {
+                ty: RTM_NEWQDISC,
+                flags: 0,
+                seq: 1,
+                payload: &payload[..n],
+            };
+            let _ = qdisc_info(&r);
+        }
     }
 
     #[test]
