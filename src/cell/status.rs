@@ -72,6 +72,8 @@ impl Cell {
             "policies_in_force": snap.policy_count(),
             "conntrack_entries": self.conntrack.len(),
             "ports": ports,
+            "max_containers": self.config.max_containers,
+            "tap_txqueuelen": self.config.tap_txqueuelen,
             "drops": drops,
             "totals": json!(counters.totals),
         })
