@@ -90,7 +90,11 @@ impl Cell {
     /// TAP is opened plain. With `--no-offload`, or on a re-opened persistent TAP that had
     /// offloads, all offloads are cleared: frames must arrive whole and checksummed.
     ///
-    /// With several dataplane workers the TAP is multiqueue, one queue per worker. A persistent
+    /// With several dataplane workers the TAP is multiqueue, one queue per worker. The kernel
+    /// allocates a multiqueue TAP with 256 transmit queues whatever we ask (TUNSETIFF has no
+    /// queue count, and tun refuses creation over rtnetlink); only as many are in use as there
+    /// are workers, and with the `noqueue` root (see [`Cell::plumb`]) the unused ones cost no
+    /// rings. With one worker the TAP is single-queue. A persistent
     /// TAP made by a cell with another worker setting keeps its kind (the kernel does not let a
     /// device change it): a single-queue TAP is then served by worker 0 alone.
     fn open_tap(&self, rec: &ContainerRecord) -> Result<Vec<Tap>> {
