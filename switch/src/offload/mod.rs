@@ -4,6 +4,7 @@
 //! tun/offload_linux.go).
 
 pub mod gro;
+pub mod partial;
 pub mod tso;
 pub mod uso;
 
@@ -11,6 +12,7 @@ use crate::wire::virtio_net;
 use crate::wire::{checksum, ethernet, ipv4, tcp};
 
 pub use gro::{Push, TcpCoalescer};
+pub use partial::{verify_or_complete, L4Checksum};
 pub use tso::{segment_tcpv4, segment_vxlan, segment_vxlan_into, segmented_len, Segments};
 pub use uso::UdpV4Layout;
 
