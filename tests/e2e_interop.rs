@@ -464,6 +464,57 @@ fn wait_reply(
     }
 }
 
+/// A UDP echo server (socat) in `ns` on `port`.
+fn udp_echo_server(ov: &mut Overlay, ns: &str, port: u16) {
+    if let Err(e) = ov.tb.spawn_cmd(
+        ns,
+        &format!("socat-udp-{ns}-{port}"),
+        "socat",
+        &[&format!("UDP-LISTEN:{port},fork,reuseaddr"), "SYSTEM:cat"],
+    ) {
+        fail(ov, &format!("{e:#}"));
+    }
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        let out = run_in(ov, ns, "ss", &["-lun"]);
+        if out.lines().any(|l| {
+            l.split_whitespace()
+                .nth(3)
+                .is_some_and(|a| a.ends_with(&format!(":{port}")))
+        }) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fail(ov, &format!("socat in {ns} never listened on UDP {port}"));
+}
+
+/// A datagram from `ns` to a `udp_echo_server` at ip:port and its echo back, retried for up to
+/// 10 s (the cell may still be learning a policy). Both legs carry the sender's UDP checksum,
+/// partial from the kernel side under its default offloads.
+fn udp_echo(ov: &Overlay, ns: &str, ip: Ipv4Addr, port: u16) {
+    let msg = format!("udp-from-{ns}");
+    let cmd = format!("echo {msg} | timeout 5 socat -T 1 - UDP:{ip}:{port}");
+    let start = Instant::now();
+    loop {
+        let out = ov
+            .tb
+            .exec(ns, "sh", &["-c", &cmd])
+            .unwrap_or_else(|e| fail(ov, &format!("{e:#}")));
+        if String::from_utf8_lossy(&out.stdout).trim() == msg {
+            println!("UDP {ns} -> {ip}:{port} and back ({:?})", start.elapsed());
+            return;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            fail(
+                ov,
+                &format!("UDP {ns} -> {ip}:{port}: no echo ({})", out.status),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// `BULK` bytes of pseudo-random data in a file, and their SHA-256 (from `sha256sum`).
 const BULK: usize = 8 << 20;
 
@@ -798,6 +849,14 @@ fn interop(prefix: &str, offloads: KernelOffloads) {
     bulk_transfer(&ov, "kc", t_ip, 8082, &file);
     bulk_transfer(&ov, "tc", K_CONTAINER, 9092, &file);
     let _ = std::fs::remove_file(&file.0);
+    // UDP both ways (a policy K -> T udp 8083; T -> K is not filtered on the kernel side).
+    udp_echo_server(&mut ov, "tc", 8083);
+    udp_echo_server(&mut ov, "kc", 9093);
+    if let Err(e) = ov.allow("K", "T", "udp", 8083, 8083) {
+        fail(&ov, &format!("{e:#}"));
+    }
+    udp_echo(&ov, "kc", t_ip, 8083);
+    udp_echo(&ov, "tc", K_CONTAINER, 9093);
     // The two variants really differ: partial checksums arrived (and were completed) only with
     // the kernel side's default offloads; none was wrong.
     let status = ov
