@@ -515,6 +515,63 @@ fn udp_echo(ov: &Overlay, ns: &str, ip: Ipv4Addr, port: u16) {
     }
 }
 
+fn mac_bytes(mac: &str) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    for (b, h) in m.iter_mut().zip(mac.split(':')) {
+        *b = u8::from_str_radix(h, 16).unwrap_or_default();
+    }
+    m
+}
+
+/// Sends, from the kernel cell's underlay address, one VXLAN datagram as its silk-vtep would
+/// (VNI 1, K's tag, inner MACs of the two VTEPs) carrying a TCP SYN from K to T:8080 whose
+/// window was damaged after the checksum was computed. Tapestry must drop it and count it.
+fn inject_corrupted(ov: &Overlay, t_ip: Ipv4Addr, t_mac: &str, k_tag: u16) {
+    use tapestry_switch::wire::{ethernet, ipv4, tcp, vxlan_gbp};
+    let mut d = vec![0u8; 8 + 14 + 20 + 20];
+    vxlan_gbp::Repr {
+        vni: 1,
+        group_policy_id: Some(k_tag),
+        dont_learn: false,
+        policy_applied: false,
+    }
+    .emit(&mut vxlan_gbp::Packet::new_unchecked(&mut d[..8]));
+    ethernet::Repr {
+        dst: mac_bytes(t_mac),
+        src: mac_bytes(&vtep_mac(KERNEL_VTEP)),
+        ethertype: ethernet::ETHERTYPE_IPV4,
+    }
+    .emit(&mut ethernet::Frame::new_unchecked(&mut d[8..]));
+    ipv4::Repr {
+        src: K_CONTAINER,
+        dst: t_ip,
+        protocol: ipv4::PROTO_TCP,
+        payload_len: 20,
+        ttl: 63,
+        tos: 0,
+        ident: 7,
+        dont_frag: true,
+    }
+    .emit(&mut ipv4::Packet::new_unchecked(&mut d[22..]));
+    tcp::Repr {
+        src_port: 45678,
+        dst_port: 8080,
+        seq: 1,
+        ack: 0,
+        flags: tcp::SYN,
+        window: 1000,
+    }
+    .emit(&mut tcp::Packet::new_unchecked(&mut d[42..]));
+    tcp::Packet::new_unchecked(&mut d[42..]).fill_checksum(K_CONTAINER, t_ip);
+    d[42 + 15] ^= 0x01;
+    let path = std::env::temp_dir().join(format!("tpi-corrupt-{}.bin", std::process::id()));
+    std::fs::write(&path, &d).unwrap_or_else(|e| fail(ov, &format!("writing {path:?}: {e}")));
+    let to = format!("UDP-SENDTO:{}:4789", ov.cells[0].underlay);
+    let from = format!("OPEN:{}", path.display());
+    run_in(ov, "kcell", "socat", &["-u", &from, &to]);
+    let _ = std::fs::remove_file(&path);
+}
+
 /// `BULK` bytes of pseudo-random data in a file, and their SHA-256 (from `sha256sum`).
 const BULK: usize = 8 << 20;
 
@@ -879,6 +936,26 @@ fn interop(prefix: &str, offloads: KernelOffloads) {
         _ => {}
     }
     assert_eq!(bad, 0, "bad_l4_checksum drops on a clean underlay");
+    // A corrupted segment (a wrong checksum that is not a partial one) is dropped and counted.
+    inject_corrupted(&ov, t_ip, &t_mac, k_tag);
+    let start = Instant::now();
+    loop {
+        let st = ov
+            .cell_status(0)
+            .unwrap_or_else(|e| fail(&ov, &format!("cell status: {e:#}")));
+        let bad = st["drops"]["bad_l4_checksum"].as_u64().unwrap_or(0);
+        if bad == 1 {
+            println!("a corrupted TCP segment from the kernel cell's address: dropped, bad_l4_checksum 1");
+            break;
+        }
+        if bad > 1 || start.elapsed() > Duration::from_secs(5) {
+            fail(
+                &ov,
+                &format!("bad_l4_checksum is {bad} after one corrupted segment"),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // What Tapestry puts on the wire, decoded by tshark: give T a tag (policy T -> K), then
     // capture T -> K traffic on the kernel cell's underlay interface.
