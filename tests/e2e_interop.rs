@@ -11,7 +11,12 @@
 //! - `tshark` decodes the packets Tapestry sends as VXLAN with the G and I flags, T's Group Policy
 //!   ID and VNI 1.
 //!
-//! Root only (network namespaces, prefix `tpi`); skipped with a note otherwise. Needs socat,
+//! It runs twice: with the kernel side's offloads at their defaults (its own traffic then
+//! reaches Tapestry with partial inner checksums, CHECKSUM_PARTIAL, and super-frames sent by TSO
+//! are split on the way), and with TX checksum offload off on the kernel cell's underlay port
+//! (every inner checksum complete). Both also move a few MB each way and compare digests.
+//!
+//! Root only (network namespaces, prefixes `tpi` and `tpioff`); skipped with a note otherwise. Needs socat,
 //! tshark, iptables, ethtool and iproute2. Everything it creates is removed by the testbed's Drop on every
 //! exit path, tshark included.
 
@@ -125,11 +130,20 @@ fn run_in(ov: &Overlay, ns: &str, prog: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The kernel cell's offloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KernelOffloads {
+    /// As the kernel sets them up: over a veth its own traffic keeps partial inner checksums.
+    Default,
+    /// TX checksum offload off on the kernel cell's underlay port: complete inner checksums.
+    TxChecksumOff,
+}
+
 /// Builds the kernel Silk cell `kcell` on the underlay and its container namespace `kc`
 /// (K_CONTAINER/32 behind a veth whose host side is `s-kc`), as Silk does:
 /// silk-vtep with MAC ee:ee:<VTEP IP>, the VTEP IP with the overlay prefix, the host side of the
 /// veth `169.254.0.1 peer CIP/32`, the container's default route via 169.254.0.1.
-fn kernel_cell(ov: &mut Overlay) {
+fn kernel_cell(ov: &mut Overlay, offloads: KernelOffloads) {
     let u = underlay_ip(KERNEL_HOST).to_string();
     let mtu = (ov.underlay_mtu - 50).to_string();
     if let Err(e) = ov
@@ -185,13 +199,14 @@ fn kernel_cell(ov: &mut Overlay) {
         ],
     );
     run_in(ov, "kcell", "sysctl", &["-qw", "net.ipv4.ip_forward=1"]);
-    // A veth hands the peer namespace the encapsulated frame with the inner TCP/UDP checksum
-    // still partial (CHECKSUM_PARTIAL: only the pseudo-header sum). The kernel on the other side
-    // would finish it from the skb's metadata, but Tapestry reads the frame from a UDP socket and
-    // cannot, so the Tapestry container would drop every segment from the kernel side
-    // (TcpInCsumErrors). A NIC computes that checksum before the wire; turning off TX checksum
-    // offload on the kernel cell's underlay port makes its kernel do it in software instead.
-    run_in(ov, "kcell", "ethtool", &["-K", "ul0", "tx", "off"]);
+    // With the defaults, a veth hands the peer namespace the encapsulated frame with the inner
+    // TCP/UDP checksum still partial (CHECKSUM_PARTIAL: the field holds only the pseudo-header
+    // sum); Tapestry reads it from a UDP socket without the skb's metadata and must recognise and
+    // complete it. With TX checksum offload off, the kernel computes every checksum in software,
+    // as a NIC would before the wire.
+    if offloads == KernelOffloads::TxChecksumOff {
+        run_in(ov, "kcell", "ethtool", &["-K", "ul0", "tx", "off"]);
+    }
 
     if let Err(e) = ov.tb.add_namespace("kc") {
         fail(
@@ -374,13 +389,18 @@ fn tapestry_lease(ov: &Overlay, underlay: Ipv4Addr) -> (String, Ipv4Addr, String
 }
 
 fn socat_server(ov: &mut Overlay, ns: &str, port: u16, reply: &str) {
+    socat_listen(ov, ns, port, &format!("echo {reply}"));
+}
+
+/// A socat server in `ns` on `port` that runs `system` (a shell command) for each connection.
+fn socat_listen(ov: &mut Overlay, ns: &str, port: u16, system: &str) {
     if let Err(e) = ov.tb.spawn_cmd(
         ns,
         &format!("socat-{ns}-{port}"),
         "socat",
         &[
             &format!("TCP-LISTEN:{port},fork,reuseaddr"),
-            &format!("SYSTEM:echo {reply}"),
+            &format!("SYSTEM:{system}"),
         ],
     ) {
         fail(ov, &format!("{e:#}"));
@@ -441,6 +461,190 @@ fn wait_reply(
             return None;
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A UDP echo server (socat) in `ns` on `port`.
+fn udp_echo_server(ov: &mut Overlay, ns: &str, port: u16) {
+    if let Err(e) = ov.tb.spawn_cmd(
+        ns,
+        &format!("socat-udp-{ns}-{port}"),
+        "socat",
+        &[&format!("UDP-LISTEN:{port},fork,reuseaddr"), "SYSTEM:cat"],
+    ) {
+        fail(ov, &format!("{e:#}"));
+    }
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(5) {
+        let out = run_in(ov, ns, "ss", &["-lun"]);
+        if out.lines().any(|l| {
+            l.split_whitespace()
+                .nth(3)
+                .is_some_and(|a| a.ends_with(&format!(":{port}")))
+        }) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fail(ov, &format!("socat in {ns} never listened on UDP {port}"));
+}
+
+/// A datagram from `ns` to a `udp_echo_server` at ip:port and its echo back, retried for up to
+/// 10 s (the cell may still be learning a policy). Both legs carry the sender's UDP checksum,
+/// partial from the kernel side under its default offloads.
+fn udp_echo(ov: &Overlay, ns: &str, ip: Ipv4Addr, port: u16) {
+    let msg = format!("udp-from-{ns}");
+    let cmd = format!("echo {msg} | timeout 5 socat -T 1 - UDP:{ip}:{port}");
+    let start = Instant::now();
+    loop {
+        let out = ov
+            .tb
+            .exec(ns, "sh", &["-c", &cmd])
+            .unwrap_or_else(|e| fail(ov, &format!("{e:#}")));
+        if String::from_utf8_lossy(&out.stdout).trim() == msg {
+            println!("UDP {ns} -> {ip}:{port} and back ({:?})", start.elapsed());
+            return;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            fail(
+                ov,
+                &format!("UDP {ns} -> {ip}:{port}: no echo ({})", out.status),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn mac_bytes(mac: &str) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    for (b, h) in m.iter_mut().zip(mac.split(':')) {
+        *b = u8::from_str_radix(h, 16).unwrap_or_default();
+    }
+    m
+}
+
+/// Sends, from the kernel cell's underlay address, one VXLAN datagram as its silk-vtep would
+/// (VNI 1, K's tag, inner MACs of the two VTEPs) carrying a TCP SYN from K to T:8080 whose
+/// window was damaged after the checksum was computed. Tapestry must drop it and count it.
+fn inject_corrupted(ov: &Overlay, t_ip: Ipv4Addr, t_mac: &str, k_tag: u16) {
+    use tapestry_switch::wire::{ethernet, ipv4, tcp, vxlan_gbp};
+    let mut d = vec![0u8; 8 + 14 + 20 + 20];
+    vxlan_gbp::Repr {
+        vni: 1,
+        group_policy_id: Some(k_tag),
+        dont_learn: false,
+        policy_applied: false,
+    }
+    .emit(&mut vxlan_gbp::Packet::new_unchecked(&mut d[..8]));
+    ethernet::Repr {
+        dst: mac_bytes(t_mac),
+        src: mac_bytes(&vtep_mac(KERNEL_VTEP)),
+        ethertype: ethernet::ETHERTYPE_IPV4,
+    }
+    .emit(&mut ethernet::Frame::new_unchecked(&mut d[8..]));
+    ipv4::Repr {
+        src: K_CONTAINER,
+        dst: t_ip,
+        protocol: ipv4::PROTO_TCP,
+        payload_len: 20,
+        ttl: 63,
+        tos: 0,
+        ident: 7,
+        dont_frag: true,
+    }
+    .emit(&mut ipv4::Packet::new_unchecked(&mut d[22..]));
+    tcp::Repr {
+        src_port: 45678,
+        dst_port: 8080,
+        seq: 1,
+        ack: 0,
+        flags: tcp::SYN,
+        window: 1000,
+    }
+    .emit(&mut tcp::Packet::new_unchecked(&mut d[42..]));
+    tcp::Packet::new_unchecked(&mut d[42..]).fill_checksum(K_CONTAINER, t_ip);
+    d[42 + 15] ^= 0x01;
+    let path = std::env::temp_dir().join(format!("tpi-corrupt-{}.bin", std::process::id()));
+    std::fs::write(&path, &d).unwrap_or_else(|e| fail(ov, &format!("writing {path:?}: {e}")));
+    let to = format!("UDP-SENDTO:{}:4789", ov.cells[0].underlay);
+    let from = format!("OPEN:{}", path.display());
+    run_in(ov, "kcell", "socat", &["-u", &from, &to]);
+    let _ = std::fs::remove_file(&path);
+}
+
+/// `BULK` bytes of pseudo-random data in a file, and their SHA-256 (from `sha256sum`).
+const BULK: usize = 8 << 20;
+
+fn bulk_file(ov: &Overlay, name: &str) -> (std::path::PathBuf, String) {
+    let path = std::env::temp_dir().join(format!("{name}-{}.bin", std::process::id()));
+    // xorshift64: incompressible enough, and no dependency.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut data = Vec::with_capacity(BULK);
+    while data.len() < BULK {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        data.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(&path, &data).unwrap_or_else(|e| fail(ov, &format!("writing {path:?}: {e}")));
+    let out = Command::new("sha256sum")
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| fail(ov, &format!("sha256sum: {e}")));
+    let digest = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(digest.len(), 64, "sha256sum of {path:?} printed {out:?}");
+    (path, digest)
+}
+
+/// Sends the file to ip:port from `ns` (a `socat_listen` server running `sha256sum`) and checks
+/// that the digest the server computed is the file's: every byte arrived, in order. Retries a
+/// connection that does not open for up to 10 s (the cell may still be learning a policy); a
+/// wrong digest fails at once.
+fn bulk_transfer(
+    ov: &Overlay,
+    ns: &str,
+    ip: Ipv4Addr,
+    port: u16,
+    file: &(std::path::PathBuf, String),
+) {
+    let cmd = format!(
+        "timeout 60 socat -T 20 -t 20 - TCP:{ip}:{port},connect-timeout=2 < {}",
+        file.0.display()
+    );
+    let start = Instant::now();
+    loop {
+        let t = Instant::now();
+        let out = ov
+            .tb
+            .exec(ns, "sh", &["-c", &cmd])
+            .unwrap_or_else(|e| fail(ov, &format!("{e:#}")));
+        let took = t.elapsed();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let got = stdout.split_whitespace().next().unwrap_or_default();
+        if out.status.success() && got == file.1 {
+            println!(
+                "{ns} -> {ip}:{port}: {} MB arrived intact in {took:?}",
+                BULK >> 20
+            );
+            return;
+        }
+        if !got.is_empty() || start.elapsed() > Duration::from_secs(10) {
+            fail(
+                ov,
+                &format!(
+                    "{} MB from {ns} to {ip}:{port}: the server's digest is {got:?}, the file's {} ({}; stderr: {})",
+                    BULK >> 20,
+                    file.1,
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -565,8 +769,19 @@ fn capture(ov: &Overlay, from: Ipv4Addr, traffic: impl FnOnce()) -> (Vec<Vxlan>,
     (pkts, err)
 }
 
+/// The kernel cell with its offloads as the kernel sets them up (partial inner checksums).
 #[test]
 fn e2e_kernel_interop() {
+    interop("tpi", KernelOffloads::Default);
+}
+
+/// The kernel cell with TX checksum offload off (complete inner checksums).
+#[test]
+fn e2e_kernel_interop_tx_checksum_off() {
+    interop("tpioff", KernelOffloads::TxChecksumOff);
+}
+
+fn interop(prefix: &str, offloads: KernelOffloads) {
     if !is_root() {
         eprintln!(
             "skipped: the interop test needs root (network namespaces, a kernel vxlan device)"
@@ -574,12 +789,20 @@ fn e2e_kernel_interop() {
         return;
     }
     for tool in [
-        "socat", "tshark", "iptables", "bridge", "ss", "ethtool", "nstat",
+        "socat",
+        "tshark",
+        "iptables",
+        "bridge",
+        "ss",
+        "ethtool",
+        "nstat",
+        "sha256sum",
     ] {
         assert!(have(tool), "{tool} is needed for the interop test (apt-get install socat tshark iptables iproute2 ethtool)");
     }
 
-    let mut ov = Overlay::start("tpi", bin(), 1, &[])
+    println!("kernel cell offloads: {offloads:?}");
+    let mut ov = Overlay::start(prefix, bin(), 1, &[])
         .expect("starting the control plane and one Tapestry cell");
     let t_ip = match ov.add_container(0, "tc", "T", "space-t") {
         Ok(a) => a.container_ip,
@@ -591,7 +814,7 @@ fn e2e_kernel_interop() {
     );
 
     // The kernel Silk cell, registered as a foreign cell.
-    kernel_cell(&mut ov);
+    kernel_cell(&mut ov, offloads);
     api_ok(
         &ov,
         "POST",
@@ -672,6 +895,66 @@ fn e2e_kernel_interop() {
             &ov,
             "K -> T:8080 not admitted again after restoring the mark",
         );
+    }
+
+    // Bulk data both ways: from the kernel side, TSO super-frames split on the way (with partial
+    // inner checksums under the default offloads); to it, Tapestry's own segmentation.
+    let file = bulk_file(&ov, prefix);
+    socat_listen(&mut ov, "tc", 8082, "sha256sum");
+    socat_listen(&mut ov, "kc", 9092, "sha256sum");
+    allow(&ov, "K", "T", 8082);
+    bulk_transfer(&ov, "kc", t_ip, 8082, &file);
+    bulk_transfer(&ov, "tc", K_CONTAINER, 9092, &file);
+    let _ = std::fs::remove_file(&file.0);
+    // UDP both ways (a policy K -> T udp 8083; T -> K is not filtered on the kernel side).
+    udp_echo_server(&mut ov, "tc", 8083);
+    udp_echo_server(&mut ov, "kc", 9093);
+    if let Err(e) = ov.allow("K", "T", "udp", 8083, 8083) {
+        fail(&ov, &format!("{e:#}"));
+    }
+    udp_echo(&ov, "kc", t_ip, 8083);
+    udp_echo(&ov, "tc", K_CONTAINER, 9093);
+    // The two variants really differ: partial checksums arrived (and were completed) only with
+    // the kernel side's default offloads; none was wrong.
+    let status = ov
+        .cell_status(0)
+        .unwrap_or_else(|e| fail(&ov, &format!("cell status: {e:#}")));
+    let completed = status["totals"]["partial_checksums_completed"]
+        .as_u64()
+        .unwrap_or_else(|| fail(&ov, "cell status has no totals.partial_checksums_completed"));
+    let bad = status["drops"]["bad_l4_checksum"].as_u64().unwrap_or(0);
+    println!("partial inner checksums completed by the Tapestry cell: {completed}; bad_l4_checksum drops: {bad}");
+    match offloads {
+        KernelOffloads::Default if completed == 0 => fail(
+            &ov,
+            "no partial inner checksum arrived from the kernel side with its default offloads",
+        ),
+        KernelOffloads::TxChecksumOff if completed != 0 => fail(
+            &ov,
+            &format!("{completed} partial inner checksums arrived with TX checksum offload off"),
+        ),
+        _ => {}
+    }
+    assert_eq!(bad, 0, "bad_l4_checksum drops on a clean underlay");
+    // A corrupted segment (a wrong checksum that is not a partial one) is dropped and counted.
+    inject_corrupted(&ov, t_ip, &t_mac, k_tag);
+    let start = Instant::now();
+    loop {
+        let st = ov
+            .cell_status(0)
+            .unwrap_or_else(|e| fail(&ov, &format!("cell status: {e:#}")));
+        let bad = st["drops"]["bad_l4_checksum"].as_u64().unwrap_or(0);
+        if bad == 1 {
+            println!("a corrupted TCP segment from the kernel cell's address: dropped, bad_l4_checksum 1");
+            break;
+        }
+        if bad > 1 || start.elapsed() > Duration::from_secs(5) {
+            fail(
+                &ov,
+                &format!("bad_l4_checksum is {bad} after one corrupted segment"),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 
     // What Tapestry puts on the wire, decoded by tshark: give T a tag (policy T -> K), then

@@ -238,6 +238,7 @@ fn scenario(prefix: &str, cell_args: &[&str]) {
         for reason in [
             "bad_offload",
             "malformed_l4",
+            "bad_l4_checksum",
             "truncated",
             "frame_too_large",
         ] {

@@ -44,6 +44,7 @@ drop_reasons! {
     OutsideOverlay => "outside_overlay", "Outside the overlay (egress to other networks is not supported yet).";
     NotLocal => "not_local", "From the underlay, but not addressed to this cell's subnet.";
     MalformedL4 => "malformed_l4", "TCP/UDP/ICMP header truncated or invalid.";
+    BadL4Checksum => "bad_l4_checksum", "TCP or UDP checksum of a frame from the underlay is wrong (and not a partial one).";
     UnknownVtep => "unknown_vtep", "VXLAN from an underlay address that holds no lease.";
     MalformedVxlan => "malformed_vxlan", "VXLAN header truncated or without the I flag.";
     WrongVni => "wrong_vni", "VXLAN network identifier is not ours.";
@@ -108,6 +109,9 @@ pub struct Totals {
     pub port_tx_errors: u64,
     /// Datagrams the underlay socket refused (sendmsg/sendmmsg failed).
     pub underlay_tx_errors: u64,
+    /// Frames from the underlay whose inner TCP/UDP checksum arrived partial (a kernel VTEP's
+    /// CHECKSUM_PARTIAL kept by a veth or bridge) and was completed.
+    pub partial_checksums_completed: u64,
 }
 
 /// Everything counted, read at one moment.
@@ -152,6 +156,7 @@ pub struct Counters {
     conntrack_evictions: AtomicU64,
     port_tx_errors: AtomicU64,
     underlay_tx_errors: AtomicU64,
+    partial_checksums_completed: AtomicU64,
 }
 
 impl Default for Counters {
@@ -174,6 +179,7 @@ impl Counters {
             conntrack_evictions: AtomicU64::new(0),
             port_tx_errors: AtomicU64::new(0),
             underlay_tx_errors: AtomicU64::new(0),
+            partial_checksums_completed: AtomicU64::new(0),
         }
     }
 
@@ -234,6 +240,11 @@ impl Counters {
     /// `n` datagrams could not be sent on the underlay.
     pub fn underlay_tx_errors(&self, n: usize) {
         self.underlay_tx_errors.fetch_add(n as u64, Relaxed);
+    }
+
+    /// A partial inner checksum from the underlay was completed.
+    pub fn partial_checksum_completed(&self) {
+        self.partial_checksums_completed.fetch_add(1, Relaxed);
     }
 
     pub fn conntrack_evicted(&self, n: usize) {
@@ -301,6 +312,7 @@ impl Counters {
             conntrack_evictions: self.conntrack_evictions.load(Relaxed),
             port_tx_errors: self.port_tx_errors.load(Relaxed),
             underlay_tx_errors: self.underlay_tx_errors.load(Relaxed),
+            partial_checksums_completed: self.partial_checksums_completed.load(Relaxed),
             ..Totals::default()
         };
         for (_, s) in &ports {

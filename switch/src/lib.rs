@@ -25,7 +25,8 @@
 //!
 //! Modules: [`wire`] (byte views of every header), [`tables`] (snapshot of ports, routes and
 //! policies; connection tracking), [`pipeline`] (the per-packet decisions), [`counters`],
-//! [`offload`] (checksums, TSO segmentation, TCP coalescing for virtio-net super-frames).
+//! [`offload`] (checksums, partial ones from a kernel VTEP included; TSO/USO segmentation; TCP
+//! coalescing; what to write for virtio-net super-frames).
 #![forbid(unsafe_code)]
 
 pub mod buf;

@@ -87,7 +87,9 @@ proptest! {
         edits in proptest::collection::vec((0usize..80, any::<u8>()), 0..4),
         cut in 0usize..60,
     ) {
-        use tapestry_switch::offload::{segment_tcpv4, segment_vxlan, TcpCoalescer};
+        use tapestry_switch::offload::{
+            segment_vxlan, segment_vxlan_into, to_port, underlay_send, RxCoalescer, UnderlaySend,
+        };
         use tapestry_switch::wire::virtio_net;
         let (mut net, a, b, c) = world();
         let payload = vec![0x5a; size];
@@ -113,15 +115,28 @@ proptest! {
         let (v, h) = net.cells[0].switch.from_port_vnet(a.port(), &mut buf, now);
         check(&net, 0, before, v);
         let mut scratch = vec![0u8; 70_000];
+        // What the dataplane does with the verdict: the switch's offload decisions.
         match v {
-            Verdict::ToUnderlay(_) => {
-                let _ = segment_vxlan(buf.data(), &h, &mut scratch, |_| {});
-            }
-            Verdict::ToPort(_) => {
-                let frame = &buf.data()[virtio_net::HEADER_LEN..];
-                let mut co = TcpCoalescer::new();
-                let _ = segment_tcpv4(frame, &h, &mut scratch, |seg| { let _ = co.push(seg); });
-                let _ = co.finish();
+            Verdict::ToUnderlay(_) => match underlay_send(buf.data(), &h, 1 << 19) {
+                UnderlaySend::Whole => {}
+                UnderlaySend::BackToBack { room } => {
+                    let mut out = vec![0u8; room];
+                    let _ = segment_vxlan_into(buf.data(), &h, &mut out);
+                }
+                UnderlaySend::EachSegment => {
+                    let _ = segment_vxlan(buf.data(), &h, &mut scratch, |_| {});
+                }
+            },
+            Verdict::ToPort(p) => {
+                // To a TAP with the header (whole), and to one without (segmented), the
+                // segments then coalesced as the receive side would.
+                let mut data = buf.data().to_vec();
+                let _ = to_port(&mut data, &h, true, &mut scratch, |_| {});
+                let mut rx = RxCoalescer::new(2);
+                let _ = to_port(&mut data, &h, false, &mut scratch, |seg| {
+                    rx.push(p, true, seg, |_, _| {})
+                });
+                rx.flush(|_, _| {});
             }
             Verdict::Drop(_) => {}
         }

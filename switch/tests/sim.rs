@@ -428,3 +428,59 @@ fn underlay_checks() {
     assert_eq!(w.net.drops(0, R::UnknownVtep), 1);
     assert_eq!(w.net.drops(0, R::WrongVni), 1);
 }
+
+/// A kernel VTEP's own traffic over a veth: the inner TCP checksum field holds only the
+/// pseudo-header sum (CHECKSUM_PARTIAL). The switch completes it before delivery and counts it;
+/// a checksum that is wrong in any other way is dropped and counted, before any connection state.
+#[test]
+fn partial_inner_checksums_completed_corrupted_dropped() {
+    use tapestry_switch::wire::{checksum, tcp};
+    let mut w = world();
+    let cell1 = SocketAddrV4::new(underlay(1), 4789);
+    let (src, dst) = (w.b1.ip(), w.b0.ip());
+    let good = inner_from_cell1(src, dst, 8080);
+    let tcp_len = (good.len() - 34) as u32;
+    let mut partial = good.clone();
+    let ph = checksum::fold(checksum::pseudo_header(src, dst, 6, tcp_len));
+    partial[50..52].copy_from_slice(&ph.to_be_bytes());
+    assert_ne!(partial, good);
+
+    let out = w
+        .net
+        .inject_underlay(0, cell1, &vxlan(Some(1), 1, &partial));
+    let Outcome::Delivered(0, _, f) = out else {
+        panic!("{out:?}")
+    };
+    let ip = ipv4::Packet::new_checked(&f[14..]).unwrap();
+    let t = tcp::Packet::new_checked(ip.payload()).unwrap();
+    assert!(t.verify_checksum(ip.src(), ip.dst()), "completed");
+    assert_eq!(
+        &f[34..],
+        &good[34..],
+        "the sender's TCP segment, byte for byte"
+    );
+    let s = w.net.cells[0].counters.snapshot();
+    assert_eq!(s.totals.partial_checksums_completed, 1);
+
+    // A complete checksum is not touched or counted.
+    assert!(w
+        .net
+        .inject_underlay(0, cell1, &vxlan(Some(1), 1, &good))
+        .delivered());
+    let entries = w.net.cells[0].conntrack.len();
+    // Corrupted on the way (a flipped bit in the window), from a new source port.
+    let mut bad = inner_from_cell1(src, dst, 8080);
+    bad[34..36].copy_from_slice(&50001u16.to_be_bytes());
+    tcp::Packet::new_unchecked(&mut bad[34..]).fill_checksum(src, dst);
+    bad[48] ^= 0x04;
+    assert_eq!(
+        w.net
+            .inject_underlay(0, cell1, &vxlan(Some(1), 1, &bad))
+            .reason(),
+        Some(R::BadL4Checksum)
+    );
+    assert_eq!(w.net.drops(0, R::BadL4Checksum), 1);
+    assert_eq!(w.net.cells[0].conntrack.len(), entries, "no state for it");
+    let s = w.net.cells[0].counters.snapshot();
+    assert_eq!(s.totals.partial_checksums_completed, 1);
+}

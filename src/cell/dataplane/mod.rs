@@ -1,11 +1,12 @@
 //! The dataplane driver: one mio loop that moves frames between TAP devices, the underlay UDP
-//! socket and the sans-IO switch pipeline. All decisions are the pipeline's; these files only do
-//! I/O, so they hold no policy logic.
+//! socket and the sans-IO switch. All decisions are the switch's (the pipeline's verdicts, and
+//! `tapestry_switch::offload` for whether a frame is written whole, segmented or has its
+//! checksum completed, and for receive coalescing); these files only do I/O.
 //!
 //! With offloads on (the default), TAPs carry the virtio-net header and hand over 64 KiB TCP
 //! super-frames: same-cell ones go TAP to TAP whole, others are split into MSS-sized segments in
 //! user space and sent with one sendmsg each (UDP_SEGMENT, [`underlay_tx`]); the receive side
-//! uses UDP_GRO and recvmmsg and coalesces inner TCP segments back into super-frames
+//! uses UDP_GRO and recvmmsg, and writes inner TCP segments coalesced back into super-frames
 //! ([`underlay_rx`]). `--no-offload` moves plain frames, still batched with recvmmsg/sendmmsg.
 //! Every buffer is allocated when the thread starts.
 //!
@@ -29,7 +30,7 @@ use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use tapestry_switch::offload::{complete_checksum, segment_tcpv4, segment_vxlan};
+use tapestry_switch::offload::{self, segment_vxlan, PortWrite, UnderlaySend};
 use tapestry_switch::wire::virtio_net;
 use tapestry_switch::{
     Conntrack, Counters, DropReason, FxHashMap, PacketBuf, PortId, Switch, Tables, Verdict,
@@ -167,6 +168,22 @@ pub(crate) fn write_plain(port: &Port, frame: &[u8], counters: &Counters) {
     // A full TAP queue drops the frame, as a NIC would; TCP recovers.
     if r.is_err() {
         counters.port_tx_error();
+    }
+}
+
+/// Performs one of the switch's writes to a port ([`offload::RxCoalescer`]); a port removed in
+/// the meantime is skipped.
+pub(crate) fn write_port(ports: &Ports, to: PortId, w: PortWrite<'_>, counters: &Counters) {
+    let Some(port) = ports.get(&to) else {
+        return;
+    };
+    match w {
+        PortWrite::Plain(frame) => write_plain(port, frame, counters),
+        PortWrite::Vnet(hdr, frame) => {
+            if port.tap.write2(&hdr, frame).is_err() {
+                counters.port_tx_error();
+            }
+        }
     }
 }
 
@@ -416,62 +433,43 @@ impl Dataplane {
         }
     }
 
-    /// Sends what `from_port_vnet` left in the buffer.
+    /// Sends what `from_port_vnet` left in the buffer, as the switch's offload decisions say.
     fn emit_vnet(&mut self, from: PortId, v: Verdict, hdr: virtio_net::Repr) {
-        match v {
+        let r = match v {
             Verdict::ToPort(to) => {
                 let Some(p) = self.ports.get(&to) else {
                     return;
                 };
-                if p.vnet {
-                    // Header and (super-)frame, whole.
-                    if p.tap.write(self.buf.data()).is_err() {
-                        self.counters.port_tx_error();
-                    }
-                    return;
-                }
-                // A port without the header (it could not be opened with one): segment here.
-                let frame = &mut self.buf.data_mut()[virtio_net::HEADER_LEN..];
                 let counters = &self.counters;
-                let r = if hdr.gso_kind() == virtio_net::GSO_NONE {
-                    complete_checksum(frame, &hdr).map(|()| write_plain(p, frame, counters))
-                } else {
-                    segment_tcpv4(frame, &hdr, &mut self.scratch, |s| {
-                        write_plain(p, s, counters)
-                    })
-                    .map(|_| ())
-                };
-                if r.is_err() {
-                    self.counters
-                        .dropped(DropReason::BadOffload, Some(from), frame.len());
-                }
+                offload::to_port(self.buf.data_mut(), &hdr, p.vnet, &mut self.scratch, |b| {
+                    if p.tap.write(b).is_err() {
+                        counters.port_tx_error();
+                    }
+                })
+                .map(drop)
             }
             Verdict::ToUnderlay(dst) => {
-                if hdr.gso_kind() == virtio_net::GSO_NONE && !hdr.needs_csum() {
-                    self.txq.push(dst, self.buf.data());
-                    return;
-                }
-                let r = match hdr.gso_kind() {
-                    virtio_net::GSO_TCPV4 => self.txq.push_segmented(dst, self.buf.data(), &hdr),
-                    _ => Ok(false),
-                };
-                let r = match r {
-                    Ok(true) => Ok(()),
-                    Ok(false) => {
-                        let txq = &mut self.txq;
-                        segment_vxlan(self.buf.data(), &hdr, &mut self.scratch, |seg| {
-                            txq.push(dst, seg)
-                        })
-                        .map(|_| ())
+                let payload = self.buf.data();
+                match offload::underlay_send(payload, &hdr, self.txq.room()) {
+                    UnderlaySend::Whole => {
+                        self.txq.push(dst, payload);
+                        Ok(())
                     }
-                    Err(e) => Err(e),
-                };
-                if r.is_err() {
-                    self.counters
-                        .dropped(DropReason::BadOffload, Some(from), self.buf.len());
+                    UnderlaySend::BackToBack { room } => {
+                        self.txq.push_segmented(dst, payload, &hdr, room)
+                    }
+                    UnderlaySend::EachSegment => {
+                        let txq = &mut self.txq;
+                        segment_vxlan(payload, &hdr, &mut self.scratch, |seg| txq.push(dst, seg))
+                            .map(drop)
+                    }
                 }
             }
-            Verdict::Drop(_) => {}
+            Verdict::Drop(_) => Ok(()),
+        };
+        if r.is_err() {
+            self.counters
+                .dropped(DropReason::BadOffload, Some(from), self.buf.len());
         }
     }
 }

@@ -1,20 +1,20 @@
 //! The underlay receive side: recvmmsg into preallocated 64 KiB buffers (with UDP_GRO, each may
 //! hold many datagrams of one size), every datagram through the switch where it was received (no
-//! copy), and consecutive inner TCP segments of a flow coalesced per destination port into one
-//! super-frame written to the TAP with a virtio-net header (NEEDS_CSUM, GSO TCPV4). Coalescers
-//! are flushed at the end of each batch.
+//! copy), then the switch's receive coalescing ([`RxCoalescer`]: consecutive inner TCP segments
+//! of a flow become one super-frame per destination port, written to the TAP with a virtio-net
+//! header) decides what to write; this file only reads the socket and performs the writes.
+//! Pending super-frames are written at the end of each batch.
 
 use std::io;
 use std::net::UdpSocket;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tapestry_switch::offload::{Push, TcpCoalescer, TcpV4Layout};
-use tapestry_switch::wire::{ipv4, tcp, virtio_net};
-use tapestry_switch::{Counters, DropReason, PacketBuf, PortId, Switch, Verdict};
+use tapestry_switch::offload::RxCoalescer;
+use tapestry_switch::{Counters, DropReason, PacketBuf, Switch, Verdict};
 use tapestry_sys::udp::{self, RecvMeta, MAX_BATCH};
 
-use super::{write_plain, Ports, WorkerStats};
+use super::{write_port, Ports, WorkerStats};
 
 /// Size of each receive buffer: a whole GRO batch (at most 64 KiB of UDP payload).
 const RX_BUF: usize = tapestry_switch::buf::MAX_FRAME;
@@ -32,19 +32,12 @@ impl AsMut<[u8]> for RxBuf {
     }
 }
 
-struct Slot {
-    port: Option<PortId>,
-    c: TcpCoalescer,
-}
-
 pub struct UnderlayRx {
     sock: UdpSocket,
     bufs: Vec<RxBuf>,
     meta: [RecvMeta; RX_BATCH],
-    slots: Vec<Slot>,
-    next_evict: usize,
-    /// Coalesce inner TCP segments for ports with the virtio-net header.
-    coalesce: bool,
+    /// Coalesces inner TCP segments for ports with the virtio-net header (no slots: off).
+    rx: RxCoalescer,
     counters: Arc<Counters>,
     stats: Arc<WorkerStats>,
     warned: bool,
@@ -62,14 +55,7 @@ impl UnderlayRx {
             sock,
             bufs: (0..RX_BATCH).map(|_| RxBuf(PacketBuf::new())).collect(),
             meta: [RecvMeta::default(); RX_BATCH],
-            slots: (0..slots)
-                .map(|_| Slot {
-                    port: None,
-                    c: TcpCoalescer::new(),
-                })
-                .collect(),
-            next_evict: 0,
-            coalesce,
+            rx: RxCoalescer::new(slots),
             counters,
             stats,
             warned: false,
@@ -121,125 +107,22 @@ impl UnderlayRx {
                 for off in (0..m.len).step_by(seg) {
                     pkt.select(off, seg.min(m.len - off));
                     if let Verdict::ToPort(p) = sw.from_underlay(m.src, pkt, now) {
-                        deliver(
-                            &mut self.slots,
-                            &mut self.next_evict,
-                            self.coalesce,
-                            p,
-                            pkt,
-                            ports,
-                            &self.counters,
-                        );
+                        let Some(port) = ports.get(&p) else {
+                            continue;
+                        };
+                        let counters = &self.counters;
+                        self.rx.push(p, port.vnet, pkt.data(), |to, w| {
+                            write_port(ports, to, w, counters)
+                        });
                     }
                 }
             }
-            flush_all(&mut self.slots, ports, &self.counters);
+            let counters = &self.counters;
+            self.rx.flush(|to, w| write_port(ports, to, w, counters));
             if got < RX_BATCH {
                 return false;
             }
         }
         true
-    }
-}
-
-/// A TCP segment that may join a super-frame: IPv4 without options, ACK or ACK|PSH, a payload,
-/// and a correct checksum (coalescing replaces it with a partial one the receiver trusts, so a
-/// corrupted segment must not be merged).
-fn coalescable(frame: &[u8]) -> bool {
-    let Ok(l) = TcpV4Layout::parse(frame) else {
-        return false;
-    };
-    if l.ip_len != ipv4::HEADER_LEN || l.end > frame.len() || l.end <= l.headers_len() {
-        return false;
-    }
-    let Ok(ip) = ipv4::Packet::new_checked(&frame[l.ip..l.end]) else {
-        return false;
-    };
-    let Ok(t) = tcp::Packet::new_checked(ip.payload()) else {
-        return false;
-    };
-    let f = t.flags();
-    (f == tcp::ACK || f == tcp::ACK | tcp::PSH) && t.verify_checksum(ip.src(), ip.dst())
-}
-
-fn flush_slot(slot: &mut Slot, ports: &Ports, counters: &Counters) {
-    let Some(p) = slot.port.take() else {
-        return;
-    };
-    let Some((hdr, frame)) = slot.c.finish() else {
-        return;
-    };
-    let Some(port) = ports.get(&p) else {
-        return;
-    };
-    let mut h = [0u8; virtio_net::HEADER_LEN];
-    hdr.emit(&mut virtio_net::Packet::new_unchecked(&mut h[..]));
-    if port.tap.write2(&h, frame).is_err() {
-        counters.port_tx_error();
-    }
-}
-
-fn flush_all(slots: &mut [Slot], ports: &Ports, counters: &Counters) {
-    for s in slots {
-        flush_slot(s, ports, counters);
-    }
-}
-
-fn deliver(
-    slots: &mut [Slot],
-    next_evict: &mut usize,
-    coalesce: bool,
-    p: PortId,
-    pkt: &PacketBuf,
-    ports: &Ports,
-    counters: &Counters,
-) {
-    let Some(port) = ports.get(&p) else {
-        return;
-    };
-    let frame = pkt.data();
-    if !coalesce || !port.vnet || slots.is_empty() {
-        write_plain(port, frame, counters);
-        return;
-    }
-    let existing = slots.iter().position(|s| s.port == Some(p));
-    if !coalescable(frame) {
-        // Keep the order of the port's frames: what is pending goes first.
-        if let Some(i) = existing {
-            flush_slot(&mut slots[i], ports, counters);
-        }
-        write_plain(port, frame, counters);
-        return;
-    }
-    let i = match existing {
-        Some(i) => i,
-        None => {
-            let i = match slots.iter().position(|s| s.port.is_none()) {
-                Some(i) => i,
-                None => {
-                    let i = *next_evict % slots.len();
-                    *next_evict = (i + 1) % slots.len();
-                    flush_slot(&mut slots[i], ports, counters);
-                    i
-                }
-            };
-            slots[i].port = Some(p);
-            i
-        }
-    };
-    match slots[i].c.push(frame) {
-        Push::Appended => {}
-        Push::Mismatch => {
-            flush_slot(&mut slots[i], ports, counters);
-            slots[i].port = Some(p);
-            if slots[i].c.push(frame) != Push::Appended {
-                slots[i].port = None;
-                write_plain(port, frame, counters);
-            }
-        }
-        Push::NotCoalescable => {
-            flush_slot(&mut slots[i], ports, counters);
-            write_plain(port, frame, counters);
-        }
     }
 }

@@ -8,7 +8,7 @@ use std::net::{SocketAddrV4, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tapestry_switch::offload::{segment_vxlan_into, segmented_len, OffloadError};
+use tapestry_switch::offload::{segment_vxlan_into, OffloadError};
 use tapestry_switch::wire::virtio_net;
 use tapestry_switch::Counters;
 use tapestry_sys::udp::{self, Transmit, MAX_BATCH, MAX_GSO_SEGMENTS};
@@ -110,18 +110,25 @@ impl UnderlayTx {
         self.n += 1;
     }
 
+    /// The most bytes [`UnderlayTx::push_segmented`] takes for one super-frame (half the arena,
+    /// so a flush always makes room).
+    pub fn room(&self) -> usize {
+        ARENA / 2
+    }
+
     /// Splits a TCP super-frame (VXLAN payload, `hdr` with GSO TCPV4) into MSS-sized datagrams
     /// written straight into the queue, as GSO messages of at most 64 segments and 64 KiB.
-    /// Returns Ok(false) if it is too large for the queue (a tiny MSS): use the callback path.
+    /// `need`: the bytes the switch asked for (`UnderlaySend::BackToBack`), at most
+    /// [`UnderlayTx::room`].
     pub fn push_segmented(
         &mut self,
         dst: SocketAddrV4,
         payload: &[u8],
         hdr: &virtio_net::Repr,
-    ) -> Result<bool, OffloadError> {
-        let need = segmented_len(payload, hdr);
-        if need > ARENA / 2 {
-            return Ok(false);
+        need: usize,
+    ) -> Result<(), OffloadError> {
+        if need > self.room() {
+            return Err(OffloadError::ScratchTooSmall);
         }
         if self.used + need > ARENA {
             self.flush();
@@ -159,7 +166,7 @@ impl UnderlayTx {
             at += len;
             left -= k;
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Sends everything queued.
@@ -384,7 +391,12 @@ mod tests {
             csum_start: 34,
             csum_offset: 16,
         };
-        assert_eq!(q.push_segmented(dst, &f, &hdr), Ok(true));
+        let need = tapestry_switch::offload::segmented_len(&f, &hdr);
+        assert_eq!(
+            q.push_segmented(dst, &f, &hdr, q.room() + 1),
+            Err(OffloadError::ScratchTooSmall)
+        );
+        assert_eq!(q.push_segmented(dst, &f, &hdr, need), Ok(()));
         q.flush();
         let segs = received(&rx, 20000usize.div_ceil(1398));
         let mut got = vec![];

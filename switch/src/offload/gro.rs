@@ -80,6 +80,17 @@ fn meta_of(frame: &[u8], l: &TcpV4Layout) -> (Meta, u32, u8) {
     (m, t.seq(), t.flags())
 }
 
+/// The layout and coalescing key of a frame that may join a super-frame (see
+/// [`TcpCoalescer::is_candidate`]).
+fn candidate(frame: &[u8]) -> Option<(TcpV4Layout, Meta, u32, u8)> {
+    let l = TcpV4Layout::parse(frame).ok()?;
+    if l.ip_len != ipv4::HEADER_LEN || l.end > frame.len() || l.end <= l.headers_len() {
+        return None;
+    }
+    let (meta, seq, flags) = meta_of(frame, &l);
+    (flags == tcp::ACK || flags == tcp::ACK | tcp::PSH).then_some((l, meta, seq, flags))
+}
+
 impl TcpCoalescer {
     pub fn new() -> TcpCoalescer {
         TcpCoalescer {
@@ -102,18 +113,19 @@ impl TcpCoalescer {
         self.count
     }
 
-    /// Offers a frame (Ethernet/IPv4/TCP with valid checksums).
+    /// Whether `frame` could ever join a super-frame: IPv4 without options or fragmentation,
+    /// TCP with a payload and flags ACK or ACK|PSH. Checksums are not looked at.
+    pub fn is_candidate(frame: &[u8]) -> bool {
+        candidate(frame).is_some()
+    }
+
+    /// Offers a frame (Ethernet/IPv4/TCP). Its checksums must have been verified (or completed)
+    /// by the caller: the super-frame gets a partial checksum that its receiver trusts, so a
+    /// corrupted segment merged into it would go unnoticed.
     pub fn push(&mut self, frame: &[u8]) -> Push {
-        let Ok(l) = TcpV4Layout::parse(frame) else {
+        let Some((l, meta, seq, flags)) = candidate(frame) else {
             return Push::NotCoalescable;
         };
-        if l.ip_len != ipv4::HEADER_LEN || l.end > frame.len() || l.end <= l.headers_len() {
-            return Push::NotCoalescable;
-        }
-        let (meta, seq, flags) = meta_of(frame, &l);
-        if flags != tcp::ACK && flags != tcp::ACK | tcp::PSH {
-            return Push::NotCoalescable;
-        }
         let h = l.headers_len();
         let payload = &frame[h..l.end];
         if self.count == 0 {

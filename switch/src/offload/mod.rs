@@ -1,16 +1,29 @@
-//! Offload helpers for 64 KiB super-frames exchanged with a TAP through the virtio-net header:
-//! checksum completion, TSO segmentation into MSS-sized TCP segments, USO segmentation of UDP
-//! super-datagrams, and receive-side TCP coalescing (the rules of wireguard-go's
-//! tun/offload_linux.go).
+//! Offload helpers and decisions for 64 KiB super-frames exchanged with a TAP through the
+//! virtio-net header, all sans-IO (bytes in, what to write out; the driver in the `tapestry`
+//! binary only performs the writes):
+//! - checksum completion ([`complete_checksum`]), and inner checksums from the underlay verified
+//!   or, when a kernel VTEP left them partial, completed ([`partial`]);
+//! - TSO segmentation into MSS-sized TCP segments ([`tso`]), USO segmentation of UDP
+//!   super-datagrams ([`uso`]);
+//! - the choice among writing a frame from a port whole, segmenting it and completing its
+//!   checksum ([`emit`]);
+//! - receive-side TCP coalescing (the rules of wireguard-go's tun/offload_linux.go, [`gro`]) and
+//!   what to write to each port for the frames from the underlay ([`rx`]).
 
+pub mod emit;
 pub mod gro;
+pub mod partial;
+pub mod rx;
 pub mod tso;
 pub mod uso;
 
 use crate::wire::virtio_net;
 use crate::wire::{checksum, ethernet, ipv4, tcp};
 
+pub use emit::{to_port, underlay_send, UnderlaySend};
 pub use gro::{Push, TcpCoalescer};
+pub use partial::{verify_or_complete, L4Checksum};
+pub use rx::{PortWrite, RxCoalescer};
 pub use tso::{segment_tcpv4, segment_vxlan, segment_vxlan_into, segmented_len, Segments};
 pub use uso::UdpV4Layout;
 

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use crate::buf::PacketBuf;
 use crate::counters::{Counters, DropReason};
+use crate::offload::{self, L4Checksum};
 use crate::tables::conntrack::Conntrack;
 use crate::tables::{container_mac, contains, network, Port, PortId, Route, Snapshot, Tables};
 use crate::wire::ethernet::{self, Frame, Mac};
@@ -322,6 +323,15 @@ fn from_underlay(
         return Err(DropReason::TtlExceeded);
     }
     let f = flow::parse(&ip)?;
+    // Before the ingress decision, so a corrupted packet leaves no connection state. A kernel
+    // VTEP's partial checksum is completed here (see offload::partial).
+    match offload::verify_or_complete(&mut pkt.data_mut()[ethernet::HEADER_LEN..]) {
+        L4Checksum::Valid | L4Checksum::Unchecked => {}
+        L4Checksum::Completed => cx.counters.partial_checksum_completed(),
+        L4Checksum::Bad => return Err(DropReason::BadL4Checksum),
+        L4Checksum::Malformed => return Err(DropReason::MalformedL4),
+    }
+    let ip = ipv4::Packet::new_unchecked(&pkt.data()[ethernet::HEADER_LEN..]);
     cx.ingress(&dst, tag, &f, ip.payload())?;
     rewrite(pkt.data_mut(), dst.gateway_mac, dst.mac);
     Ok(Verdict::ToPort(dst.id))

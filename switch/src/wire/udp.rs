@@ -4,7 +4,7 @@ use std::net::Ipv4Addr;
 
 use super::{checksum, get_u16, set_u16, Field, Result, WireError};
 
-mod field {
+pub mod field {
     use super::Field;
     pub const SRC_PORT: Field = 0..2;
     pub const DST_PORT: Field = 2..4;
