@@ -201,6 +201,19 @@ impl Cell {
             }
             return Ok(self.attachment(rec));
         }
+        // Never touch an interface this call did not create: another container's, or anything
+        // else the namespace already has under that name.
+        if netlink::link_exists(&up.netns, &up.ifname)
+            .with_context(|| format!("looking for {} in {}", up.ifname, up.netns.display()))?
+        {
+            bail!(
+                "netns {} already has an interface named {}; refusing to attach handle {} over it \
+                 (nothing was changed)",
+                up.netns.display(),
+                up.ifname,
+                up.handle
+            );
+        }
         let attached = inner.containers.containers.len();
         if attached >= self.config.max_containers {
             bail!(
