@@ -105,14 +105,17 @@ impl CellCa {
             ca_key_path.clone(),
         ];
         if files.iter().all(|f| f.is_file()) {
+            // Tighten what an older version created with the umask's modes.
+            crate::server::private_dir(data_dir)?;
+            crate::server::private_dir(&dir)?;
             let key = KeyPair::from_pem(&read(&ca_key_path)?).map_err(tls_err)?;
             return Ok(CellCa {
                 ca_pem: read(&dir.join("ca.pem"))?,
                 issuer: Issuer::new(ca_params()?, key),
             });
         }
-        std::fs::create_dir_all(&dir)
-            .map_err(ControlError::io(format!("creating {}", dir.display())))?;
+        crate::server::private_dir(data_dir)?;
+        crate::server::private_dir(&dir)?;
         let ca_key = KeyPair::generate().map_err(tls_err)?;
         let params = ca_params()?;
         let ca_cert = params.self_signed(&ca_key).map_err(tls_err)?;
@@ -249,4 +252,34 @@ pub fn client_config(
     };
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
+}
+
+#[cfg(test)]
+mod mode_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn data_dir_and_credentials_are_private_whatever_was_there() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+        CellCa::ensure(&data).unwrap();
+        assert_eq!(mode(&data), 0o700);
+        let creds = credentials_dir(&data);
+        assert_eq!(mode(&creds), 0o700);
+        assert_eq!(mode(&creds.join("key.pem")), 0o600);
+        assert_eq!(mode(&data.join("ca-key.pem")), 0o600);
+        // Loosened by hand (or by an older version): the next start tightens it again.
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        CellCa::ensure(&data).unwrap();
+        assert_eq!(mode(&creds), 0o700);
+        assert_eq!(mode(&data), 0o700);
+    }
 }

@@ -161,12 +161,44 @@ fn write_private(path: &Path, data: &str) -> Result<(), ControlError> {
         .map_err(ControlError::io(format!("writing {}", path.display())))
 }
 
+/// Creates `dir` (and its parents) if needed and makes it 0700, whatever the umask or an older
+/// version left: the data dir holds the CA key, the admin token and the database.
+pub(crate) fn private_dir(dir: &Path) -> Result<(), ControlError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(ControlError::io(format!("creating {}", dir.display())))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(ControlError::io(
+        format!("setting mode 0700 on {}", dir.display()),
+    ))
+}
+
 /// Opens the store a control plane with `config` uses (for `token create` and tests).
 pub async fn open_store(config: &ControlConfig) -> Result<Store, ControlError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(ControlError::io(format!(
-        "creating {}",
-        config.data_dir.display()
-    )))?;
+    private_dir(&config.data_dir)?;
+    // SQLite creates the database (and its -wal and -shm files, which copy the database's
+    // mode) with the umask's mode: make it first, owner only. It holds token hashes.
+    let db = config.data_dir.join("tapestry.db");
+    if matches!(config.database.as_deref(), None | Some("sqlite")) {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&db)
+            .map_err(ControlError::io(format!("creating {}", db.display())))?;
+        for f in ["tapestry.db", "tapestry.db-wal", "tapestry.db-shm"] {
+            let p = config.data_dir.join(f);
+            if p.exists() {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).map_err(
+                    ControlError::io(format!("setting mode 0600 on {}", p.display())),
+                )?;
+            }
+        }
+    }
     Ok(Store::open(
         config.database.as_deref(),
         &config.data_dir,
@@ -260,4 +292,36 @@ pub async fn start(config: ControlConfig) -> Result<RunningControl, ControlError
         shutdown,
         tasks: vec![ext_task, int_task, index_task],
     })
+}
+
+#[cfg(test)]
+mod mode_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[tokio::test]
+    async fn sqlite_database_is_private_whatever_the_umask() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let store = open_store(&ControlConfig::new(&data)).await.unwrap();
+        drop(store);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&data), 0o700);
+        assert_eq!(mode(&data.join("tapestry.db")), 0o600);
+        // An older version's world-readable database is tightened on the next open.
+        std::fs::set_permissions(
+            data.join("tapestry.db"),
+            std::fs::Permissions::from_mode(0o644),
+        )
+        .unwrap();
+        let store = open_store(&ControlConfig::new(&data)).await.unwrap();
+        assert_eq!(mode(&data.join("tapestry.db")), 0o600);
+        for f in ["tapestry.db-wal", "tapestry.db-shm"] {
+            let p = data.join(f);
+            if p.exists() {
+                assert_eq!(mode(&p), 0o600, "{f}");
+            }
+        }
+        drop(store);
+    }
 }

@@ -79,6 +79,13 @@ pub fn serve(path: &Path, handler: Arc<dyn Handler>) -> Result<()> {
     }
     let listener =
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+    // Whoever can connect can attach any app's container or detach others: owner only. (The
+    // state dir around it is 0700 as well, so there is no window with the umask's mode.)
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("setting mode 0600 on {}", path.display()))?;
+    }
     std::thread::Builder::new()
         .name("cell-api".into())
         .spawn(move || {

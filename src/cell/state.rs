@@ -1,6 +1,10 @@
 //! What a cell keeps on disk in its state dir, so a restart loses nothing: the containers it
 //! attached (and their IPs), its lease, and the last feed view it received from the control plane.
 //! Every file is written whole to a temporary name, synced and renamed over the old one.
+//!
+//! Modes are explicit, whatever the umask: the state dir is 0700 and every file in it 0600 (the
+//! socket too, see `api::serve`), so only the cell's own user can attach, detach or read what
+//! the cell knows. A state dir left with wider modes by an older version is tightened on open.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -39,7 +43,23 @@ pub struct StateDir {
 
 impl StateDir {
     pub fn open(dir: &Path) -> Result<StateDir> {
-        fs::create_dir_all(dir).with_context(|| format!("creating state dir {}", dir.display()))?;
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating state dir {}", dir.display()))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("setting mode 0700 on state dir {}", dir.display()))?;
+        // Files written by older versions got their modes from the umask.
+        for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+                fs::set_permissions(entry.path(), fs::Permissions::from_mode(0o600))
+                    .with_context(|| format!("setting mode 0600 on {}", entry.path().display()))?;
+            }
+        }
         Ok(StateDir {
             dir: dir.to_path_buf(),
         })
@@ -70,8 +90,16 @@ impl StateDir {
         let path = self.path(name);
         let tmp = self.path(&format!(".{name}.tmp"));
         let bytes = serde_json::to_vec_pretty(value).context("encoding state")?;
-        let mut f =
-            fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let mut f = {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?
+        };
         f.write_all(&bytes)
             .and_then(|_| f.sync_all())
             .with_context(|| format!("writing {}", tmp.display()))?;
@@ -151,5 +179,36 @@ mod tests {
         let back: Containers = s.load("containers.json").unwrap().unwrap();
         assert_eq!(back.containers["h1"], c.containers["h1"]);
         assert!(!s.path(".containers.json.tmp").exists());
+    }
+}
+
+#[cfg(test)]
+mod mode_tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn state_dir_and_files_are_private_whatever_was_there() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("state");
+        // As an older version under umask 000 left it.
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        fs::write(dir.join("lease.json"), b"{}").unwrap();
+        fs::set_permissions(dir.join("lease.json"), fs::Permissions::from_mode(0o666)).unwrap();
+
+        let st = StateDir::open(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join("lease.json")), 0o600);
+        st.store("containers.json", &Containers::default()).unwrap();
+        assert_eq!(mode(&dir.join("containers.json")), 0o600);
+        // A new nested dir is created 0700 too.
+        let nested = tmp.path().join("a/b");
+        StateDir::open(&nested).unwrap();
+        assert_eq!(mode(&nested), 0o700);
     }
 }
