@@ -40,10 +40,9 @@ fn vnet() -> TapOptions {
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun (scripts/test.sh runs it as root)"]
 fn vnet_header_offloads_and_txqueuelen() {
-    if !root_or_skip("vnet_header_offloads_and_txqueuelen") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("vnet");
     let tap = Tap::open_in_netns(&ns.path(), "eth0", vnet()).unwrap();
     tap.set_nonblocking(true).unwrap();
@@ -103,10 +102,9 @@ fn vnet_header_offloads_and_txqueuelen() {
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun (scripts/test.sh runs it as root)"]
 fn uso_super_frames_both_ways() {
-    if !root_or_skip("uso_super_frames_both_ways") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("uso");
     let tap = Tap::open_in_netns(&ns.path(), "eth0", vnet()).unwrap();
     tap.set_nonblocking(true).unwrap();
@@ -199,10 +197,9 @@ fn udp_super_frame(
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun (scripts/test.sh runs it as root)"]
 fn multiqueue_queues_share_one_device() {
-    if !root_or_skip("multiqueue_queues_share_one_device") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("mq");
     let mq = TapOptions {
         vnet_hdr: true,
@@ -263,10 +260,9 @@ fn multiqueue_queues_share_one_device() {
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun (scripts/test.sh runs it as root)"]
 fn tso_super_frames_from_the_container() {
-    if !root_or_skip("tso_super_frames_from_the_container") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("tso");
     let tap = Tap::open_in_netns(&ns.path(), "eth0", vnet()).unwrap();
     tap.set_nonblocking(true).unwrap();
