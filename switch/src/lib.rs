@@ -26,7 +26,8 @@
 //! Modules: [`wire`] (byte views of every header), [`tables`] (snapshot of ports, routes and
 //! policies; connection tracking), [`pipeline`] (the per-packet decisions), [`counters`],
 //! [`offload`] (checksums, TSO segmentation, TCP coalescing for virtio-net super-frames).
-#![forbid(unsafe_code)]
+//!
+//! No unsafe code: `[workspace.lints]` forbids it in every crate but tapestry-sys.
 
 pub mod buf;
 pub mod counters;
