@@ -261,7 +261,10 @@ mod tests {
             crate::udp::send_gso(&tx, to, &buf, d.len() as u16).unwrap();
             want[w] += 3 * d.len();
         }
-        assert!(want.iter().all(|&b| b > 0), "the flows cover every worker: {want:?}");
+        assert!(
+            want.iter().all(|&b| b > 0),
+            "the flows cover every worker: {want:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
         let mut got = [0usize; N];
         let mut buf = vec![0u8; 65536];
