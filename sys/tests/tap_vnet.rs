@@ -272,6 +272,8 @@ fn tso_super_frames_from_the_container() {
 
     // The container connects to 169.254.0.1:8080 and sends 64 KiB; we play the peer on the TAP.
     let path = ns.path();
+    // The client keeps its connection open until we have read the super-frame (or gave up).
+    let (done, wait_done) = std::sync::mpsc::channel::<()>();
     let client = std::thread::spawn(move || {
         netns::run_in_netns(&path, || {
             use std::io::Write;
@@ -283,7 +285,7 @@ fn tso_super_frames_from_the_container() {
             // Nobody ACKs the data: never block longer than a second.
             s.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
             let _ = s.write_all(&vec![0x61u8; 65536]);
-            std::thread::sleep(Duration::from_millis(500));
+            let _ = wait_done.recv_timeout(Duration::from_secs(10));
             Ok(())
         })
     });
@@ -304,6 +306,7 @@ fn tso_super_frames_from_the_container() {
             && VnetHdr::parse(f).unwrap().gso_type != VIRTIO_NET_HDR_GSO_NONE
     })
     .expect("a TSO super-frame");
+    let _ = done.send(());
     let h = VnetHdr::parse(&big).unwrap();
     eprintln!("TSO frame: {} bytes, {h:?}", big.len());
     assert_eq!(

@@ -93,7 +93,6 @@ impl Harness {
         if let Some(c) = self.control.take() {
             c.shutdown().await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
         self.control = Some(
             tapestry_policy::start(self.config.clone())
                 .await
