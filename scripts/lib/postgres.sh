@@ -44,7 +44,8 @@ pg_start_for_tests() {
   local port=${TAPESTRY_PG_PORT:-54329}
   # PostgreSQL refuses to run as root: as root, the cluster belongs to nobody.
   if [ "$(id -u)" = 0 ]; then chown -R nobody "$PG_TEST_DATA"; fi
-  _pg_run "$bin/initdb -D $PG_TEST_DATA -U postgres --auth=trust >/dev/null"
+  _pg_run "$bin/initdb -D $PG_TEST_DATA -U postgres --auth=trust >/dev/null" \
+    || { echo "error: initdb failed" >&2; rm -rf "$PG_TEST_DATA"; return 1; }
   _pg_run "$bin/pg_ctl -D $PG_TEST_DATA -o '-p $port -k $PG_TEST_DATA -c listen_addresses=127.0.0.1 -c max_connections=300' -l $PG_TEST_DATA/log -w start >/dev/null" \
     || { echo "error: PostgreSQL did not start; its log:" >&2; cat "$PG_TEST_DATA/log" >&2; return 1; }
   trap pg_stop_for_tests EXIT

@@ -275,7 +275,7 @@ fn tso_super_frames_from_the_container() {
     // The client keeps its connection open until we have read the super-frame (or gave up).
     let (done, wait_done) = std::sync::mpsc::channel::<()>();
     let client = std::thread::spawn(move || {
-        netns::run_in_netns(&path, || {
+        netns::run_in_netns(&path, move || {
             use std::io::Write;
             let mut s = std::net::TcpStream::connect_timeout(
                 &"169.254.0.1:8080".parse().unwrap(),

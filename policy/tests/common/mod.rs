@@ -1,6 +1,5 @@
 //! Test harness: an in-process control plane on SQLite or PostgreSQL.
 #![allow(dead_code)]
-use std::time::Duration;
 
 use serde_json::Value;
 use tapestry_policy::client::{ExternalClient, InternalClient};
