@@ -29,6 +29,11 @@ fi
 export TAPESTRY_REQUIRE_ROOT=${TAPESTRY_REQUIRE_ROOT:-0}
 export TAPESTRY_REQUIRE_POSTGRES=${TAPESTRY_REQUIRE_POSTGRES:-0}
 die() { echo "error: $*" >&2; exit 1; }
+have_root=0
+[ $is_root = 1 ] && [ -e /dev/net/tun ] && have_root=1
+if [ "$TAPESTRY_REQUIRE_ROOT" = 1 ] && [ $have_root = 0 ]; then
+  die "TAPESTRY_REQUIRE_ROOT=1 but this is not root with /dev/net/tun"
+fi
 
 need_pkgs=()
 for pair in socat:socat iperf3:iperf3 tshark:tshark ip:iproute2 ping:iputils-ping nc:netcat-openbsd \
@@ -62,10 +67,8 @@ cargo machete
 
 # Which environments are here; the tests of a missing one are filtered out (shown as skipped).
 missing=()
-if [ $is_root = 1 ] && [ -e /dev/net/tun ]; then
+if [ $have_root = 1 ]; then
   echo "root tests: will run"
-elif [ "$TAPESTRY_REQUIRE_ROOT" = 1 ]; then
-  die "TAPESTRY_REQUIRE_ROOT=1 but this is not root with /dev/net/tun"
 else
   echo "root tests: skipped (not root)"
   missing+=("$ROOT_TESTS")
