@@ -245,7 +245,7 @@ $TABLE
 How it is measured (one run builds both sides on the same veth/bridge underlay, MTU $UNDERLAY_MTU, containers MTU $((UNDERLAY_MTU - 50))):
 - Kernel: per cell a \`vxlan id 1 dstport 4789 gbp nolearning\` silk-vtep with MAC ee:ee:<VTEP IP>, VTEP IP = the subnet's .0,
   a veth per container (host side \`169.254.0.1 peer CIP/32\`), route + permanent neighbour + fdb entry per remote cell, ip_forward on,
-  as in shared/reference/userspace-dataplane.md. No iptables policy rules (so this is a lower bound on Silk's per-packet cost).
+  as Silk builds a cell (bench/lib/kernel.sh). No iptables policy rules (so this is a lower bound on Silk's per-packet cost).
 - Tapestry: \`tapestry control\`, two \`tapestry cell\` processes, \`tapestry container up\`, one policy allowing the bench ports (tcp+udp 5201-5210).
 - Client in the container on cell 1, server in the container on cell 2. Before any number a 50 MB random file goes across with socat
   and its sha256 is compared at the far end. Runs alternate kernel/Tapestry; each figure is the median of $RUNS runs.

@@ -1,58 +1,83 @@
 //! The `tapestry policy|asg|route|lease` clients against a real `tapestry control` on loopback.
-use std::net::TcpListener;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_tapestry"))
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// A `tapestry control` on loopback ports it picks itself (port 0, so no other process can
+/// take them between our choice and its bind). Its stderr is kept and printed when a test fails.
 struct Control {
     child: Child,
     dir: tempfile::TempDir,
     api: String,
+    stderr: Arc<Mutex<String>>,
 }
 
 impl Drop for Control {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- tapestry control's stderr ---\n{}",
+                self.stderr.lock().unwrap()
+            );
+        }
     }
 }
 
 impl Control {
     fn start(extra: &[&str]) -> Control {
         let dir = tempfile::tempdir().unwrap();
-        let (p1, p2) = (free_port(), free_port());
-        let child = Command::new(bin())
+        let mut child = Command::new(bin())
             .args(["control", "--data-dir"])
             .arg(dir.path())
-            .args(["--listen", &format!("127.0.0.1:{p1}")])
-            .args(["--internal-listen", &format!("127.0.0.1:{p2}")])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--internal-listen", "127.0.0.1:0"])
             .args(extra)
-            .stderr(std::process::Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        // Every line goes into `stderr`; the one naming the external API's address also to `tx`.
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let pipe = child.stderr.take().unwrap();
+        let keep = stderr.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                keep.lock().unwrap().push_str(&line);
+                keep.lock().unwrap().push('\n');
+                if let Some(rest) = line.strip_prefix("tapestry control: external API http://") {
+                    let addr = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        let Ok(addr) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = reader.join(); // ends at the pipe's end: every line is in `stderr`
+            panic!(
+                "the control plane did not start; its stderr:\n{}",
+                stderr.lock().unwrap()
+            );
+        };
         let ctl = Control {
             child,
             dir,
-            api: format!("http://127.0.0.1:{p1}"),
+            api: format!("http://{addr}"),
+            stderr,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", p1)).is_err() || !ctl.token_file().exists()
-        {
-            assert!(Instant::now() < deadline, "control plane did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert!(
+            ctl.token_file().exists(),
+            "the control plane wrote no admin token"
+        );
         ctl
     }
 
@@ -198,18 +223,26 @@ fn errors_are_reported_with_nonzero_exit() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    // Nothing listening.
+    // Nothing listening: a port we hold bound, without listening, for as long as the CLI runs.
+    let closed = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    closed
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let port = closed.local_addr().unwrap().as_socket().unwrap().port();
     let out = Command::new(bin())
         .args([
             "lease",
             "list",
             "--api",
-            &format!("http://127.0.0.1:{}", free_port()),
+            &format!("http://127.0.0.1:{port}"),
         ])
         .env("TAPESTRY_TOKEN", "x")
         .output()
         .unwrap();
     assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&port.to_string()), "names the address: {err}");
+    drop(closed);
 }
 
 #[test]

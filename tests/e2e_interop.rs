@@ -16,7 +16,8 @@
 //! are split on the way), and with TX checksum offload off on the kernel cell's underlay port
 //! (every inner checksum complete). Both also move a few MB each way and compare digests.
 //!
-//! Root only (network namespaces, prefixes `tpi` and `tpioff`); skipped with a note otherwise. Needs socat,
+//! Root only (network namespaces, prefixes `tpi` and `tpioff`): ignored (reported as skipped)
+//! unless run with `--run-ignored all`, as scripts/test.sh does as root. Needs socat,
 //! tshark, iptables, ethtool and iproute2. Everything it creates is removed by the testbed's Drop on every
 //! exit path, tshark included.
 
@@ -771,23 +772,23 @@ fn capture(ov: &Overlay, from: Ipv4Addr, traffic: impl FnOnce()) -> (Vec<Vxlan>,
 
 /// The kernel cell with its offloads as the kernel sets them up (partial inner checksums).
 #[test]
+#[ignore = "needs root (network namespaces, a kernel vxlan device); scripts/test.sh runs it as root"]
 fn e2e_kernel_interop() {
     interop("tpi", KernelOffloads::Default);
 }
 
 /// The kernel cell with TX checksum offload off (complete inner checksums).
 #[test]
+#[ignore = "needs root (network namespaces, a kernel vxlan device); scripts/test.sh runs it as root"]
 fn e2e_kernel_interop_tx_checksum_off() {
     interop("tpioff", KernelOffloads::TxChecksumOff);
 }
 
 fn interop(prefix: &str, offloads: KernelOffloads) {
-    if !is_root() {
-        eprintln!(
-            "skipped: the interop test needs root (network namespaces, a kernel vxlan device)"
-        );
-        return;
-    }
+    assert!(
+        is_root(),
+        "the interop test needs root (network namespaces, a kernel vxlan device)"
+    );
     for tool in [
         "socat",
         "tshark",

@@ -5,7 +5,7 @@
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tapestry::demo::overlay::Overlay;
 use tapestry::demo::testbed::is_root;
@@ -111,15 +111,25 @@ fn udp_sink(ov: &mut Overlay, to: &str, port: u16) -> std::path::PathBuf {
     got
 }
 
-/// Runs a python3 sender in `from` and gives the sink 300 ms to take what it sent.
-fn python_send(ov: &Overlay, from: &str, script: &str) {
+/// Runs a python3 sender in `from`, then waits until the sink file `got` has `want` bytes, or
+/// has stopped growing for 300 ms (datagrams lost on the way never come).
+fn python_send(ov: &Overlay, from: &str, script: &str, got: &std::path::Path, want: u64) {
     let out = ov.tb.exec(from, "python3", &["-c", script]).unwrap();
     assert!(
         out.status.success(),
         "python3 sender: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    std::thread::sleep(Duration::from_millis(300));
+    let size = || std::fs::metadata(got).map(|m| m.len()).unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (mut last, mut since) = (size(), Instant::now());
+    while last < want && since.elapsed() < Duration::from_millis(300) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = size();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
 }
 
 /// Sends 2000 small UDP datagrams a -> b and counts what arrived.
@@ -133,6 +143,8 @@ fn udp_small(ov: &mut Overlay, from: &str, to: &str, to_ip: Ipv4Addr, port: u16)
         &format!(
             "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\nfor i in range(2000):\n    s.sendto(b'x'*63+b'\\n',('{to_ip}',{port}))\n    if i%100==99: time.sleep(0.01)\n"
         ),
+        &got,
+        2000 * 64,
     );
     std::fs::read(&got).map(|b| b.len() / 64).unwrap_or(0)
 }
@@ -148,6 +160,8 @@ fn udp_gso(ov: &mut Overlay, from: &str, to: &str, to_ip: Ipv4Addr, port: u16) -
         &format!(
             "import socket,time\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.setsockopt(17,103,1000)\nfor b in range(40):\n    s.sendto(b''.join(b'%08d'%(b*10+i)+b'x'*991+b'\\n' for i in range(10)),('{to_ip}',{port}))\n    time.sleep(0.005)\n"
         ),
+        &got,
+        400 * 1000,
     );
     let data = std::fs::read(&got).unwrap_or_default();
     assert_eq!(data.len() % 1000, 0, "a datagram arrived cut or merged");
@@ -252,19 +266,21 @@ fn scenario(prefix: &str, cell_args: &[&str]) {
 }
 
 #[test]
+#[ignore = "needs root (network namespaces); scripts/test.sh runs it as root"]
 fn e2e_bulk_with_offloads() {
-    if !is_root() {
-        eprintln!("skipped: end-to-end tests need root (network namespaces)");
-        return;
-    }
+    assert!(
+        is_root(),
+        "end-to-end tests need root (network namespaces): run scripts/test.sh as root"
+    );
     scenario("tpe2o", &[]);
 }
 
 #[test]
+#[ignore = "needs root (network namespaces); scripts/test.sh runs it as root"]
 fn e2e_bulk_no_offload() {
-    if !is_root() {
-        eprintln!("skipped: end-to-end tests need root (network namespaces)");
-        return;
-    }
+    assert!(
+        is_root(),
+        "end-to-end tests need root (network namespaces): run scripts/test.sh as root"
+    );
     scenario("tpe2n", &["--no-offload"]);
 }

@@ -1,5 +1,5 @@
-# The kernel reference: what Silk builds per cell (see shared/reference/userspace-dataplane.md,
-# "The kernel reference topology"). Cell i: namespace $PREFIX-k$i on the underlay at
+# The kernel reference: what Silk builds per cell (silk-daemon's VTEP and the CNI plugin's veth,
+# route and neighbour entries; no iptables policy rules). Cell i: namespace $PREFIX-k$i on the underlay at
 # 198.18.0.$i, a silk-vtep (vxlan id 1 dstport 4789 gbp nolearning) with VTEP IP 10.254.i.0,
 # and one container namespace $PREFIX-kc$i with 10.254.i.2/32 behind a veth.
 

@@ -15,10 +15,7 @@ macro_rules! harness {
         harness!($db, |_| {})
     };
     ($db:expr, $tweak:expr) => {
-        match Harness::new($db, $tweak).await {
-            Some(h) => h,
-            None => return,
-        }
+        Harness::new($db, $tweak).await
     };
 }
 
@@ -130,9 +127,23 @@ async fn lease_expiry_reclaim(db: Db) {
     });
     let c = h.internal();
     let a = c.acquire_lease(ip("10.0.0.1")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    // The pool (one usable subnet) is empty; the expired lease is reclaimed.
-    let b = c.acquire_lease(ip("10.0.0.2")).await.unwrap();
+    // The pool (one usable subnet) is empty; the lease expires (a whole second later: expiry is
+    // kept in seconds) and is then reclaimed. Until then the pool is reported exhausted.
+    let start = Instant::now();
+    let b = loop {
+        match c.acquire_lease(ip("10.0.0.2")).await {
+            Ok(b) => break b,
+            Err(e) => {
+                let (code, msg) = status(e);
+                assert_eq!(code, 409, "{msg}");
+                assert!(
+                    start.elapsed() < Duration::from_secs(5),
+                    "never reclaimed: {msg}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
     assert_eq!(b.overlay_subnet, a.overlay_subnet);
     assert_eq!(status(c.renew_lease(&a).await.unwrap_err()).0, 409);
     h.shutdown().await;

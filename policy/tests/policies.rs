@@ -12,10 +12,7 @@ macro_rules! harness {
         harness!($db, |_| {})
     };
     ($db:expr, $tweak:expr) => {
-        match Harness::new($db, $tweak).await {
-            Some(h) => h,
-            None => return,
-        }
+        Harness::new($db, $tweak).await
     };
 }
 

@@ -27,7 +27,8 @@
 //! policies; connection tracking), [`pipeline`] (the per-packet decisions), [`counters`],
 //! [`offload`] (checksums, partial ones from a kernel VTEP included; TSO/USO segmentation; TCP
 //! coalescing; what to write for virtio-net super-frames).
-#![forbid(unsafe_code)]
+//!
+//! No unsafe code: `[workspace.lints]` forbids it in every crate but tapestry-sys.
 
 pub mod buf;
 pub mod counters;

@@ -16,8 +16,9 @@
 //!
 //! Errors ([`Error`]) name the operation and the device or namespace, e.g.
 //! `TUNSETIFF eth0 in /var/run/netns/x: Invalid argument (os error 22)`.
-#![deny(unsafe_op_in_unsafe_fn)]
-#![warn(clippy::undocumented_unsafe_blocks)]
+//!
+//! The crate's lints (`sys/Cargo.toml`): `unsafe_code` allowed here only, `unsafe_op_in_unsafe_fn`
+//! denied, `clippy::undocumented_unsafe_blocks` warned (an error under `clippy -D warnings`).
 
 mod error;
 pub mod netlink;

@@ -43,10 +43,9 @@ fn ping_and_read(ns: &Netns, tap: &Tap, want: impl FnMut(&[u8]) -> bool) -> Opti
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun (scripts/test.sh runs it as root)"]
 fn open_configure_reattach_delete() {
-    if !root_or_skip("open_configure_reattach_delete") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("cfg");
     let path = ns.path();
 
@@ -170,10 +169,9 @@ fn open_configure_reattach_delete() {
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun (scripts/test.sh runs it as root)"]
 fn errors_name_operation_and_namespace() {
-    if !root_or_skip("errors_name_operation_and_namespace") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("err");
     let path = ns.path();
     // Configuring a link that does not exist names the request, the device and the namespace.

@@ -41,10 +41,9 @@ fn vnet() -> TapOptions {
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun (scripts/test.sh runs it as root)"]
 fn vnet_header_offloads_and_txqueuelen() {
-    if !root_or_skip("vnet_header_offloads_and_txqueuelen") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("vnet");
     let tap = Tap::open_in_netns(&ns.path(), "eth0", vnet()).unwrap();
     tap.set_nonblocking(true).unwrap();
@@ -104,10 +103,9 @@ fn vnet_header_offloads_and_txqueuelen() {
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun (scripts/test.sh runs it as root)"]
 fn uso_super_frames_both_ways() {
-    if !root_or_skip("uso_super_frames_both_ways") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("uso");
     let tap = Tap::open_in_netns(&ns.path(), "eth0", vnet()).unwrap();
     tap.set_nonblocking(true).unwrap();
@@ -200,10 +198,9 @@ fn udp_super_frame(
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun (scripts/test.sh runs it as root)"]
 fn multiqueue_queues_share_one_device() {
-    if !root_or_skip("multiqueue_queues_share_one_device") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("mq");
     let mq = TapOptions {
         vnet_hdr: true,
@@ -264,10 +261,9 @@ fn multiqueue_queues_share_one_device() {
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun (scripts/test.sh runs it as root)"]
 fn tso_super_frames_from_the_container() {
-    if !root_or_skip("tso_super_frames_from_the_container") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("tso");
     let tap = Tap::open_in_netns(&ns.path(), "eth0", vnet()).unwrap();
     tap.set_nonblocking(true).unwrap();
@@ -277,8 +273,10 @@ fn tso_super_frames_from_the_container() {
 
     // The container connects to 169.254.0.1:8080 and sends 64 KiB; we play the peer on the TAP.
     let path = ns.path();
+    // The client keeps its connection open until we have read the super-frame (or gave up).
+    let (done, wait_done) = std::sync::mpsc::channel::<()>();
     let client = std::thread::spawn(move || {
-        netns::run_in_netns(&path, || {
+        netns::run_in_netns(&path, move || {
             use std::io::Write;
             let mut s = std::net::TcpStream::connect_timeout(
                 &"169.254.0.1:8080".parse().unwrap(),
@@ -288,7 +286,7 @@ fn tso_super_frames_from_the_container() {
             // Nobody ACKs the data: never block longer than a second.
             s.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
             let _ = s.write_all(&vec![0x61u8; 65536]);
-            std::thread::sleep(Duration::from_millis(500));
+            let _ = wait_done.recv_timeout(Duration::from_secs(10));
             Ok(())
         })
     });
@@ -309,6 +307,7 @@ fn tso_super_frames_from_the_container() {
             && VnetHdr::parse(f).unwrap().gso_type != VIRTIO_NET_HDR_GSO_NONE
     })
     .expect("a TSO super-frame");
+    let _ = done.send(());
     let h = VnetHdr::parse(&big).unwrap();
     eprintln!("TSO frame: {} bytes, {h:?}", big.len());
     assert_eq!(
@@ -378,10 +377,9 @@ fn qdiscs(ns: &Netns, dev: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root and /dev/net/tun (scripts/test.sh runs it as root)"]
 fn multiqueue_tap_from_an_older_version_loses_its_queue_rings() {
-    if !root_or_skip("multiqueue_tap_from_an_older_version_loses_its_queue_rings") {
-        return;
-    }
+    require_root();
     let ns = Netns::new("oldmq");
     let mq = TapOptions {
         vnet_hdr: true,

@@ -42,7 +42,17 @@ fn probe_reports_gso_and_gro() {
     let p = udp::probe_udp_offloads();
     eprintln!("UDP offloads: {p:?}");
     assert!(p.gso && p.gro, "{p:?}: Linux >= 5.0 has both");
-    assert_eq!(p.max_gso_segments, 64);
+    // The reported limit is one the kernel takes: a GSO send of that many segments leaves as
+    // that many datagrams (a limit above the kernel's UDP_MAX_SEGMENTS fails with EINVAL).
+    let n = p.max_gso_segments;
+    assert!(n > 1, "{p:?}");
+    let (tx, rx, dst) = pair();
+    let data = pattern(n * 100);
+    assert_eq!(udp::send_gso(&tx, dst, &data, 100).unwrap(), data.len());
+    let mut bufs = vec![vec![0u8; 2048]; n];
+    let got = recv_all(&rx, &mut bufs, n);
+    assert_eq!(got.len(), n, "{n} segments sent in one GSO send");
+    assert!(got.iter().all(|m| m.len == 100), "{got:?}");
 }
 
 #[test]

@@ -8,8 +8,12 @@ use std::time::{Duration, Instant};
 
 use tapestry_sys::tap::Tap;
 
-/// True when running as root; otherwise prints a note so the skip is visible.
-pub fn root_or_skip(test: &str) -> bool {
+/// Fails the test unless it runs as root with /dev/net/tun.
+///
+/// Root tests are `#[ignore = "needs root ..."]`: a plain `cargo nextest run` reports them as
+/// skipped, and `scripts/test.sh` runs them (`--run-ignored all`) as root. Run without root, they
+/// fail here rather than pass without testing.
+pub fn require_root() {
     // The effective uid from /proc (keeps the tests free of unsafe).
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let euid0 = status
@@ -17,11 +21,11 @@ pub fn root_or_skip(test: &str) -> bool {
         .find(|l| l.starts_with("Uid:"))
         .and_then(|l| l.split_whitespace().nth(2))
         == Some("0");
-    if !euid0 || !std::path::Path::new("/dev/net/tun").exists() {
-        eprintln!("note: skipping {test}: needs root and /dev/net/tun");
-        return false;
-    }
-    true
+    assert!(
+        euid0 && std::path::Path::new("/dev/net/tun").exists(),
+        "this test needs root and /dev/net/tun (run scripts/test.sh as root, \
+         or `cargo nextest run --run-ignored all` as root)"
+    );
 }
 
 /// A network namespace `tpsys-<pid>-<n>-<tag>`, deleted on drop (also when a test panics).
