@@ -39,6 +39,10 @@ pub mod wire;
 pub use buf::PacketBuf;
 pub use counters::{Counters, CountersSnapshot, DropReason, PortStats, Totals};
 pub use pipeline::{Switch, Verdict};
+pub use tables::asg::{
+    DenyNetworks, DenyReason, Egress, EgressVerdict, Flow, GroupText, Lifecycle, RuleMatch,
+    RuleSet, RuleText,
+};
 pub use tables::conntrack::Conntrack;
 pub use tables::{
     CellConfig, FxHashMap, PolicyRule, PortConfig, PortId, Proto, RemoteCell, Snapshot, TableError,
