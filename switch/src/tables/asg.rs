@@ -11,8 +11,10 @@
 //! space is cut at every rule's destination bounds into elementary intervals; in each interval
 //! the second key (TCP/UDP port; ICMP `type << 8 | code`; the IP protocol number) is cut the same
 //! way, and each piece holds the first rule (in group order, then rule order) that allows it.
-//! Neighbouring pieces with the same answer are merged. A table has at most (2n+1)^2 pieces for
-//! n rules and usually far fewer; ASGs rarely have more than a few hundred rules.
+//! Neighbouring pieces with the same answer are merged. Building is a sweep over the bounds
+//! (sort, then a heap per interval), so disjoint destinations, the common case (lists of
+//! single hosts and networks), cost O(n log n) for n (destination, port) pairs; only rules that
+//! overlap in both destination and key make the table grow towards its (2n+1)^2 worst case.
 //!
 //! Semantics, as CF enforces them: the union of every group bound to the container's space for
 //! its lifecycle plus the global groups for that lifecycle; default deny; `all` matches every
@@ -25,7 +27,8 @@
 //! ([`EgressVerdict::Overlay`]: ASGs never open container-to-container traffic), and a
 //! destination in the deny-networks ([`DenyNetworks`]) is denied whatever the ASGs say.
 
-use std::collections::BTreeMap;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -355,12 +358,22 @@ impl Plane {
         }
         bounds.sort_unstable();
         bounds.dedup();
+        // Sweep the destination bounds, keeping the items that cover the current one.
+        let mut by_lo: Vec<&Item> = items.iter().collect();
+        by_lo.sort_unstable_by_key(|it| it.0);
+        let mut next = 0;
         let mut active: Vec<&Item> = Vec::new();
         let mut kb: Vec<u16> = Vec::new();
+        let mut heap: BinaryHeap<Reverse<(u32, u16)>> = BinaryHeap::new();
         let mut pieces: Vec<(u16, u32)> = Vec::new();
         for &b in &bounds {
-            active.clear();
-            active.extend(items.iter().filter(|it| it.0 <= b && b <= it.1));
+            active.retain(|it| it.1 >= b);
+            while next < by_lo.len() && by_lo[next].0 <= b {
+                active.push(by_lo[next]);
+                next += 1;
+            }
+            // The same sweep over the key bounds, with the lowest rule on top of a heap.
+            active.sort_unstable_by_key(|it| it.2);
             kb.clear();
             kb.push(0);
             for it in &active {
@@ -371,14 +384,18 @@ impl Plane {
             }
             kb.sort_unstable();
             kb.dedup();
+            heap.clear();
             pieces.clear();
+            let mut k_next = 0;
             for &k in &kb {
-                let r = active
-                    .iter()
-                    .filter(|it| it.2 <= k && k <= it.3)
-                    .map(|it| it.4)
-                    .min()
-                    .unwrap_or(NONE);
+                while k_next < active.len() && active[k_next].2 <= k {
+                    heap.push(Reverse((active[k_next].4, active[k_next].3)));
+                    k_next += 1;
+                }
+                while heap.peek().is_some_and(|Reverse((_, hi))| *hi < k) {
+                    heap.pop();
+                }
+                let r = heap.peek().map_or(NONE, |Reverse((r, _))| *r);
                 if pieces.last().map(|p| p.1) != Some(r) {
                     pieces.push((k, r));
                 }
@@ -934,6 +951,24 @@ mod tests {
         assert_eq!(allowed(&s, tcp("10.0.0.7", 50)), Some(0));
         assert_eq!(allowed(&s, tcp("10.0.0.7", 101)), Some(1));
         assert_eq!(allowed(&s, tcp("10.0.1.7", 50)), Some(1));
+    }
+
+    #[test]
+    fn many_disjoint_destinations_stay_small() {
+        // 2,000 hosts in one comma list, 2,000 rules of one host each, and a wide DNS rule.
+        let hosts: Vec<String> = (0..2000u32)
+            .map(|i| Ipv4Addr::from(0x0a00_0000 + i * 3).to_string())
+            .collect();
+        let mut rules = vec![rule("tcp", &hosts.join(","), Some("443"))];
+        rules.extend(hosts.iter().map(|h| rule("tcp", h, Some("5432"))));
+        rules.push(rule("udp", "0.0.0.0/0", Some("53")));
+        let s = set(rules);
+        assert!(s.table_size() < 20_000, "{}", s.table_size());
+        let h = |i: u32| Ipv4Addr::from(0x0a00_0000 + i * 3).to_string();
+        assert_eq!(allowed(&s, tcp(&h(1234), 443)), Some(0));
+        assert_eq!(allowed(&s, tcp(&h(1234), 5432)), Some(1235));
+        assert_eq!(allowed(&s, tcp("10.0.0.1", 443)), None);
+        assert_eq!(allowed(&s, udp(&h(7), 53)), Some(2001));
     }
 
     #[test]
