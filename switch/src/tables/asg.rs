@@ -1399,6 +1399,27 @@ mod tests {
     }
 
     proptest! {
+        /// Any text in any field compiles or is reported; it never panics.
+        #[test]
+        fn arbitrary_text_never_panics(
+            protocol in "(tcp|udp|icmp|all|[a-z]{0,5})",
+            destination in "[0-9./, -]{0,40}",
+            ports in proptest::option::of("[0-9, -]{0,20}"),
+            t in proptest::option::of(any::<i64>()),
+            c in proptest::option::of(-2i64..300),
+            flow in arb_flow(),
+        ) {
+            let r = RuleText { protocol, destination, ports, icmp_type: t, code: c, log: false };
+            let g = group("g", vec![r.clone()]);
+            let (set, errors) = RuleSet::compile(std::slice::from_ref(&g));
+            let valid = ref_rule(&r, &flow).is_some();
+            prop_assert_eq!(errors.is_empty(), valid, "{:?} {:?}", r, errors);
+            let got = set.check(&flow).map(|m| (m.group.to_string(), m.rule, m.log));
+            prop_assert_eq!(got, reference(&[g], &flow));
+        }
+    }
+
+    proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
         #[test]
         fn compiled_matches_the_reference(
