@@ -23,8 +23,8 @@
 //! # }
 //! ```
 //!
-//! Modules: [`wire`] (byte views of every header), [`tables`] (snapshot of ports, routes and
-//! policies; connection tracking), [`pipeline`] (the per-packet decisions), [`counters`],
+//! Modules: [`wire`] (byte views of every header), [`tables`] (snapshot of ports, routes,
+//! policies and ASGs with [`Snapshot::egress_decision`]; connection tracking), [`pipeline`] (the per-packet decisions), [`counters`],
 //! [`offload`] (checksums, partial ones from a kernel VTEP included; TSO/USO segmentation; TCP
 //! coalescing; what to write for virtio-net super-frames).
 #![forbid(unsafe_code)]

@@ -1,5 +1,6 @@
-//! The switch's tables: an immutable, indexed [`Snapshot`] of ports, routes and policies that
-//! the control side builds and swaps in ([`Tables`]), and the shared connection tracker.
+//! The switch's tables: an immutable, indexed [`Snapshot`] of ports, routes, policies and the
+//! compiled ASGs ([`asg`]) that the control side builds and swaps in ([`Tables`]), and the
+//! shared connection tracker.
 
 pub mod asg;
 pub mod conntrack;
