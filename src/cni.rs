@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::cell::api::{self, Attachment, Request, UpRequest};
+use crate::cell::api::{self, AttachRequest, Attachment, Lifecycle, Request, UpRequest};
 
 const SUPPORTED: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
 
@@ -186,7 +186,9 @@ pub fn execute(inv: &Invocation, stdin: &str) -> Result<Option<Value>, CniError>
     match inv.command.as_str() {
         "ADD" => {
             let up = up_request(inv, &conf)?;
-            let a: Attachment = serde_json::from_value(call(Request::Up(up))?).map_err(|e| {
+            let lifecycle = lifecycle(&conf)?;
+            let req = AttachRequest { up, lifecycle }.into_request();
+            let a: Attachment = serde_json::from_value(call(req)?).map_err(|e| {
                 CniError::new(E_IO, "malformed answer from the cell", e.to_string())
             })?;
             Ok(Some(add_result(&version, &a)))
@@ -249,6 +251,20 @@ fn up_request(inv: &Invocation, conf: &NetConf) -> Result<UpRequest, CniError> {
         netns: PathBuf::from(&inv.netns),
         ifname: inv.ifname.clone(),
     })
+}
+
+/// `metadata.lifecycle`: `"running"` (the default) or `"staging"`; it picks the ASGs.
+fn lifecycle(conf: &NetConf) -> Result<Lifecycle, CniError> {
+    match conf.metadata.as_ref().and_then(|m| m.get("lifecycle")) {
+        None | Some(Value::Null) => Ok(Lifecycle::Running),
+        Some(v) => v.as_str().and_then(Lifecycle::parse).ok_or_else(|| {
+            CniError::new(
+                E_INVALID_CONFIG,
+                "network configuration field metadata.lifecycle must be \"running\" or \"staging\"",
+                v.to_string(),
+            )
+        }),
+    }
 }
 
 fn add_result(version: &str, a: &Attachment) -> Value {
@@ -333,6 +349,69 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.code, E_INVALID_ENV);
+    }
+
+    #[test]
+    fn lifecycle_metadata_reaches_the_cell() {
+        use std::sync::{Arc, Mutex};
+        struct Recorder(Mutex<Vec<String>>);
+        impl api::Handler for Recorder {
+            fn handle(&self, req: Request) -> anyhow::Result<Value> {
+                let (up, lc) = match req {
+                    Request::Up(up) => (up, "up"),
+                    Request::Attach(a) => (a.up, a.lifecycle.as_str()),
+                    _ => anyhow::bail!("unexpected"),
+                };
+                self.0.lock().unwrap().push(format!("{}:{lc}", up.handle));
+                Ok(serde_json::to_value(Attachment {
+                    handle: up.handle,
+                    container_ip: "10.255.1.2".parse().unwrap(),
+                    gateway: "169.254.0.1".parse().unwrap(),
+                    mac: "ee:ee:0a:ff:01:02".into(),
+                    mtu: 1450,
+                    ifname: up.ifname,
+                    netns: up.netns,
+                    dns_servers: vec![],
+                    search_domains: vec![],
+                })?)
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("cell.sock");
+        let rec = Arc::new(Recorder(Mutex::new(vec![])));
+        api::serve(&sock, rec.clone()).unwrap();
+        let conf = |md: &str| {
+            format!(
+                r#"{{"cniVersion":"1.0.0","name":"n","type":"tapestry-cni","cell_socket":{:?},"metadata":{md}}}"#,
+                sock.display().to_string()
+            )
+        };
+        execute(
+            &inv("ADD"),
+            &conf(r#"{"app_id":"A","lifecycle":"staging"}"#),
+        )
+        .unwrap();
+        execute(
+            &inv("ADD"),
+            &conf(r#"{"app_id":"A","lifecycle":"running"}"#),
+        )
+        .unwrap();
+        execute(&inv("ADD"), &conf(r#"{"app_id":"A"}"#)).unwrap();
+        assert_eq!(*rec.0.lock().unwrap(), ["c1:staging", "c1:up", "c1:up"]);
+        for bad in [r#""build""#, "1", r#""STAGING""#] {
+            let e = execute(
+                &inv("ADD"),
+                &conf(&format!(r#"{{"app_id":"A","lifecycle":{bad}}}"#)),
+            )
+            .unwrap_err();
+            assert_eq!(e.code, E_INVALID_CONFIG);
+            assert!(e.msg.contains("metadata.lifecycle"), "{}", e.msg);
+        }
+        assert_eq!(
+            rec.0.lock().unwrap().len(),
+            3,
+            "a bad lifecycle never reaches the cell"
+        );
     }
 
     #[test]

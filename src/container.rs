@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use serde_json::json;
 
-use crate::cell::api::{self, Attachment, Request, UpRequest};
+use crate::cell::api::{self, AttachRequest, Attachment, Lifecycle, Request, UpRequest};
 
 #[derive(clap::Args, Debug)]
 pub struct ContainerArgs {
@@ -36,6 +36,10 @@ enum ContainerCommand {
         netns: PathBuf,
         #[arg(long, default_value = "eth0")]
         ifname: String,
+        /// Which ASGs apply: those bound to the space for `running` apps (the default) or for
+        /// `staging`, plus the global ones for that lifecycle.
+        #[arg(long, default_value = "running", value_parser = api::parse_lifecycle)]
+        lifecycle: Lifecycle,
     },
     /// Detach a container (succeeds if it is already gone).
     Down {
@@ -57,10 +61,10 @@ pub fn run(args: ContainerArgs) -> Result<()> {
             index,
             netns,
             ifname,
+            lifecycle,
         } => {
-            let v = api::call(
-                &cell_socket,
-                &Request::Up(UpRequest {
+            let req = AttachRequest {
+                up: UpRequest {
                     handle,
                     app_id: app,
                     space_id: space,
@@ -68,8 +72,10 @@ pub fn run(args: ContainerArgs) -> Result<()> {
                     instance_index: index,
                     netns,
                     ifname,
-                }),
-            )?;
+                },
+                lifecycle,
+            };
+            let v = api::call(&cell_socket, &req.into_request())?;
             let a: Attachment = serde_json::from_value(v)?;
             println!(
                 "{}",

@@ -418,3 +418,109 @@ fn cell_refuses_bad_workers_and_a_taken_vtep_before_taking_a_lease() {
         );
     }
 }
+
+/// `--deny-networks` is checked before the cell contacts the control plane, and a bad entry is
+/// named.
+#[test]
+fn cell_names_a_bad_deny_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("creds");
+    std::fs::create_dir(&creds).unwrap();
+    for f in ["ca.pem", "cert.pem", "key.pem"] {
+        std::fs::write(creds.join(f), "not used").unwrap();
+    }
+    for (value, named) in [
+        ("169.254.0.0/16,10.0.0.0/33", "\"10.0.0.0/33\""),
+        ("metadata", "\"metadata\""),
+        ("10.1.2.3", "\"10.1.2.3\""),
+    ] {
+        let out = Command::new(bin())
+            .args(["cell", "--control", "https://127.0.0.1:9", "--credentials"])
+            .arg(&creds)
+            .args(["--underlay-ip", "127.0.0.1", "--state-dir"])
+            .arg(dir.path().join("state"))
+            .args(["--deny-networks", value])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--deny-networks") && err.contains(named) && err.contains("CIDR"),
+            "{value}: {err}"
+        );
+    }
+}
+
+/// `tapestry container up --lifecycle` reaches the cell's attach request.
+#[test]
+fn container_up_sends_the_lifecycle() {
+    use std::sync::{Arc, Mutex};
+    use tapestry::cell::api::{self, Attachment, Request};
+    struct Recorder(Mutex<Vec<String>>);
+    impl api::Handler for Recorder {
+        fn handle(&self, req: Request) -> anyhow::Result<serde_json::Value> {
+            let line = serde_json::to_string(&req)?;
+            let up = match req {
+                Request::Up(up) => up,
+                Request::Attach(a) => a.up,
+                _ => anyhow::bail!("unexpected request"),
+            };
+            self.0.lock().unwrap().push(line);
+            Ok(serde_json::to_value(Attachment {
+                handle: up.handle,
+                container_ip: "10.255.1.2".parse().unwrap(),
+                gateway: "169.254.0.1".parse().unwrap(),
+                mac: "ee:ee:0a:ff:01:02".into(),
+                mtu: 1450,
+                ifname: up.ifname,
+                netns: up.netns,
+                dns_servers: vec![],
+                search_domains: vec![],
+            })?)
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("cell.sock");
+    let rec = Arc::new(Recorder(Mutex::new(vec![])));
+    api::serve(&sock, rec.clone()).unwrap();
+    let up = |extra: &[&str]| {
+        Command::new(bin())
+            .args(["container", "up", "--cell-socket"])
+            .arg(&sock)
+            .args(["--handle", "h1", "--app", "A", "--space", "S"])
+            .args(["--netns", "/var/run/netns/none"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    for extra in [
+        &["--lifecycle", "staging"][..],
+        &["--lifecycle", "running"],
+        &[],
+    ] {
+        let out = up(extra);
+        assert!(
+            out.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["container_ip"], "10.255.1.2");
+    }
+    let out = up(&["--lifecycle", "build"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--lifecycle") && err.contains("staging"),
+        "{err}"
+    );
+    let sent = rec.0.lock().unwrap().clone();
+    assert_eq!(sent.len(), 3, "{sent:?}");
+    assert!(
+        sent[0].contains(r#""op":"attach""#) && sent[0].contains(r#""lifecycle":"staging""#),
+        "{}",
+        sent[0]
+    );
+    assert!(sent[1].contains(r#""op":"up""#) && !sent[1].contains("lifecycle"));
+    assert_eq!(sent[1], sent[2]);
+}

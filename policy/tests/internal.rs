@@ -371,6 +371,74 @@ async fn mtls_required(db: Db) {
     h.shutdown().await;
 }
 
+/// Takes the feed from `view`'s version and applies it; returns the changes' (op, kind).
+async fn follow(c: &InternalClient, view: &mut View) -> Vec<(Op, Kind)> {
+    let r = c
+        .feed(ip("10.0.0.1"), view.version(), Duration::from_millis(10))
+        .await
+        .unwrap();
+    let kinds = r.changes.iter().map(|c| (c.op, c.kind)).collect();
+    view.apply(r);
+    kinds
+}
+
+/// Creating, binding (to a space, per lifecycle, globally), unbinding and deleting an ASG each
+/// reach a cell's view through the feed, with the group's rules and bindings.
+async fn asg_bindings_flow_through_the_feed(db: Db) {
+    use tapestry_policy::model::SecurityGroup;
+    let h = harness!(db);
+    let c = h.internal();
+    let admin = h.admin();
+    let mut view = View::new();
+    follow(&c, &mut view).await;
+    assert_eq!(view.asgs().count(), 0);
+    let mut g: SecurityGroup = serde_json::from_value(serde_json::json!({"name":"db","rules":[
+        {"protocol":"tcp","destination":"172.16.0.0/12","ports":"5432","log":true}]}))
+    .unwrap();
+    admin.create_security_group(&g).await.unwrap();
+    assert_eq!(
+        follow(&c, &mut view).await,
+        vec![(Op::Put, Kind::SecurityGroup)]
+    );
+    let got = |view: &View| view.asgs().find(|x| x.name == "db").cloned();
+    let seen = got(&view).unwrap();
+    assert_eq!(seen.rules, g.rules);
+    assert!(seen.rules[0].log);
+    assert!(seen.running_spaces.is_empty() && !seen.globally_enabled.running);
+    // Bind to a space for running, then globally for staging.
+    g.running_spaces = vec!["s1".into()];
+    admin.update_security_group("db", &g).await.unwrap();
+    assert_eq!(
+        follow(&c, &mut view).await,
+        vec![(Op::Put, Kind::SecurityGroup)]
+    );
+    assert_eq!(got(&view).unwrap().running_spaces, ["s1"]);
+    g.globally_enabled.staging = true;
+    admin.update_security_group("db", &g).await.unwrap();
+    follow(&c, &mut view).await;
+    let seen = got(&view).unwrap();
+    assert!(seen.globally_enabled.staging && !seen.globally_enabled.running);
+    assert_eq!(seen.running_spaces, ["s1"]);
+    // Unbind.
+    g.running_spaces.clear();
+    g.globally_enabled.staging = false;
+    admin.update_security_group("db", &g).await.unwrap();
+    follow(&c, &mut view).await;
+    let seen = got(&view).unwrap();
+    assert!(seen.running_spaces.is_empty() && !seen.globally_enabled.staging);
+    // The incremental view equals a fresh snapshot; then a delete removes the group.
+    let mut fresh = View::new();
+    fresh.apply(c.feed(ip("10.0.0.1"), None, Duration::ZERO).await.unwrap());
+    assert_eq!(fresh.snapshot(), view.snapshot());
+    admin.delete_security_group("db").await.unwrap();
+    assert_eq!(
+        follow(&c, &mut view).await,
+        vec![(Op::Delete, Kind::SecurityGroup)]
+    );
+    assert_eq!(view.asgs().count(), 0);
+    h.shutdown().await;
+}
+
 async fn asgs_and_routes(db: Db) {
     let h = harness!(db);
     let base = "/networking/v1/external/security_groups";
@@ -665,5 +733,6 @@ dual!(
     feed_snapshot_resume_and_wake,
     instances_sync,
     mtls_required,
-    asgs_and_routes
+    asgs_and_routes,
+    asg_bindings_flow_through_the_feed
 );

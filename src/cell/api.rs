@@ -9,13 +9,17 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
+pub use tapestry_switch::Lifecycle;
 
 /// A request to the cell.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    /// Attach a container (idempotent for the same handle).
+    /// Attach a container (idempotent for the same handle), lifecycle `running`.
     Up(UpRequest),
+    /// Attach a container with the options `up` does not carry: `{"op":"attach", <the fields
+    /// of up>, "lifecycle":"staging"}`. `lifecycle` is optional (default `running`).
+    Attach(AttachRequest),
     /// Detach a container (idempotent).
     Down { handle: String },
     /// Check that a container is attached and its interface is in place.
@@ -37,6 +41,32 @@ pub struct UpRequest {
     pub netns: PathBuf,
     #[serde(default = "default_ifname")]
     pub ifname: String,
+}
+
+/// An attach request: `up`'s fields plus the container's lifecycle, which picks the ASGs that
+/// apply to it (bound to its space for running or for staging, plus the global ones).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AttachRequest {
+    #[serde(flatten)]
+    pub up: UpRequest,
+    #[serde(default)]
+    pub lifecycle: Lifecycle,
+}
+
+impl AttachRequest {
+    /// The request to send: plain `up` for a running container (understood by every cell
+    /// version), `attach` otherwise.
+    pub fn into_request(self) -> Request {
+        match self.lifecycle {
+            Lifecycle::Running => Request::Up(self.up),
+            _ => Request::Attach(self),
+        }
+    }
+}
+
+/// Parses `running` or `staging` (the CLI's and CNI's `lifecycle`).
+pub fn parse_lifecycle(s: &str) -> Result<Lifecycle, String> {
+    Lifecycle::parse(s).ok_or_else(|| format!("lifecycle {s:?} must be \"running\" or \"staging\""))
 }
 
 fn default_ifname() -> String {
@@ -162,5 +192,44 @@ pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
         Err(anyhow!(resp
             .error
             .unwrap_or_else(|| "unknown error".into())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_carries_an_optional_lifecycle() {
+        let line =
+            r#"{"op":"attach","handle":"h","app_id":"A","netns":"/n","lifecycle":"staging"}"#;
+        let Request::Attach(a) = serde_json::from_str(line).unwrap() else {
+            panic!("not an attach")
+        };
+        assert_eq!(a.lifecycle, Lifecycle::Staging);
+        assert_eq!((a.up.handle.as_str(), a.up.ifname.as_str()), ("h", "eth0"));
+        let line = r#"{"op":"attach","handle":"h","app_id":"A","netns":"/n"}"#;
+        let Request::Attach(a) = serde_json::from_str(line).unwrap() else {
+            panic!("not an attach")
+        };
+        assert_eq!(a.lifecycle, Lifecycle::Running);
+        let bad = r#"{"op":"attach","handle":"h","app_id":"A","netns":"/n","lifecycle":"build"}"#;
+        let e = serde_json::from_str::<Request>(bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("build") && e.contains("staging"), "{e}");
+        // Round trip, and running goes out as a plain `up`.
+        let json = serde_json::to_string(&Request::Attach(a.clone())).unwrap();
+        assert!(json.contains(r#""op":"attach""#) && json.contains(r#""lifecycle":"running""#));
+        assert!(matches!(a.clone().into_request(), Request::Up(_)));
+        let staging = AttachRequest {
+            lifecycle: Lifecycle::Staging,
+            ..a
+        };
+        assert!(matches!(staging.into_request(), Request::Attach(_)));
+        assert_eq!(parse_lifecycle("staging"), Ok(Lifecycle::Staging));
+        assert!(parse_lifecycle("Staging")
+            .unwrap_err()
+            .contains("\"running\" or \"staging\""));
     }
 }

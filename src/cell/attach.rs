@@ -11,7 +11,7 @@ use tapestry_switch::PortId;
 use tapestry_sys::netlink::{self, IfaceConfig};
 use tapestry_sys::tap::{self, Tap, TapOptions};
 
-use super::api::{Attachment, UpRequest};
+use super::api::{AttachRequest, Attachment, UpRequest};
 use super::state::{allocate_ip, port_id_for, ContainerRecord};
 use super::{Cell, GATEWAY};
 
@@ -187,7 +187,8 @@ impl Cell {
         Ok(queues.into_iter().map(Arc::new).collect())
     }
 
-    pub fn up(&self, up: UpRequest) -> Result<Attachment> {
+    pub fn up(&self, req: AttachRequest) -> Result<Attachment> {
+        let AttachRequest { up, lifecycle } = req;
         validate(&up)?;
         let mut inner = self.lock();
         if let Some(rec) = inner.containers.containers.get(&up.handle) {
@@ -197,6 +198,14 @@ impl Cell {
                     up.handle,
                     rec.netns.display(),
                     rec.ifname
+                );
+            }
+            if rec.lifecycle != lifecycle {
+                bail!(
+                    "handle {} is already attached with lifecycle {}, not {}",
+                    up.handle,
+                    rec.lifecycle.as_str(),
+                    lifecycle.as_str()
                 );
             }
             return Ok(self.attachment(rec));
@@ -242,6 +251,7 @@ impl Cell {
             ip,
             netns: up.netns,
             ifname: up.ifname,
+            lifecycle,
         };
         let tap = match self.plumb(&rec) {
             Ok(t) => t,
@@ -265,7 +275,8 @@ impl Cell {
         self.dataplane.add_port(self.port_of(rec.ip), &tap);
         inner.taps.insert(rec.handle.clone(), tap);
         self.instances_dirty.notify_one();
-        tracing::info!(handle = %rec.handle, app = %rec.app_id, ip = %rec.ip, "container up");
+        tracing::info!(handle = %rec.handle, app = %rec.app_id, ip = %rec.ip,
+            lifecycle = rec.lifecycle.as_str(), "container up");
         Ok(self.attachment(&rec))
     }
 

@@ -5,6 +5,7 @@
 pub mod api;
 mod attach;
 mod dataplane;
+mod egress;
 pub mod state;
 mod status;
 mod sync;
@@ -82,6 +83,30 @@ pub struct CellArgs {
     /// this ring is the only queue; it costs 8 bytes an entry per queue, in kernel memory.
     #[arg(long, default_value_t = DEFAULT_TAP_TXQUEUELEN)]
     tap_txqueuelen: u32,
+    /// Destinations no application security group can open (CF's deny_networks), as a comma
+    /// list of CIDRs; "" for none. The cell's own gateway services 169.254.0.1 and
+    /// 169.254.0.2 are never covered.
+    #[arg(long, value_name = "CIDR,...", default_value = DEFAULT_DENY_NETWORKS)]
+    deny_networks: String,
+}
+
+/// Link-local, which holds cloud metadata services (169.254.169.254).
+pub const DEFAULT_DENY_NETWORKS: &str = "169.254.0.0/16";
+
+/// Parses `--deny-networks`: comma-separated CIDRs (`a.b.c.d/len`), blank for none. The error
+/// names the entry that is not a CIDR.
+pub fn parse_deny_networks(s: &str) -> Result<Vec<ipnet::Ipv4Net>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<ipnet::Ipv4Net>().map_err(|_| {
+                anyhow::anyhow!(
+                    "--deny-networks: {p:?} is not an IPv4 CIDR (write it as a.b.c.d/len, e.g. 169.254.0.0/16)"
+                )
+            })
+        })
+        .collect()
 }
 
 /// txqueuelen of container TAPs, by measurement (BENCHMARKS.md, "Kernel memory"): with the
@@ -113,6 +138,8 @@ pub struct CellConfig {
     pub max_containers: usize,
     /// txqueuelen of every container TAP.
     pub tap_txqueuelen: u32,
+    /// Destinations no ASG can open.
+    pub deny_networks: Vec<ipnet::Ipv4Net>,
 }
 
 impl CellConfig {
@@ -189,6 +216,7 @@ pub fn run(args: CellArgs) -> Result<()> {
             args.tap_txqueuelen
         );
     }
+    let deny_networks = parse_deny_networks(&args.deny_networks)?;
     if underlay_ip.is_unspecified() || underlay_ip.is_broadcast() || underlay_ip.is_multicast() {
         bail!("--underlay-ip {underlay_ip} is not a unicast address of this host");
     }
@@ -233,6 +261,7 @@ pub fn run(args: CellArgs) -> Result<()> {
             offload: !args.no_offload,
             max_containers: args.max_containers,
             tap_txqueuelen: args.tap_txqueuelen,
+            deny_networks,
         };
         let view = view::CellView::load(&state)?;
         let containers: Containers = state.load("containers.json")?.unwrap_or_default();
@@ -300,7 +329,11 @@ impl Cell {
 impl api::Handler for Cell {
     fn handle(&self, req: api::Request) -> Result<serde_json::Value> {
         match req {
-            api::Request::Up(up) => Ok(serde_json::to_value(self.up(up)?)?),
+            api::Request::Up(up) => Ok(serde_json::to_value(self.up(api::AttachRequest {
+                up,
+                lifecycle: api::Lifecycle::Running,
+            })?)?),
+            api::Request::Attach(a) => Ok(serde_json::to_value(self.up(a)?)?),
             api::Request::Down { handle } => {
                 self.down(&handle)?;
                 Ok(serde_json::json!({}))
@@ -310,6 +343,35 @@ impl api::Handler for Cell {
                 Ok(serde_json::json!({}))
             }
             api::Request::Status => Ok(self.status()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deny_networks_parse_and_name_a_bad_entry() {
+        let n = parse_deny_networks(DEFAULT_DENY_NETWORKS).unwrap();
+        assert_eq!(n, vec!["169.254.0.0/16".parse::<ipnet::Ipv4Net>().unwrap()]);
+        let n = parse_deny_networks(" 10.0.0.0/8, 100.64.0.0/10 ,").unwrap();
+        assert_eq!(n.len(), 2);
+        assert!(parse_deny_networks("").unwrap().is_empty());
+        for bad in [
+            "10.0.0.0/33",
+            "10.0.0.1",
+            "10.0.0/8",
+            "fd00::/8",
+            "metadata",
+        ] {
+            let e = parse_deny_networks(&format!("169.254.0.0/16,{bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("--deny-networks") && e.contains(&format!("{bad:?}")),
+                "{e}"
+            );
         }
     }
 }

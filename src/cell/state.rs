@@ -29,6 +29,9 @@ pub struct ContainerRecord {
     pub ip: Ipv4Addr,
     pub netns: PathBuf,
     pub ifname: String,
+    /// Which ASGs apply (records written before lifecycles existed load as running).
+    #[serde(default)]
+    pub lifecycle: tapestry_switch::Lifecycle,
 }
 
 /// All containers by handle.
@@ -173,12 +176,24 @@ mod tests {
                 ip: Ipv4Addr::new(10, 255, 7, 1),
                 netns: "/var/run/netns/x".into(),
                 ifname: "eth0".into(),
+                lifecycle: tapestry_switch::Lifecycle::Staging,
             },
         );
         s.store("containers.json", &c).unwrap();
         let back: Containers = s.load("containers.json").unwrap().unwrap();
         assert_eq!(back.containers["h1"], c.containers["h1"]);
         assert!(!s.path(".containers.json.tmp").exists());
+    }
+
+    #[test]
+    fn containers_saved_before_lifecycles_load_as_running() {
+        let old = r#"{"containers":{"h1":{"handle":"h1","app_id":"A","space_id":"s","org_id":"o",
+            "instance_index":0,"ip":"10.255.7.1","netns":"/var/run/netns/x","ifname":"eth0"}}}"#;
+        let c: Containers = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            c.containers["h1"].lifecycle,
+            tapestry_switch::Lifecycle::Running
+        );
     }
 }
 

@@ -35,6 +35,8 @@ impl Cell {
                     "tag": inner.view.tag_of(&c.app_id).map(|t| format!("{t:04x}")),
                     "ifname": c.ifname,
                     "netns": c.netns,
+                    "lifecycle": c.lifecycle.as_str(),
+                    "asg": super::egress::port_status(snap.egress(), tapestry_switch::PortId(id)),
                     "attached": inner.taps.contains_key(&c.handle),
                     "counters": port_stats.get(&id).cloned().unwrap_or(Value::Null),
                 })
@@ -70,6 +72,8 @@ impl Cell {
             "feed_version": inner.view.version(),
             "remote_cells": snap.remote_count(),
             "policies_in_force": snap.policy_count(),
+            "deny_networks": self.config.deny_networks.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            "asg_errors": snap.egress().errors().iter().map(|e| e.to_string()).collect::<Vec<_>>(),
             "conntrack_entries": self.conntrack.len(),
             "ports": ports,
             "max_containers": self.config.max_containers,
@@ -120,20 +124,34 @@ pub fn print(state_dir: &Path, as_json: bool) -> Result<()> {
         s(&v["policies_in_force"]),
         s(&v["conntrack_entries"])
     );
+    let list = |v: &Value| {
+        let items: Vec<String> = v.as_array().into_iter().flatten().map(s).collect();
+        if items.is_empty() {
+            "(none)".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    println!("deny-networks: {}", list(&v["deny_networks"]));
+    for e in v["asg_errors"].as_array().into_iter().flatten() {
+        println!("ASG not applied: {}", s(e));
+    }
     println!();
     println!(
-        "{:<6} {:<24} {:<16} {:<15} {:<5} {:>10} {:>10} {:>8}",
-        "PORT", "HANDLE", "APP", "IP", "TAG", "RX", "TX", "DROPS"
+        "{:<6} {:<24} {:<16} {:<15} {:<5} {:<8} {:>9} {:>10} {:>10} {:>8}",
+        "PORT", "HANDLE", "APP", "IP", "TAG", "LIFE", "ASG RULES", "RX", "TX", "DROPS"
     );
     for p in v["ports"].as_array().into_iter().flatten() {
         let c = &p["counters"];
         println!(
-            "{:<6} {:<24} {:<16} {:<15} {:<5} {:>10} {:>10} {:>8}",
+            "{:<6} {:<24} {:<16} {:<15} {:<5} {:<8} {:>9} {:>10} {:>10} {:>8}",
             s(&p["port"]),
             s(&p["handle"]),
             s(&p["app_id"]),
             s(&p["ip"]),
             s(&p["tag"]),
+            s(&p["lifecycle"]),
+            s(&p["asg"]["rules"]),
             s(&c["rx_packets"]),
             s(&c["tx_packets"]),
             s(&c["drop_packets"])

@@ -123,6 +123,8 @@ pub fn build_snapshot(
         overlay_network: subnet_tuple(&config.overlay_network),
         subnet: subnet_tuple(&config.subnet),
     };
+    let egress = super::egress::build(config, view.view.asgs(), containers)?;
     Snapshot::new(cfg, ports, remotes, policies)
+        .map(|s| s.with_egress(egress))
         .map_err(|e| anyhow::anyhow!("building the switch tables: {e}"))
 }

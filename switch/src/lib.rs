@@ -23,8 +23,8 @@
 //! # }
 //! ```
 //!
-//! Modules: [`wire`] (byte views of every header), [`tables`] (snapshot of ports, routes and
-//! policies; connection tracking), [`pipeline`] (the per-packet decisions), [`counters`],
+//! Modules: [`wire`] (byte views of every header), [`tables`] (snapshot of ports, routes,
+//! policies and ASGs with [`Snapshot::egress_decision`]; connection tracking), [`pipeline`] (the per-packet decisions), [`counters`],
 //! [`offload`] (checksums, partial ones from a kernel VTEP included; TSO/USO segmentation; TCP
 //! coalescing; what to write for virtio-net super-frames).
 //!
@@ -40,6 +40,10 @@ pub mod wire;
 pub use buf::PacketBuf;
 pub use counters::{Counters, CountersSnapshot, DropReason, PortStats, Totals};
 pub use pipeline::{Switch, Verdict};
+pub use tables::asg::{
+    DenyNetworks, DenyReason, Egress, EgressVerdict, Flow, GroupText, Lifecycle, RuleMatch,
+    RuleSet, RuleText,
+};
 pub use tables::conntrack::Conntrack;
 pub use tables::{
     CellConfig, FxHashMap, PolicyRule, PortConfig, PortId, Proto, RemoteCell, Snapshot, TableError,

@@ -1,6 +1,8 @@
-//! The switch's tables: an immutable, indexed [`Snapshot`] of ports, routes and policies that
-//! the control side builds and swaps in ([`Tables`]), and the shared connection tracker.
+//! The switch's tables: an immutable, indexed [`Snapshot`] of ports, routes, policies and the
+//! compiled ASGs ([`asg`]) that the control side builds and swaps in ([`Tables`]), and the
+//! shared connection tracker.
 
+pub mod asg;
 pub mod conntrack;
 pub mod flow_state;
 pub mod policy;
@@ -212,6 +214,7 @@ pub struct Snapshot {
     ports: ports::PortTable,
     routes: RouteTable,
     policy: PolicyTable,
+    egress: asg::Egress,
 }
 
 impl Snapshot {
@@ -254,7 +257,27 @@ impl Snapshot {
             ports,
             routes,
             policy,
+            egress: asg::Egress::deny_only(asg::DenyNetworks::default()),
         })
+    }
+
+    /// The same snapshot with these ASG rule sets and deny-networks (without: the default
+    /// deny-networks and no rules, so every egress flow is denied).
+    pub fn with_egress(mut self, egress: asg::Egress) -> Snapshot {
+        self.egress = egress;
+        self
+    }
+
+    /// The ASG side: deny-networks and each port's compiled rules.
+    pub fn egress(&self) -> &asg::Egress {
+        &self.egress
+    }
+
+    /// Whether `port` may start `flow` to a destination outside the overlay: overlay
+    /// destinations are [`asg::EgressVerdict::Overlay`] (never an ASG decision), then
+    /// deny-networks, then the port's ASGs. No allocation.
+    pub fn egress_decision(&self, port: PortId, flow: &asg::Flow) -> asg::EgressVerdict<'_> {
+        self.egress.decide(self.config.overlay_network, port, flow)
     }
 
     pub fn config(&self) -> &CellConfig {
