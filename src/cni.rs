@@ -366,6 +366,47 @@ mod tests {
     }
 
     #[test]
+    fn parse_builds_the_request_from_config_and_env() {
+        let conf = r#"{"cniVersion":"0.3.1","name":"n","type":"tapestry-cni","cell_socket":"/run/c.sock",
+            "metadata":{"app_id":"A","space_id":"S","instance_index":"3"}}"#;
+        let vars = |cmd: &'static str| {
+            move |k: &str| match k {
+                "CNI_COMMAND" => Some(cmd.to_string()),
+                "CNI_CONTAINERID" => Some("c9".to_string()),
+                "CNI_NETNS" => Some("/var/run/netns/c9".to_string()),
+                _ => None,
+            }
+        };
+        let inv = Invocation::from_vars(vars("ADD"));
+        assert_eq!(inv.ifname, "", "an unset variable is empty");
+        let e = parse(&inv, conf).unwrap_err();
+        assert!(e.msg.contains("CNI_IFNAME"), "{}", e.msg);
+        let inv = Invocation {
+            ifname: "eth0".into(),
+            ..inv
+        };
+        let p = parse(&inv, conf).unwrap().unwrap();
+        assert_eq!(p.version, "0.3.1");
+        assert_eq!(p.socket, PathBuf::from("/run/c.sock"));
+        let Request::Up(up) = p.request else {
+            panic!("ADD asks for Up: {:?}", p.request)
+        };
+        assert_eq!(
+            (up.handle.as_str(), up.app_id.as_str(), up.space_id.as_str()),
+            ("c9", "A", "S")
+        );
+        assert_eq!(up.instance_index, 3);
+        assert_eq!(up.netns, PathBuf::from("/var/run/netns/c9"));
+        let p = parse(&Invocation::from_vars(vars("DEL")), conf)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(p.request, Request::Down { handle } if handle == "c9"));
+        assert!(parse(&Invocation::from_vars(vars("VERSION")), "")
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
     fn add_result_is_spec_shaped() {
         let a = Attachment {
             handle: "c1".into(),
