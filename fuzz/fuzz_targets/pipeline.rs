@@ -47,5 +47,6 @@ fuzz_target!(|data: &[u8]| {
                 _ => h.set_policies(sel as usize),
             }
         }
+        h.finish();
     });
 });

@@ -18,5 +18,6 @@ fuzz_target!(|data: &[u8]| {
     H.with_borrow_mut(|h| {
         h.reset(64);
         h.from_port(sel, frame);
+        h.finish();
     });
 });

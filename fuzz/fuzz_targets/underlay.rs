@@ -19,5 +19,6 @@ fuzz_target!(|data: &[u8]| {
     H.with_borrow_mut(|h| {
         h.reset(64);
         h.from_underlay(sel, payload);
+        h.finish();
     });
 });
