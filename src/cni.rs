@@ -59,13 +59,19 @@ pub struct Invocation {
 
 impl Invocation {
     fn from_env() -> Result<Invocation, CniError> {
-        let get = |k: &str| std::env::var(k).unwrap_or_default();
-        Ok(Invocation {
+        Ok(Invocation::from_vars(|k| std::env::var(k).ok()))
+    }
+
+    /// The invocation described by these variables (`CNI_COMMAND`, `CNI_CONTAINERID`,
+    /// `CNI_NETNS`, `CNI_IFNAME`); a missing one is empty, as an unset one in the environment.
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Invocation {
+        let get = |k: &str| get(k).unwrap_or_default();
+        Invocation {
             command: get("CNI_COMMAND"),
             container_id: get("CNI_CONTAINERID"),
             netns: get("CNI_NETNS"),
             ifname: get("CNI_IFNAME"),
-        })
+        }
     }
 }
 
@@ -116,10 +122,49 @@ fn emit_error(version: &str, e: CniError) -> i32 {
 
 /// Runs one CNI command; `Ok(Some(json))` is printed on stdout.
 pub fn execute(inv: &Invocation, stdin: &str) -> Result<Option<Value>, CniError> {
-    if inv.command == "VERSION" {
+    let Some(parsed) = parse(inv, stdin)? else {
         return Ok(Some(
             json!({"cniVersion": "1.0.0", "supportedVersions": SUPPORTED}),
         ));
+    };
+    let call = |req: Request| {
+        api::call(&parsed.socket, &req).map_err(|e| {
+            let msg = format!("{e:#}");
+            if msg.contains("connecting to the cell") {
+                CniError::new(E_TRY_LATER, "the cell is not reachable", msg)
+            } else {
+                CniError::new(E_IO, "the cell refused the request", msg)
+            }
+        })
+    };
+    match parsed.request {
+        up @ (Request::Up(_) | Request::Attach(_)) => {
+            let a: Attachment = serde_json::from_value(call(up)?).map_err(|e| {
+                CniError::new(E_IO, "malformed answer from the cell", e.to_string())
+            })?;
+            Ok(Some(add_result(&parsed.version, &a)))
+        }
+        other => {
+            call(other)?;
+            Ok(None)
+        }
+    }
+}
+
+/// One checked invocation: what to ask the cell, on which socket, answering in `version`.
+#[derive(Debug)]
+pub struct Parsed {
+    pub version: String,
+    pub socket: PathBuf,
+    /// `Up` (or `Attach` for a staging container), `Down` or `Check`.
+    pub request: Request,
+}
+
+/// Checks the network configuration (stdin) and the environment of one invocation exactly as
+/// [`execute`] does before it talks to the cell. `Ok(None)` for VERSION, which needs neither.
+pub fn parse(inv: &Invocation, stdin: &str) -> Result<Option<Parsed>, CniError> {
+    if inv.command == "VERSION" {
+        return Ok(None);
     }
     let conf: NetConf = serde_json::from_str(stdin).map_err(|e| {
         CniError::new(
@@ -154,7 +199,7 @@ pub fn execute(inv: &Invocation, stdin: &str) -> Result<Option<Value>, CniError>
             E_INVALID_CONFIG,
             format!(
                 "network configuration field type is {:?}, expected \"tapestry-cni\"",
-                conf.kind.unwrap_or_default()
+                conf.kind.clone().unwrap_or_default()
             ),
             "",
         ));
@@ -173,45 +218,32 @@ pub fn execute(inv: &Invocation, stdin: &str) -> Result<Option<Value>, CniError>
             "",
         ));
     }
-    let call = |req: Request| {
-        api::call(&socket, &req).map_err(|e| {
-            let msg = format!("{e:#}");
-            if msg.contains("connecting to the cell") {
-                CniError::new(E_TRY_LATER, "the cell is not reachable", msg)
-            } else {
-                CniError::new(E_IO, "the cell refused the request", msg)
-            }
-        })
+    let request = match inv.command.as_str() {
+        "ADD" => AttachRequest {
+            up: up_request(inv, &conf)?,
+            lifecycle: lifecycle(&conf)?,
+        }
+        .into_request(),
+        "DEL" => Request::Down {
+            handle: inv.container_id.clone(),
+        },
+        "CHECK" => Request::Check {
+            handle: inv.container_id.clone(),
+        },
+        "" => return Err(CniError::new(E_INVALID_ENV, "CNI_COMMAND is not set", "")),
+        other => {
+            return Err(CniError::new(
+                E_INVALID_ENV,
+                format!("CNI_COMMAND {other:?} is not supported (ADD, DEL, CHECK, VERSION)"),
+                "",
+            ))
+        }
     };
-    match inv.command.as_str() {
-        "ADD" => {
-            let up = up_request(inv, &conf)?;
-            let lifecycle = lifecycle(&conf)?;
-            let req = AttachRequest { up, lifecycle }.into_request();
-            let a: Attachment = serde_json::from_value(call(req)?).map_err(|e| {
-                CniError::new(E_IO, "malformed answer from the cell", e.to_string())
-            })?;
-            Ok(Some(add_result(&version, &a)))
-        }
-        "DEL" => {
-            call(Request::Down {
-                handle: inv.container_id.clone(),
-            })?;
-            Ok(None)
-        }
-        "CHECK" => {
-            call(Request::Check {
-                handle: inv.container_id.clone(),
-            })?;
-            Ok(None)
-        }
-        "" => Err(CniError::new(E_INVALID_ENV, "CNI_COMMAND is not set", "")),
-        other => Err(CniError::new(
-            E_INVALID_ENV,
-            format!("CNI_COMMAND {other:?} is not supported (ADD, DEL, CHECK, VERSION)"),
-            "",
-        )),
-    }
+    Ok(Some(Parsed {
+        version,
+        socket,
+        request,
+    }))
 }
 
 fn up_request(inv: &Invocation, conf: &NetConf) -> Result<UpRequest, CniError> {
@@ -412,6 +444,47 @@ mod tests {
             3,
             "a bad lifecycle never reaches the cell"
         );
+    }
+
+    #[test]
+    fn parse_builds_the_request_from_config_and_env() {
+        let conf = r#"{"cniVersion":"0.3.1","name":"n","type":"tapestry-cni","cell_socket":"/run/c.sock",
+            "metadata":{"app_id":"A","space_id":"S","instance_index":"3"}}"#;
+        let vars = |cmd: &'static str| {
+            move |k: &str| match k {
+                "CNI_COMMAND" => Some(cmd.to_string()),
+                "CNI_CONTAINERID" => Some("c9".to_string()),
+                "CNI_NETNS" => Some("/var/run/netns/c9".to_string()),
+                _ => None,
+            }
+        };
+        let inv = Invocation::from_vars(vars("ADD"));
+        assert_eq!(inv.ifname, "", "an unset variable is empty");
+        let e = parse(&inv, conf).unwrap_err();
+        assert!(e.msg.contains("CNI_IFNAME"), "{}", e.msg);
+        let inv = Invocation {
+            ifname: "eth0".into(),
+            ..inv
+        };
+        let p = parse(&inv, conf).unwrap().unwrap();
+        assert_eq!(p.version, "0.3.1");
+        assert_eq!(p.socket, PathBuf::from("/run/c.sock"));
+        let Request::Up(up) = p.request else {
+            panic!("ADD asks for Up: {:?}", p.request)
+        };
+        assert_eq!(
+            (up.handle.as_str(), up.app_id.as_str(), up.space_id.as_str()),
+            ("c9", "A", "S")
+        );
+        assert_eq!(up.instance_index, 3);
+        assert_eq!(up.netns, PathBuf::from("/var/run/netns/c9"));
+        let p = parse(&Invocation::from_vars(vars("DEL")), conf)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(p.request, Request::Down { handle } if handle == "c9"));
+        assert!(parse(&Invocation::from_vars(vars("VERSION")), "")
+            .unwrap()
+            .is_none());
     }
 
     #[test]

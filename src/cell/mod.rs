@@ -9,7 +9,7 @@ mod egress;
 pub mod state;
 mod status;
 mod sync;
-mod view;
+pub mod view;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;

@@ -27,7 +27,8 @@ impl CellView {
         Ok(Self::from_view(view))
     }
 
-    fn from_view(view: View) -> CellView {
+    /// The cell's view of a feed view (its app tags indexed), without persisting anything.
+    pub fn from_view(view: View) -> CellView {
         let tags = view
             .tags()
             .filter_map(|t| parse_tag(&t.tag).map(|n| (t.id.clone(), n)))

@@ -237,10 +237,22 @@ async fn list_asgs(
     Ok(Json(json!({ "security_groups": groups })))
 }
 
-fn parse_asg(b: &[u8]) -> ApiResult<SecurityGroup> {
+/// The body of `POST .../security_groups`, parsed and validated.
+pub fn parse_asg(b: &[u8]) -> ApiResult<SecurityGroup> {
     let g: SecurityGroup = json(b)?;
     validate::security_group(&g).map_err(ApiError::bad_request)?;
     Ok(g)
+}
+
+/// The body of `PUT .../security_groups/{name}`: the name may be omitted in the body; it
+/// defaults to the one in the path.
+pub fn parse_asg_update(b: &[u8], name: &str) -> ApiResult<SecurityGroup> {
+    let mut raw: Value = json(b)?;
+    if let Some(o) = raw.as_object_mut() {
+        o.entry("name")
+            .or_insert_with(|| Value::String(name.to_string()));
+    }
+    parse_asg(&serde_json::to_vec(&raw).unwrap_or_default())
 }
 
 async fn create_asg(
@@ -290,14 +302,7 @@ async fn update_asg(
 ) -> ApiResult<Json<SecurityGroup>> {
     version(&v)?;
     require_admin(&authenticate(&s, &headers).await?)?;
-    let b = body(b)?;
-    // The name may be omitted in the body; it defaults to the one in the path.
-    let mut raw: Value = json(&b)?;
-    if let Some(o) = raw.as_object_mut() {
-        o.entry("name")
-            .or_insert_with(|| Value::String(name.clone()));
-    }
-    let g = parse_asg(&serde_json::to_vec(&raw).unwrap_or_default())?;
+    let g = parse_asg_update(&body(b)?, &name)?;
     let stored = g.clone();
     s.store
         .call(Mode::Write, move |tx| {
@@ -328,6 +333,12 @@ struct RouteBody {
     app_id: String,
 }
 
+/// The body of `POST .../routes` and `.../routes/delete`, parsed and validated.
+pub fn parse_route(b: &[u8]) -> ApiResult<Route> {
+    let rb: RouteBody = json(b)?;
+    validate::route(&rb.host, &rb.app_id).map_err(ApiError::bad_request)
+}
+
 async fn list_routes(
     State(s): State<AppState>,
     Path(v): Path<String>,
@@ -352,8 +363,7 @@ async fn route_input(
     version(v)?;
     let p = authenticate(s, headers).await?;
     require_write(&p)?;
-    let rb: RouteBody = json(&body(b)?)?;
-    let r = validate::route(&rb.host, &rb.app_id).map_err(ApiError::bad_request)?;
+    let r = parse_route(&body(b)?)?;
     check_apps(&allowed_apps(s, &p).await?, [r.app_id.as_str()])?;
     Ok(r)
 }
@@ -403,15 +413,9 @@ struct StaticLease {
     overlay_subnet: String,
 }
 
-async fn add_lease(
-    State(s): State<AppState>,
-    Path(v): Path<String>,
-    headers: HeaderMap,
-    b: Result<Bytes, BytesRejection>,
-) -> ApiResult<Json<Value>> {
-    version(&v)?;
-    require_admin(&authenticate(&s, &headers).await?)?;
-    let sl: StaticLease = json(&body(b)?)?;
+/// The body of `POST .../leases`: the underlay IP and the overlay subnet of a static lease.
+pub fn parse_static_lease(b: &[u8]) -> ApiResult<(Ipv4Addr, ipnet::Ipv4Net)> {
+    let sl: StaticLease = json(b)?;
     let ip: Ipv4Addr = sl.underlay_ip.parse().map_err(|_| {
         ApiError::bad_request(format!(
             "underlay_ip: '{}' is not an IPv4 address",
@@ -424,6 +428,18 @@ async fn add_lease(
             sl.overlay_subnet
         ))
     })?;
+    Ok((ip, subnet))
+}
+
+async fn add_lease(
+    State(s): State<AppState>,
+    Path(v): Path<String>,
+    headers: HeaderMap,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    version(&v)?;
+    require_admin(&authenticate(&s, &headers).await?)?;
+    let (ip, subnet) = parse_static_lease(&body(b)?)?;
     let settings = s.store.settings.clone();
     let l = s
         .store
