@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every Tapestry check and test: rustfmt, clippy, the unused-dependency check, then unit,
 # property and pipeline tests, the control-plane suite on SQLite and on PostgreSQL, and (as root)
-# the end-to-end tests in network namespaces. Installs what the tests need. Extra arguments go to
+# the end-to-end tests in network namespaces, and before them a short smoke run of every fuzz
+# target (scripts/fuzz.sh; TAPESTRY_FUZZ_SECS seconds each, default 15, 0 to leave it out). Installs
+# what the tests need. Extra arguments go to
 # `cargo nextest run` (e.g. `scripts/test.sh -E 'package(tapestry-switch)'`).
 #
 # Tests that need something a machine may lack are `#[ignore = "needs ..."]`, so a plain
@@ -111,6 +113,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   profile=(--tool-config-file "tapestry:$toolcfg" --profile tapestry-env)
 fi
 
+# Coverage-guided fuzzing, a short fixed time per target (FUZZING.md records the long runs). Only
+# on a whole run: a run narrowed by filters on the command line is for a few tests. It runs
+# before the tests, so that nextest's summary closes the output.
+fuzz_secs=${TAPESTRY_FUZZ_SECS:-15}
+if [ $# -eq 0 ] && [ "$fuzz_secs" != 0 ]; then
+  echo "== scripts/fuzz.sh --smoke $fuzz_secs"
+  scripts/fuzz.sh --smoke "$fuzz_secs"
+fi
+
 log=$(mktemp /tmp/tapestry-test.XXXXXX)
 set +e
 cargo nextest run --workspace --no-fail-fast --run-ignored all "${profile[@]}" "$@" 2>&1 | tee "$log"
@@ -127,3 +138,4 @@ if [ "$skipped" != 0 ] && { [ "$TAPESTRY_REQUIRE_ROOT" = 1 ] || [ "$TAPESTRY_REQ
   fi
   echo "note: $skipped tests skipped by the filters given on the command line ($*)"
 fi
+

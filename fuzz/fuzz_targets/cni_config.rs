@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tapestry::cell::api::Request;
+use tapestry::cell::api::{AttachRequest, Request};
 use tapestry::cni::{parse, Invocation};
 
 const SUPPORTED: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(SUPPORTED.contains(&p.version.as_str()), "{}", p.version);
             assert!(!inv.container_id.is_empty());
             match &p.request {
-                Request::Up(up) => {
+                Request::Up(up) | Request::Attach(AttachRequest { up, .. }) => {
                     assert_eq!(inv.command, "ADD");
                     assert_eq!(up.handle, inv.container_id);
                     assert!(!up.netns.as_os_str().is_empty() && !up.ifname.is_empty());

@@ -603,6 +603,9 @@ pub mod cell {
             overlay_network: "10.255.0.0/16".parse().unwrap(),
             subnet: "10.255.1.0/24".parse().unwrap(),
             offload: false,
+            max_containers: 254,
+            tap_txqueuelen: tapestry::cell::DEFAULT_TAP_TXQUEUELEN,
+            deny_networks: vec!["169.254.0.0/16".parse().unwrap()],
         }
     }
 
@@ -617,6 +620,7 @@ pub mod cell {
             ip: Ipv4Addr::from(ip),
             netns: "/var/run/netns/x".into(),
             ifname: "eth0".into(),
+            lifecycle: Default::default(),
         };
         let mut containers = BTreeMap::new();
         for r in [
