@@ -217,33 +217,10 @@ fn multiqueue_queues_share_one_device() {
         assert_ne!(q.probe_offload(), 0);
     }
     // Every queue can write into the container: each echo request gets an answer on some queue.
-    for (i, q) in all.iter().enumerate() {
-        let mut w = VnetHdr::default().to_bytes().to_vec();
-        w.extend(echo_request(
-            GW_MAC,
-            MAC,
-            GW.octets(),
-            IP.octets(),
-            0x5000 + i as u16,
-        ));
-        q.write(&w).unwrap();
-    }
-    let mut ids = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    let mut buf = vec![0u8; 65536];
-    while ids.len() < all.len() && std::time::Instant::now() < deadline {
-        for q in &all {
-            if let Ok(n) = q.read(&mut buf) {
-                let f = &buf[VNET_HDR_LEN..n];
-                if is_icmp(f, 0, GW.octets(), Some(GW_MAC)) {
-                    ids.push(u16::from_be_bytes([f[38], f[39]]));
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    ids.sort();
-    assert_eq!(ids, vec![0x5000, 0x5001, 0x5002, 0x5003]);
+    assert_eq!(
+        echo_on_every_queue(&all, 0x5000),
+        vec![0x5000, 0x5001, 0x5002, 0x5003]
+    );
 
     // A single-queue TAP has no extra queues; dropping every queue keeps the device.
     let single = Tap::open_in_netns(&ns.path(), "single0", vnet()).unwrap();
@@ -366,6 +343,39 @@ fn tcp_frame(dport: u16, seq: u32, ack: u32, flags: u8, options: &[u8]) -> Vec<u
     f
 }
 
+/// Writes an echo request to the container on each queue (ids `first`, `first + 1`, ...) and
+/// returns the ids of the answers read back on any queue within 3 s, sorted. The queues must be
+/// non-blocking.
+fn echo_on_every_queue(queues: &[&Tap], first: u16) -> Vec<u16> {
+    for (i, q) in queues.iter().enumerate() {
+        let mut w = VnetHdr::default().to_bytes().to_vec();
+        w.extend(echo_request(
+            GW_MAC,
+            MAC,
+            GW.octets(),
+            IP.octets(),
+            first + i as u16,
+        ));
+        q.write(&w).unwrap();
+    }
+    let mut ids = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut buf = vec![0u8; 65536];
+    while ids.len() < queues.len() && std::time::Instant::now() < deadline {
+        for q in queues {
+            if let Ok(n) = q.read(&mut buf) {
+                let f = &buf[VNET_HDR_LEN..n];
+                if is_icmp(f, 0, GW.octets(), Some(GW_MAC)) {
+                    ids.push(u16::from_be_bytes([f[38], f[39]]));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    ids.sort();
+    ids
+}
+
 /// `tc qdisc show dev DEV` inside the namespace.
 fn qdiscs(ns: &Netns, dev: &str) -> String {
     let out = std::process::Command::new("tc")
@@ -423,32 +433,11 @@ fn multiqueue_tap_from_an_older_version_loses_its_queue_rings() {
     assert!(qdiscs(&ns, "eth0").contains("qdisc noqueue"));
 
     // And the device still carries frames: an echo request written on either queue is answered.
-    for (i, q) in [&q0, &q1].into_iter().enumerate() {
+    for q in [&q0, &q1] {
         q.set_nonblocking(true).unwrap();
-        let mut w = VnetHdr::default().to_bytes().to_vec();
-        w.extend(echo_request(
-            GW_MAC,
-            MAC,
-            GW.octets(),
-            IP.octets(),
-            0x6000 + i as u16,
-        ));
-        q.write(&w).unwrap();
     }
-    let mut ids = Vec::new();
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    let mut buf = vec![0u8; 65536];
-    while ids.len() < 2 && std::time::Instant::now() < deadline {
-        for q in [&q0, &q1] {
-            if let Ok(n) = q.read(&mut buf) {
-                let f = &buf[VNET_HDR_LEN..n];
-                if is_icmp(f, 0, GW.octets(), Some(GW_MAC)) {
-                    ids.push(u16::from_be_bytes([f[38], f[39]]));
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    ids.sort();
-    assert_eq!(ids, vec![0x6000, 0x6001]);
+    assert_eq!(
+        echo_on_every_queue(&[&q0, &q1], 0x6000),
+        vec![0x6000, 0x6001]
+    );
 }

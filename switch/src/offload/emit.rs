@@ -76,17 +76,6 @@ mod tests {
     use crate::wire::{checksum, tcp};
     use proptest::prelude::*;
 
-    fn tso_hdr(mss: u16) -> virtio_net::Repr {
-        virtio_net::Repr {
-            flags: virtio_net::FLAG_NEEDS_CSUM,
-            gso_type: virtio_net::GSO_TCPV4,
-            hdr_len: 54,
-            gso_size: mss,
-            csum_start: 34,
-            csum_offset: 16,
-        }
-    }
-
     /// The header and frame as a TAP hands them over: NEEDS_CSUM, the TCP checksum field
     /// holding the pseudo-header sum.
     fn from_tap(payload: &[u8], hdr: &virtio_net::Repr) -> Vec<u8> {

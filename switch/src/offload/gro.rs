@@ -284,17 +284,6 @@ mod tests {
         assert_eq!((hdr, f), (virtio_net::Repr::default(), &one[..]));
     }
 
-    fn tso_hdr(mss: u16) -> virtio_net::Repr {
-        virtio_net::Repr {
-            flags: virtio_net::FLAG_NEEDS_CSUM,
-            gso_type: virtio_net::GSO_TCPV4,
-            hdr_len: 54,
-            gso_size: mss,
-            csum_start: 34,
-            csum_offset: 16,
-        }
-    }
-
     proptest! {
         #[test]
         fn segment_then_coalesce_is_identity(payload in proptest::collection::vec(any::<u8>(), 1..20000), mss in 200u16..1500, psh in any::<bool>()) {

@@ -120,6 +120,20 @@ pub(crate) mod testutil {
 
     use crate::wire::{ethernet, ipv4, tcp};
 
+    /// The virtio-net header a TAP puts on a TCPv4 super-frame (Ethernet + IPv4 + TCP without
+    /// options, checksum left to complete): NEEDS_CSUM, GSO_TCPV4, segments of `mss`.
+    pub fn tso_hdr(mss: u16) -> crate::wire::virtio_net::Repr {
+        use crate::wire::virtio_net;
+        virtio_net::Repr {
+            flags: virtio_net::FLAG_NEEDS_CSUM,
+            gso_type: virtio_net::GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: mss,
+            csum_start: 34,
+            csum_offset: 16,
+        }
+    }
+
     pub const SRC: Ipv4Addr = Ipv4Addr::new(10, 255, 1, 1);
     pub const DST: Ipv4Addr = Ipv4Addr::new(10, 255, 2, 1);
 

@@ -147,17 +147,6 @@ mod tests {
 
     const MSS: u16 = 1000;
 
-    fn tso_hdr(mss: u16) -> virtio_net::Repr {
-        virtio_net::Repr {
-            flags: virtio_net::FLAG_NEEDS_CSUM,
-            gso_type: virtio_net::GSO_TCPV4,
-            hdr_len: 54,
-            gso_size: mss,
-            csum_start: 34,
-            csum_offset: 16,
-        }
-    }
-
     /// The segments a sender's TSO makes of `payload` (from `seq`, IP id `ident`, with
     /// `flags`, source port `sport`): what arrives from the underlay.
     fn segments(

@@ -221,17 +221,6 @@ mod tests {
     use crate::wire::checksum;
     use proptest::prelude::*;
 
-    fn tso_hdr(mss: u16) -> virtio_net::Repr {
-        virtio_net::Repr {
-            flags: virtio_net::FLAG_NEEDS_CSUM,
-            gso_type: virtio_net::GSO_TCPV4,
-            hdr_len: 54,
-            gso_size: mss,
-            csum_start: 34,
-            csum_offset: 16,
-        }
-    }
-
     /// A super-frame as a TAP hands it: the TCP checksum field holds the pseudo-header sum.
     fn super_frame(payload: &[u8], flags: u8) -> Vec<u8> {
         let mut f = tcp_frame(1000, flags, &[], payload);
