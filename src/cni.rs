@@ -1,5 +1,6 @@
-//! `tapestry-cni`: a CNI 1.0 plugin (ADD, DEL, CHECK, VERSION) that asks the cell to attach the
-//! container. Results and errors follow the CNI specification's JSON.
+//! `tapestry-cni`: a CNI 1.1 plugin (ADD, DEL, CHECK, STATUS, GC, VERSION; cniVersion 0.3.0 to
+//! 1.1.0) that asks the cell to attach the container. Results and errors follow the CNI
+//! specification's JSON. STATUS and GC exist from cniVersion 1.1.0 on.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -7,9 +8,13 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::cell::api::{self, AttachRequest, Attachment, Lifecycle, Request, UpRequest};
+use crate::cell::api::{
+    self, AttachRequest, Attachment, AttachmentKey, Lifecycle, Request, UpRequest,
+};
 
-const SUPPORTED: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
+pub const SUPPORTED: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+/// The newest version, answered to VERSION when the input names none we support.
+const LATEST: &str = "1.1.0";
 
 /// A CNI error: code (from the spec's table) and message.
 #[derive(Debug)]
@@ -36,6 +41,8 @@ const E_IO: u32 = 5;
 const E_DECODE: u32 = 6;
 const E_INVALID_CONFIG: u32 = 7;
 const E_TRY_LATER: u32 = 11;
+/// STATUS: "The plugin is not available (i.e. cannot service ADD requests)".
+const E_NOT_AVAILABLE: u32 = 50;
 
 #[derive(Debug, Deserialize)]
 pub struct NetConf {
@@ -47,6 +54,9 @@ pub struct NetConf {
     pub cell_socket: Option<PathBuf>,
     #[serde(default)]
     pub metadata: Option<Value>,
+    /// GC's list of attachments still in use.
+    #[serde(rename = "cni.dev/valid-attachments", default)]
+    pub valid_attachments: Option<Value>,
 }
 
 /// The environment of one invocation.
@@ -123,8 +133,17 @@ fn emit_error(version: &str, e: CniError) -> i32 {
 /// Runs one CNI command; `Ok(Some(json))` is printed on stdout.
 pub fn execute(inv: &Invocation, stdin: &str) -> Result<Option<Value>, CniError> {
     let Some(parsed) = parse(inv, stdin)? else {
+        // VERSION answers in the caller's version when we speak it.
+        let asked = serde_json::from_str::<Value>(stdin).ok().and_then(|v| {
+            v.get("cniVersion")
+                .and_then(|s| s.as_str())
+                .map(String::from)
+        });
+        let version = asked
+            .filter(|v| SUPPORTED.contains(&v.as_str()))
+            .unwrap_or_else(|| LATEST.into());
         return Ok(Some(
-            json!({"cniVersion": "1.0.0", "supportedVersions": SUPPORTED}),
+            json!({"cniVersion": version, "supportedVersions": SUPPORTED}),
         ));
     };
     let call = |req: Request| {
@@ -138,6 +157,17 @@ pub fn execute(inv: &Invocation, stdin: &str) -> Result<Option<Value>, CniError>
         })
     };
     match parsed.request {
+        Request::Status => {
+            let status = call(Request::Status).map_err(|e| {
+                CniError::new(
+                    E_NOT_AVAILABLE,
+                    "the plugin is not available: the cell is not reachable",
+                    format!("{}: {}", e.msg, e.details),
+                )
+            })?;
+            check_status(&status)?;
+            Ok(None)
+        }
         up @ (Request::Up(_) | Request::Attach(_)) => {
             let a: Attachment = serde_json::from_value(call(up)?).map_err(|e| {
                 CniError::new(E_IO, "malformed answer from the cell", e.to_string())
@@ -151,12 +181,53 @@ pub fn execute(inv: &Invocation, stdin: &str) -> Result<Option<Value>, CniError>
     }
 }
 
+/// STATUS: the cell answered; it can serve ADD when it holds a lease and has room.
+fn check_status(status: &Value) -> Result<(), CniError> {
+    if status["lease"]["overlay_subnet"].as_str().is_none() {
+        return Err(CniError::new(
+            E_NOT_AVAILABLE,
+            "the plugin is not available: the cell has no subnet lease",
+            status.to_string(),
+        ));
+    }
+    let attached = status["ports"].as_array().map_or(0, Vec::len) as u64;
+    if let Some(max) = status["max_containers"].as_u64() {
+        if attached >= max {
+            return Err(CniError::new(
+                E_NOT_AVAILABLE,
+                "the plugin is not available: the cell is full",
+                format!("{attached} containers attached, --max-containers is {max}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `cni.dev/valid-attachments`: an array of `{"containerID": ..., "ifname": ...}`.
+fn valid_attachments(conf: &NetConf) -> Result<Vec<AttachmentKey>, CniError> {
+    let v = conf.valid_attachments.clone().ok_or_else(|| {
+        CniError::new(
+            E_INVALID_CONFIG,
+            "network configuration field cni.dev/valid-attachments is missing (GC needs it)",
+            "",
+        )
+    })?;
+    serde_json::from_value(v).map_err(|e| {
+        CniError::new(
+            E_INVALID_CONFIG,
+            "network configuration field cni.dev/valid-attachments must be an array of \
+             {\"containerID\": string, \"ifname\": string}",
+            e.to_string(),
+        )
+    })
+}
+
 /// One checked invocation: what to ask the cell, on which socket, answering in `version`.
 #[derive(Debug)]
 pub struct Parsed {
     pub version: String,
     pub socket: PathBuf,
-    /// `Up` (or `Attach` for a staging container), `Down` or `Check`.
+    /// `Attach` (ADD), `Down` (DEL), `Check`, `Status` or `Gc`.
     pub request: Request,
 }
 
@@ -211,6 +282,31 @@ pub fn parse(inv: &Invocation, stdin: &str) -> Result<Option<Parsed>, CniError> 
             "",
         )
     })?;
+    if matches!(inv.command.as_str(), "STATUS" | "GC") {
+        if !at_least_1_1(&version) {
+            return Err(CniError::new(
+                E_INCOMPATIBLE_VERSION,
+                format!(
+                    "CNI_COMMAND {} is not supported in cniVersion {version}",
+                    inv.command
+                ),
+                "STATUS and GC exist from cniVersion 1.1.0 on",
+            ));
+        }
+        let request = if inv.command == "STATUS" {
+            Request::Status
+        } else {
+            Request::Gc {
+                network: conf.name.clone().unwrap_or_default(),
+                valid: valid_attachments(&conf)?,
+            }
+        };
+        return Ok(Some(Parsed {
+            version,
+            socket,
+            request,
+        }));
+    }
     if inv.container_id.is_empty() {
         return Err(CniError::new(
             E_INVALID_ENV,
@@ -222,6 +318,7 @@ pub fn parse(inv: &Invocation, stdin: &str) -> Result<Option<Parsed>, CniError> 
         "ADD" => AttachRequest {
             up: up_request(inv, &conf)?,
             lifecycle: lifecycle(&conf)?,
+            network: conf.name.clone(),
         }
         .into_request(),
         "DEL" => Request::Down {
@@ -234,7 +331,9 @@ pub fn parse(inv: &Invocation, stdin: &str) -> Result<Option<Parsed>, CniError> 
         other => {
             return Err(CniError::new(
                 E_INVALID_ENV,
-                format!("CNI_COMMAND {other:?} is not supported (ADD, DEL, CHECK, VERSION)"),
+                format!(
+                    "CNI_COMMAND {other:?} is not supported (ADD, DEL, CHECK, STATUS, GC, VERSION)"
+                ),
                 "",
             ))
         }
@@ -244,6 +343,12 @@ pub fn parse(inv: &Invocation, stdin: &str) -> Result<Option<Parsed>, CniError> 
         socket,
         request,
     }))
+}
+
+/// 1.1.0 or later (the versions we accept are all listed in [`SUPPORTED`]).
+fn at_least_1_1(version: &str) -> bool {
+    let parts: Vec<u32> = version.split('.').filter_map(|p| p.parse().ok()).collect();
+    parts.as_slice() >= [1, 1].as_slice()
 }
 
 fn up_request(inv: &Invocation, conf: &NetConf) -> Result<UpRequest, CniError> {
@@ -333,12 +438,180 @@ mod tests {
     #[test]
     fn version_lists_supported() {
         let v = execute(&inv("VERSION"), "").unwrap().unwrap();
-        assert_eq!(v["cniVersion"], "1.0.0");
-        assert!(v["supportedVersions"]
+        assert_eq!(v["cniVersion"], "1.1.0");
+        let listed: Vec<&str> = v["supportedVersions"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|s| s == "1.0.0"));
+            .map(|s| s.as_str().unwrap())
+            .collect();
+        assert_eq!(listed, ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]);
+        // Answered in the caller's version when we speak it.
+        let v = execute(&inv("VERSION"), r#"{"cniVersion":"1.0.0"}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(v["cniVersion"], "1.0.0");
+        let v = execute(&inv("VERSION"), r#"{"cniVersion":"7.0.0"}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(v["cniVersion"], "1.1.0");
+    }
+
+    fn conf_v(version: &str, sock: &str, extra: &str) -> String {
+        format!(
+            r#"{{"cniVersion":"{version}","name":"net1","type":"tapestry-cni","cell_socket":{sock:?}{extra}}}"#
+        )
+    }
+
+    fn no_container(cmd: &str) -> Invocation {
+        Invocation::from_vars(|k| (k == "CNI_COMMAND").then(|| cmd.to_string()))
+    }
+
+    #[test]
+    fn version_1_1_is_accepted_and_status_gc_need_it() {
+        let p = parse(
+            &inv("ADD"),
+            &conf_v("1.1.0", "/x", r#","metadata":{"app_id":"A"}"#),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(p.version, "1.1.0");
+        assert!(
+            matches!(p.request, Request::Attach(ref a) if a.network.as_deref() == Some("net1"))
+        );
+        for old in ["0.3.1", "0.4.0", "1.0.0"] {
+            for cmd in ["STATUS", "GC"] {
+                let e = parse(&no_container(cmd), &conf_v(old, "/x", "")).unwrap_err();
+                assert_eq!(e.code, E_INCOMPATIBLE_VERSION, "{cmd} {old}");
+                assert_eq!(
+                    e.msg,
+                    format!("CNI_COMMAND {cmd} is not supported in cniVersion {old}")
+                );
+            }
+        }
+        // STATUS and GC need no container id, netns or ifname.
+        let p = parse(&no_container("STATUS"), &conf_v("1.1.0", "/x", ""))
+            .unwrap()
+            .unwrap();
+        assert!(matches!(p.request, Request::Status));
+        let p = parse(
+            &no_container("GC"),
+            &conf_v(
+                "1.1.0",
+                "/x",
+                r#","cni.dev/valid-attachments":[{"containerID":"c1","ifname":"eth0"},{"containerID":"c2","ifname":"net1"}]"#,
+            ),
+        )
+        .unwrap()
+        .unwrap();
+        let Request::Gc { network, valid } = p.request else {
+            panic!("GC asks for Gc: {:?}", p.request)
+        };
+        assert_eq!(network, "net1");
+        assert_eq!(
+            valid,
+            [
+                AttachmentKey {
+                    container_id: "c1".into(),
+                    ifname: "eth0".into()
+                },
+                AttachmentKey {
+                    container_id: "c2".into(),
+                    ifname: "net1".into()
+                }
+            ]
+        );
+        let p = parse(
+            &no_container("GC"),
+            &conf_v("1.1.0", "/x", r#","cni.dev/valid-attachments":[]"#),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(matches!(p.request, Request::Gc { ref valid, .. } if valid.is_empty()));
+        // A missing or malformed list is an error, never "release everything".
+        let e = parse(&no_container("GC"), &conf_v("1.1.0", "/x", "")).unwrap_err();
+        assert_eq!(e.code, E_INVALID_CONFIG);
+        assert!(e.msg.contains("cni.dev/valid-attachments"), "{}", e.msg);
+        for bad in [r#"{}"#, r#"[{"containerID":"c1"}]"#, r#"["c1"]"#] {
+            let e = parse(
+                &no_container("GC"),
+                &conf_v(
+                    "1.1.0",
+                    "/x",
+                    &format!(r#","cni.dev/valid-attachments":{bad}"#),
+                ),
+            )
+            .unwrap_err();
+            assert_eq!(e.code, E_INVALID_CONFIG, "{bad}");
+            assert!(e.msg.contains("cni.dev/valid-attachments"), "{}", e.msg);
+        }
+        // Config errors still come first.
+        let e = parse(
+            &no_container("STATUS"),
+            r#"{"cniVersion":"1.1.0","name":"n","type":"tapestry-cni"}"#,
+        )
+        .unwrap_err();
+        assert!(e.msg.contains("cell_socket"), "{}", e.msg);
+        // STATUS with no cell behind the socket: 50.
+        let e = execute(
+            &no_container("STATUS"),
+            &conf_v("1.1.0", "/nonexistent.sock", ""),
+        )
+        .unwrap_err();
+        assert_eq!(e.code, E_NOT_AVAILABLE);
+        // Other commands without a container id still say so.
+        let e = parse(&no_container("DEL"), &conf_v("1.1.0", "/x", "")).unwrap_err();
+        assert!(e.msg.contains("CNI_CONTAINERID"), "{}", e.msg);
+    }
+
+    /// A fake cell answering STATUS with `status` and GC by recording the request.
+    struct FakeCell {
+        status: Mutex<Value>,
+        seen: Mutex<Vec<String>>,
+    }
+    use std::sync::{Arc, Mutex};
+    impl api::Handler for FakeCell {
+        fn handle(&self, req: Request) -> anyhow::Result<Value> {
+            match req {
+                Request::Status => Ok(self.status.lock().unwrap().clone()),
+                Request::Gc { network, valid } => {
+                    self.seen
+                        .lock()
+                        .unwrap()
+                        .push(format!("gc {network} {}", valid.len()));
+                    Ok(json!({"released": []}))
+                }
+                other => anyhow::bail!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn status_and_gc_ask_the_cell() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("cell.sock");
+        let cell = Arc::new(FakeCell {
+            status: Mutex::new(json!({"lease":{"overlay_subnet":"10.255.1.0/24"},
+                "ports":[{"handle":"a"}],"max_containers":2})),
+            seen: Mutex::new(vec![]),
+        });
+        api::serve(&sock, cell.clone()).unwrap();
+        let conf = |extra: &str| conf_v("1.1.0", sock.to_str().unwrap(), extra);
+        assert!(execute(&no_container("STATUS"), &conf(""))
+            .unwrap()
+            .is_none());
+        *cell.status.lock().unwrap() = json!({"lease":{"overlay_subnet":"10.255.1.0/24"},
+            "ports":[{"handle":"a"},{"handle":"b"}],"max_containers":2});
+        let e = execute(&no_container("STATUS"), &conf("")).unwrap_err();
+        assert_eq!(e.code, E_NOT_AVAILABLE);
+        assert!(e.msg.contains("full"), "{}", e.msg);
+        *cell.status.lock().unwrap() = json!({"ports":[]});
+        let e = execute(&no_container("STATUS"), &conf("")).unwrap_err();
+        assert_eq!(e.code, E_NOT_AVAILABLE);
+        assert!(e.msg.contains("lease"), "{}", e.msg);
+        let gc = conf(r#","cni.dev/valid-attachments":[{"containerID":"c1","ifname":"eth0"}]"#);
+        assert!(execute(&no_container("GC"), &gc).unwrap().is_none());
+        assert_eq!(*cell.seen.lock().unwrap(), ["gc net1 1"]);
     }
 
     #[test]
@@ -385,7 +658,6 @@ mod tests {
 
     #[test]
     fn lifecycle_metadata_reaches_the_cell() {
-        use std::sync::{Arc, Mutex};
         struct Recorder(Mutex<Vec<String>>);
         impl api::Handler for Recorder {
             fn handle(&self, req: Request) -> anyhow::Result<Value> {
@@ -429,7 +701,11 @@ mod tests {
         )
         .unwrap();
         execute(&inv("ADD"), &conf(r#"{"app_id":"A"}"#)).unwrap();
-        assert_eq!(*rec.0.lock().unwrap(), ["c1:staging", "c1:up", "c1:up"]);
+        // CNI always sends `attach`, which carries the network's name.
+        assert_eq!(
+            *rec.0.lock().unwrap(),
+            ["c1:staging", "c1:running", "c1:running"]
+        );
         for bad in [r#""build""#, "1", r#""STAGING""#] {
             let e = execute(
                 &inv("ADD"),
@@ -469,9 +745,10 @@ mod tests {
         let p = parse(&inv, conf).unwrap().unwrap();
         assert_eq!(p.version, "0.3.1");
         assert_eq!(p.socket, PathBuf::from("/run/c.sock"));
-        let Request::Up(up) = p.request else {
-            panic!("ADD asks for Up: {:?}", p.request)
+        let Request::Attach(AttachRequest { up, network, .. }) = p.request else {
+            panic!("ADD asks for Attach: {:?}", p.request)
         };
+        assert_eq!(network.as_deref(), Some("n"));
         assert_eq!(
             (up.handle.as_str(), up.app_id.as_str(), up.space_id.as_str()),
             ("c9", "A", "S")

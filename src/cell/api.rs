@@ -26,6 +26,20 @@ pub enum Request {
     Check { handle: String },
     /// Everything `tapestry cell status` shows.
     Status,
+    /// CNI GC: detach every container attached through CNI network `network` whose
+    /// (container id, ifname) is not in `valid`. Answers `{"released": [handles]}`.
+    Gc {
+        network: String,
+        valid: Vec<AttachmentKey>,
+    },
+}
+
+/// One CNI attachment: `CNI_CONTAINERID` and `CNI_IFNAME` (the spec's `containerID`, `ifname`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentKey {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -51,14 +65,18 @@ pub struct AttachRequest {
     pub up: UpRequest,
     #[serde(default)]
     pub lifecycle: Lifecycle,
+    /// The CNI network (`name` of the network configuration) the container joins through, so
+    /// CNI GC releases only that network's attachments. `None` outside CNI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 impl AttachRequest {
-    /// The request to send: plain `up` for a running container (understood by every cell
-    /// version), `attach` otherwise.
+    /// The request to send: plain `up` for a running container outside CNI (understood by
+    /// every cell version), `attach` otherwise.
     pub fn into_request(self) -> Request {
-        match self.lifecycle {
-            Lifecycle::Running => Request::Up(self.up),
+        match (self.lifecycle, &self.network) {
+            (Lifecycle::Running, None) => Request::Up(self.up),
             _ => Request::Attach(self),
         }
     }

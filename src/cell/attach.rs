@@ -11,7 +11,7 @@ use tapestry_switch::PortId;
 use tapestry_sys::netlink::{self, IfaceConfig};
 use tapestry_sys::tap::{self, Tap, TapOptions};
 
-use super::api::{AttachRequest, Attachment, UpRequest};
+use super::api::{AttachRequest, Attachment, AttachmentKey, UpRequest};
 use super::state::{allocate_ip, port_id_for, ContainerRecord};
 use super::{Cell, GATEWAY};
 
@@ -188,7 +188,11 @@ impl Cell {
     }
 
     pub fn up(&self, req: AttachRequest) -> Result<Attachment> {
-        let AttachRequest { up, lifecycle } = req;
+        let AttachRequest {
+            up,
+            lifecycle,
+            network,
+        } = req;
         validate(&up)?;
         let mut inner = self.lock();
         if let Some(rec) = inner.containers.containers.get(&up.handle) {
@@ -269,6 +273,12 @@ impl Cell {
             let _ = tapestry_sys::tap::delete_in_netns(&rec.netns, &rec.ifname);
             return Err(e);
         }
+        if let Some(net) = network {
+            inner.networks.insert(rec.handle.clone(), net);
+            if let Err(e) = self.state.store("networks.json", &inner.networks) {
+                tracing::error!("saving networks.json: {e:#}");
+            }
+        }
         // Stale connections of an earlier container with this address must not carry over.
         self.conntrack.remove_ip(rec.ip);
         self.publish(&inner)?;
@@ -291,6 +301,9 @@ impl Cell {
             .with_context(|| format!("deleting {} in {}", rec.ifname, rec.netns.display()))?;
         inner.containers.containers.remove(handle);
         self.state.store("containers.json", &inner.containers)?;
+        if inner.networks.remove(handle).is_some() {
+            self.state.store("networks.json", &inner.networks)?;
+        }
         self.conntrack.remove_ip(rec.ip);
         self.publish(&inner)?;
         self.instances_dirty.notify_one();
@@ -315,6 +328,44 @@ impl Cell {
         Ok(())
     }
 
+    /// CNI GC: detaches every container attached through CNI network `network` whose (handle,
+    /// ifname) is not in `valid`, going on past failures and reporting them all at the end.
+    pub fn gc(&self, network: &str, valid: &[AttachmentKey]) -> Result<serde_json::Value> {
+        let stale: Vec<String> = {
+            let inner = self.lock();
+            inner
+                .containers
+                .containers
+                .values()
+                .filter(|rec| inner.networks.get(&rec.handle).map(String::as_str) == Some(network))
+                .filter(|rec| {
+                    !valid
+                        .iter()
+                        .any(|k| k.container_id == rec.handle && k.ifname == rec.ifname)
+                })
+                .map(|rec| rec.handle.clone())
+                .collect()
+        };
+        let mut released = vec![];
+        let mut errors = vec![];
+        for handle in stale {
+            match self.down(&handle) {
+                Ok(()) => released.push(handle),
+                Err(e) => errors.push(format!("{handle}: {e:#}")),
+            }
+        }
+        tracing::info!(network, released = released.len(), "CNI GC");
+        if !errors.is_empty() {
+            bail!(
+                "GC released {} attachment(s) but failed on {}: {}",
+                released.len(),
+                errors.len(),
+                errors.join("; ")
+            );
+        }
+        Ok(serde_json::json!({ "released": released }))
+    }
+
     /// After a restart: re-open every persistent TAP, so containers keep their interfaces and
     /// addresses and traffic resumes. Containers whose namespace is gone are forgotten.
     pub fn reattach_all(&self) {
@@ -325,6 +376,7 @@ impl Cell {
             if !rec.netns.exists() {
                 tracing::warn!(handle = %rec.handle, "netns {} is gone; forgetting the container", rec.netns.display());
                 inner.containers.containers.remove(&rec.handle);
+                inner.networks.remove(&rec.handle);
                 changed = true;
                 continue;
             }
@@ -345,6 +397,9 @@ impl Cell {
         if changed {
             if let Err(e) = self.state.store("containers.json", &inner.containers) {
                 tracing::error!("saving containers: {e:#}");
+            }
+            if let Err(e) = self.state.store("networks.json", &inner.networks) {
+                tracing::error!("saving networks.json: {e:#}");
             }
         }
         if let Err(e) = self.publish(&inner) {

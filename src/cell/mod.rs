@@ -166,6 +166,8 @@ pub struct Cell {
 
 struct Inner {
     containers: Containers,
+    /// The CNI network each container joined through (`networks.json`), for CNI GC.
+    networks: state::Networks,
     view: view::CellView,
     /// Each attached container's TAP queues (one per worker, or one).
     taps: std::collections::HashMap<String, Vec<Arc<tapestry_sys::tap::Tap>>>,
@@ -265,6 +267,7 @@ pub fn run(args: CellArgs) -> Result<()> {
         };
         let view = view::CellView::load(&state)?;
         let containers: Containers = state.load("containers.json")?.unwrap_or_default();
+        let networks: state::Networks = state.load("networks.json")?.unwrap_or_default();
         let tables = Arc::new(Tables::new(view::build_snapshot(
             &config,
             &view,
@@ -292,6 +295,7 @@ pub fn run(args: CellArgs) -> Result<()> {
             dataplane: dp,
             inner: Mutex::new(Inner {
                 containers,
+                networks,
                 view,
                 taps: Default::default(),
                 control: sync::ControlStatus::default(),
@@ -332,6 +336,7 @@ impl api::Handler for Cell {
             api::Request::Up(up) => Ok(serde_json::to_value(self.up(api::AttachRequest {
                 up,
                 lifecycle: api::Lifecycle::Running,
+                network: None,
             })?)?),
             api::Request::Attach(a) => Ok(serde_json::to_value(self.up(a)?)?),
             api::Request::Down { handle } => {
@@ -343,6 +348,7 @@ impl api::Handler for Cell {
                 Ok(serde_json::json!({}))
             }
             api::Request::Status => Ok(self.status()),
+            api::Request::Gc { network, valid } => self.gc(&network, &valid),
         }
     }
 }

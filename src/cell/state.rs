@@ -40,6 +40,11 @@ pub struct Containers {
     pub containers: BTreeMap<String, ContainerRecord>,
 }
 
+/// The CNI network (configuration `name`) each container joined through, by handle. Kept apart
+/// from [`Containers`] so containers.json keeps its format; containers attached outside CNI
+/// (or by an older version) have no entry and CNI GC never touches them.
+pub type Networks = BTreeMap<String, String>;
+
 pub struct StateDir {
     dir: PathBuf,
 }

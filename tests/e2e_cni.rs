@@ -1,0 +1,168 @@
+//! End-to-end CNI conformance (root): the real `tapestry-cni` binary driven the way libcni
+//! drives it (environment variables, the network configuration on stdin, JSON on stdout)
+//! against a real cell in network namespaces. Namespaces are prefixed `tpcni` and removed on
+//! every exit path by the testbed's Drop.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use tapestry::demo::overlay::Overlay;
+use tapestry::demo::testbed::is_root;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_tapestry"))
+}
+
+/// One plugin run: `(exit status ok, stdout parsed as JSON or Null when empty)`.
+struct Cni {
+    socket: PathBuf,
+}
+
+impl Cni {
+    fn run(&self, env: &[(&str, &str)], conf: &Value) -> (bool, Value) {
+        use std::io::Write;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tapestry-cni"));
+        cmd.env_clear().env("CNI_PATH", "/opt/cni/bin");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("tapestry-cni runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("stdout {text:?}: {e}"))
+        };
+        (out.status.success(), v)
+    }
+
+    fn conf(&self, version: &str, name: &str, extra: Value) -> Value {
+        let mut c = json!({"cniVersion": version, "name": name, "type": "tapestry-cni",
+            "cell_socket": self.socket, "metadata": {"app_id": "app-X", "space_id": "s", "org_id": "o"}});
+        for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+            c[k] = v;
+        }
+        c
+    }
+}
+
+fn attach_env<'a>(
+    cmd: &'a str,
+    id: &'a str,
+    ns: &'a str,
+    ifname: &'a str,
+) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("CNI_COMMAND", cmd),
+        ("CNI_CONTAINERID", id),
+        ("CNI_NETNS", ns),
+        ("CNI_IFNAME", ifname),
+    ]
+}
+
+fn link_exists(ov: &Overlay, ns: &str, ifname: &str) -> bool {
+    ov.tb
+        .exec(ns, "ip", &["link", "show", ifname])
+        .unwrap()
+        .status
+        .success()
+}
+
+#[test]
+#[ignore = "needs root (network namespaces); scripts/test.sh runs it as root"]
+fn e2e_cni_1_1_status_gc_version() {
+    assert!(is_root(), "end-to-end tests need root (network namespaces)");
+    let mut ov = Overlay::start("tpcni1", bin(), 1, &[]).expect("overlay starts");
+    let ns_a = ov.tb.add_namespace("a").unwrap();
+    let ns_b = ov.tb.add_namespace("b").unwrap();
+    let (ns_a, ns_b) = (ns_a.to_str().unwrap(), ns_b.to_str().unwrap());
+    let cni = Cni {
+        socket: ov.cell_socket(0),
+    };
+    // VERSION lists 1.1.0.
+    let (ok, v) = cni.run(
+        &[("CNI_COMMAND", "VERSION")],
+        &json!({"cniVersion": "1.1.0"}),
+    );
+    assert!(ok, "{v}");
+    assert_eq!(v["cniVersion"], "1.1.0");
+    assert!(v["supportedVersions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("1.1.0")));
+    // STATUS: ready.
+    let status = [("CNI_COMMAND", "STATUS")];
+    let (ok, v) = cni.run(&status, &cni.conf("1.1.0", "net1", json!({})));
+    assert!(ok && v.is_null(), "{v}");
+    // STATUS and GC with 1.0.0: a version error, not a missing CNI_CONTAINERID.
+    for cmd in ["STATUS", "GC"] {
+        let (ok, v) = cni.run(
+            &[("CNI_COMMAND", cmd)],
+            &cni.conf("1.0.0", "net1", json!({})),
+        );
+        assert!(!ok);
+        assert_eq!(v["code"], 1, "{v}");
+        assert_eq!(
+            v["msg"],
+            format!("CNI_COMMAND {cmd} is not supported in cniVersion 1.0.0")
+        );
+    }
+    // ADD with 1.1.0 on two networks: c1 and c2 on net1, c3 on net2.
+    let net1 = cni.conf("1.1.0", "net1", json!({}));
+    let net2 = cni.conf("1.1.0", "net2", json!({}));
+    for (id, ns, ifname, conf) in [
+        ("c1", ns_a, "eth0", &net1),
+        ("c2", ns_b, "eth0", &net1),
+        ("c3", ns_a, "eth1", &net2),
+    ] {
+        let (ok, v) = cni.run(&attach_env("ADD", id, ns, ifname), conf);
+        assert!(ok, "ADD {id}: {v}");
+        assert_eq!(v["cniVersion"], "1.1.0");
+        assert_eq!(v["interfaces"][0]["name"], ifname);
+    }
+    // GC of net1 keeping c1: c2 is released, c1 and (net2's) c3 stay.
+    let gc = cni.conf(
+        "1.1.0",
+        "net1",
+        json!({"cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}]}),
+    );
+    let (ok, v) = cni.run(&[("CNI_COMMAND", "GC")], &gc);
+    assert!(ok && v.is_null(), "{v}");
+    assert!(link_exists(&ov, "a", "eth0"), "c1 kept");
+    assert!(!link_exists(&ov, "b", "eth0"), "c2 released");
+    assert!(link_exists(&ov, "a", "eth1"), "net2's c3 untouched");
+    let handles: Vec<String> = ov.cell_status(0).unwrap()["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["handle"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(handles, ["c1", "c3"]);
+    assert!(cni.run(&attach_env("CHECK", "c1", ns_a, "eth0"), &net1).0);
+    // GC without the list is refused and releases nothing.
+    let (ok, v) = cni.run(&[("CNI_COMMAND", "GC")], &net1);
+    assert!(!ok);
+    assert_eq!(v["code"], 7, "{v}");
+    assert!(link_exists(&ov, "a", "eth0"));
+    // An empty list releases all of net2.
+    let gc2 = cni.conf("1.1.0", "net2", json!({"cni.dev/valid-attachments": []}));
+    assert!(cni.run(&[("CNI_COMMAND", "GC")], &gc2).0);
+    assert!(!link_exists(&ov, "a", "eth1"), "c3 released");
+    assert!(link_exists(&ov, "a", "eth0"));
+    // With the cell down, STATUS says "not available" (50).
+    ov.kill_cell(0);
+    let (ok, v) = cni.run(&status, &cni.conf("1.1.0", "net1", json!({})));
+    assert!(!ok);
+    assert_eq!(v["code"], 50, "{v}");
+}
