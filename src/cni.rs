@@ -2,15 +2,15 @@
 //! 1.1.0) that asks the cell to attach the container. Results and errors follow the CNI
 //! specification's JSON. STATUS and GC exist from cniVersion 1.1.0 on.
 
+mod identity;
+
 use std::io::Read;
 use std::path::PathBuf;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::cell::api::{
-    self, AttachRequest, Attachment, AttachmentKey, Lifecycle, Request, UpRequest,
-};
+use crate::cell::api::{self, AttachRequest, Attachment, AttachmentKey, Request, UpRequest};
 
 pub const SUPPORTED: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 /// The newest version, answered to VERSION when the input names none we support.
@@ -54,6 +54,12 @@ pub struct NetConf {
     pub cell_socket: Option<PathBuf>,
     #[serde(default)]
     pub metadata: Option<Value>,
+    /// Per-container values from the runtime, for the capabilities we declare (`tapestry`).
+    #[serde(rename = "runtimeConfig", default)]
+    pub runtime_config: Option<Value>,
+    /// Podman/Kubernetes-style `args`; `args.cni` may carry the identity.
+    #[serde(default)]
+    pub args: Option<Value>,
     /// GC's list of attachments still in use.
     #[serde(rename = "cni.dev/valid-attachments", default)]
     pub valid_attachments: Option<Value>,
@@ -65,6 +71,8 @@ pub struct Invocation {
     pub container_id: String,
     pub netns: String,
     pub ifname: String,
+    /// `CNI_ARGS`, unparsed (ADD parses it).
+    pub args: String,
 }
 
 impl Invocation {
@@ -73,7 +81,8 @@ impl Invocation {
     }
 
     /// The invocation described by these variables (`CNI_COMMAND`, `CNI_CONTAINERID`,
-    /// `CNI_NETNS`, `CNI_IFNAME`); a missing one is empty, as an unset one in the environment.
+    /// `CNI_NETNS`, `CNI_IFNAME`, `CNI_ARGS`); a missing one is empty, as an unset one in the
+    /// environment.
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Invocation {
         let get = |k: &str| get(k).unwrap_or_default();
         Invocation {
@@ -81,6 +90,7 @@ impl Invocation {
             container_id: get("CNI_CONTAINERID"),
             netns: get("CNI_NETNS"),
             ifname: get("CNI_IFNAME"),
+            args: get("CNI_ARGS"),
         }
     }
 }
@@ -315,12 +325,7 @@ pub fn parse(inv: &Invocation, stdin: &str) -> Result<Option<Parsed>, CniError> 
         ));
     }
     let request = match inv.command.as_str() {
-        "ADD" => AttachRequest {
-            up: up_request(inv, &conf)?,
-            lifecycle: lifecycle(&conf)?,
-            network: conf.name.clone(),
-        }
-        .into_request(),
+        "ADD" => attach_request(inv, &conf)?.into_request(),
         "DEL" => Request::Down {
             handle: inv.container_id.clone(),
         },
@@ -351,57 +356,35 @@ fn at_least_1_1(version: &str) -> bool {
     parts.as_slice() >= [1, 1].as_slice()
 }
 
-fn up_request(inv: &Invocation, conf: &NetConf) -> Result<UpRequest, CniError> {
+/// ADD's request: the environment's netns and ifname, the identity from its four sources (see
+/// [`identity`]), the network's name.
+fn attach_request(inv: &Invocation, conf: &NetConf) -> Result<AttachRequest, CniError> {
     if inv.netns.is_empty() {
         return Err(CniError::new(E_INVALID_ENV, "CNI_NETNS is not set", ""));
     }
     if inv.ifname.is_empty() {
         return Err(CniError::new(E_INVALID_ENV, "CNI_IFNAME is not set", ""));
     }
-    let md = conf.metadata.clone().unwrap_or(Value::Null);
-    let field = |k: &str| md.get(k).and_then(|v| v.as_str()).map(String::from);
-    let app = field("policy_group_id")
-        .or_else(|| field("app_id"))
-        .ok_or_else(|| {
-            CniError::new(
-            E_INVALID_CONFIG,
-            "network configuration field metadata.policy_group_id (or metadata.app_id) is missing",
-            "",
-        )
-        })?;
-    let index = match md.get("instance_index") {
-        None | Some(Value::Null) => 0,
-        Some(v) => v
-            .as_u64()
-            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(|| {
-                CniError::new(E_INVALID_CONFIG, "network configuration field metadata.instance_index is not a non-negative integer", v.to_string())
-            })?,
-    };
-    Ok(UpRequest {
-        handle: inv.container_id.clone(),
-        app_id: app,
-        space_id: field("space_id").unwrap_or_default(),
-        org_id: field("org_id").unwrap_or_default(),
-        instance_index: index,
-        netns: PathBuf::from(&inv.netns),
-        ifname: inv.ifname.clone(),
+    let cni_args = identity::parse_cni_args(&inv.args)?;
+    let id = identity::identity(
+        conf.runtime_config.as_ref(),
+        &cni_args,
+        conf.args.as_ref(),
+        conf.metadata.as_ref(),
+    )?;
+    Ok(AttachRequest {
+        up: UpRequest {
+            handle: inv.container_id.clone(),
+            app_id: id.app_id,
+            space_id: id.space_id,
+            org_id: id.org_id,
+            instance_index: id.instance_index,
+            netns: PathBuf::from(&inv.netns),
+            ifname: inv.ifname.clone(),
+        },
+        lifecycle: id.lifecycle,
+        network: conf.name.clone(),
     })
-}
-
-/// `metadata.lifecycle`: `"running"` (the default) or `"staging"`; it picks the ASGs.
-fn lifecycle(conf: &NetConf) -> Result<Lifecycle, CniError> {
-    match conf.metadata.as_ref().and_then(|m| m.get("lifecycle")) {
-        None | Some(Value::Null) => Ok(Lifecycle::Running),
-        Some(v) => v.as_str().and_then(Lifecycle::parse).ok_or_else(|| {
-            CniError::new(
-                E_INVALID_CONFIG,
-                "network configuration field metadata.lifecycle must be \"running\" or \"staging\"",
-                v.to_string(),
-            )
-        }),
-    }
 }
 
 fn add_result(version: &str, a: &Attachment) -> Value {
@@ -432,6 +415,7 @@ mod tests {
             container_id: "c1".into(),
             netns: "/var/run/netns/x".into(),
             ifname: "eth0".into(),
+            args: String::new(),
         }
     }
 
@@ -762,6 +746,45 @@ mod tests {
         assert!(parse(&Invocation::from_vars(vars("VERSION")), "")
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn cni_args_and_runtime_config_reach_the_request_on_add_only() {
+        let conf = r#"{"cniVersion":"1.1.0","name":"n","type":"tapestry-cni","cell_socket":"/x",
+            "capabilities":{"tapestry":true},
+            "runtimeConfig":{"tapestry":{"instance_index":4}},
+            "metadata":{"app_id":"net-app","space_id":"S"}}"#;
+        let vars = |cmd: &'static str, args: &'static str| {
+            move |k: &str| match k {
+                "CNI_COMMAND" => Some(cmd.to_string()),
+                "CNI_CONTAINERID" => Some("c9".to_string()),
+                "CNI_NETNS" => Some("/var/run/netns/c9".to_string()),
+                "CNI_IFNAME" => Some("eth0".to_string()),
+                "CNI_ARGS" => Some(args.to_string()),
+                _ => None,
+            }
+        };
+        let inv = Invocation::from_vars(vars("ADD", "IgnoreUnknown=1;APP_ID=env-app;X=y"));
+        assert_eq!(inv.args, "IgnoreUnknown=1;APP_ID=env-app;X=y");
+        let p = parse(&inv, conf).unwrap().unwrap();
+        let Request::Attach(a) = p.request else {
+            panic!("{:?}", p.request)
+        };
+        assert_eq!(
+            (
+                a.up.app_id.as_str(),
+                a.up.space_id.as_str(),
+                a.up.instance_index
+            ),
+            ("env-app", "S", 4)
+        );
+        let e = parse(&Invocation::from_vars(vars("ADD", "APP_ID=a;X=y")), conf).unwrap_err();
+        assert_eq!(e.code, E_INVALID_ENV);
+        assert!(e.msg.contains("CNI_ARGS key X"), "{}", e.msg);
+        // DEL and CHECK do not read CNI_ARGS: a stale or odd one never blocks a DEL.
+        for cmd in ["DEL", "CHECK"] {
+            assert!(parse(&Invocation::from_vars(vars(cmd, "X=y;junk")), conf).is_ok());
+        }
     }
 
     #[test]

@@ -166,3 +166,79 @@ fn e2e_cni_1_1_status_gc_version() {
     assert!(!ok);
     assert_eq!(v["code"], 50, "{v}");
 }
+
+#[test]
+#[ignore = "needs root (network namespaces); scripts/test.sh runs it as root"]
+fn e2e_cni_identity_per_container() {
+    assert!(is_root(), "end-to-end tests need root (network namespaces)");
+    let mut ov = Overlay::start("tpcni2", bin(), 1, &[]).expect("overlay starts");
+    let ns_a = ov.tb.add_namespace("a").unwrap();
+    let ns_b = ov.tb.add_namespace("b").unwrap();
+    let ns_c = ov.tb.add_namespace("c").unwrap();
+    let (ns_a, ns_b, ns_c) = (
+        ns_a.to_str().unwrap(),
+        ns_b.to_str().unwrap(),
+        ns_c.to_str().unwrap(),
+    );
+    let cni = Cni {
+        socket: ov.cell_socket(0),
+    };
+    // One network, three apps: from metadata, from CNI_ARGS, from runtimeConfig.
+    let conf = cni.conf("1.0.0", "net1", json!({"capabilities": {"tapestry": true}}));
+    assert!(cni.run(&attach_env("ADD", "ca", ns_a, "eth0"), &conf).0);
+    let mut env = attach_env("ADD", "cb", ns_b, "eth0");
+    env.push((
+        "CNI_ARGS",
+        "IgnoreUnknown=1;K8S_POD_NAME=b;APP_ID=app-B;SPACE_ID=space-B;INSTANCE_INDEX=3",
+    ));
+    let (ok, v) = cni.run(&env, &conf);
+    assert!(ok, "{v}");
+    let mut rc = conf.clone();
+    rc["runtimeConfig"] = json!({"tapestry": {"app_id": "app-C", "instance_index": 1}});
+    let mut env = attach_env("ADD", "cc", ns_c, "eth0");
+    env.push(("CNI_ARGS", "APP_ID=app-ignored"));
+    let (ok, v) = cni.run(&env, &rc);
+    assert!(ok, "{v}");
+    let ports = ov.cell_status(0).unwrap()["ports"].clone();
+    let apps: Vec<(String, String, String)> = ports
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let s = |k: &str| p[k].as_str().unwrap().to_string();
+            (s("handle"), s("app_id"), s("space_id"))
+        })
+        .collect();
+    assert_eq!(
+        apps,
+        [
+            ("ca".into(), "app-X".into(), "s".into()),
+            ("cb".into(), "app-B".into(), "space-B".into()),
+            ("cc".into(), "app-C".into(), "s".into()),
+        ]
+    );
+    // A bad value names the field; nothing is attached.
+    let mut env = attach_env("ADD", "cd", ns_c, "eth1");
+    env.push(("CNI_ARGS", "INSTANCE_INDEX=minus-one"));
+    let (ok, v) = cni.run(&env, &conf);
+    assert!(!ok);
+    assert_eq!(v["code"], 4, "{v}");
+    assert!(
+        v["msg"]
+            .as_str()
+            .unwrap()
+            .contains("CNI_ARGS INSTANCE_INDEX"),
+        "{v}"
+    );
+    let mut env = attach_env("ADD", "cd", ns_c, "eth1");
+    env.push(("CNI_ARGS", "FOO=1"));
+    let (ok, v) = cni.run(&env, &conf);
+    assert!(!ok);
+    assert!(v["msg"].as_str().unwrap().contains("FOO"), "{v}");
+    assert!(!link_exists(&ov, "c", "eth1"));
+    // DEL ignores CNI_ARGS.
+    let mut env = attach_env("DEL", "cb", ns_b, "eth0");
+    env.push(("CNI_ARGS", "FOO=1"));
+    assert!(cni.run(&env, &conf).0);
+    assert!(!link_exists(&ov, "b", "eth0"));
+}
