@@ -237,7 +237,8 @@ fn valid_attachments(conf: &NetConf) -> Result<Vec<AttachmentKey>, CniError> {
 pub struct Parsed {
     pub version: String,
     pub socket: PathBuf,
-    /// `Attach` (ADD), `Down` (DEL), `Check`, `Status` or `Gc`.
+    /// `Attach` (ADD), `Detach` (DEL; `Down` without CNI_IFNAME), `CheckAttachment` (CHECK),
+    /// `Status` or `Gc`.
     pub request: Request,
 }
 
@@ -326,11 +327,21 @@ pub fn parse(inv: &Invocation, stdin: &str) -> Result<Option<Parsed>, CniError> 
     }
     let request = match inv.command.as_str() {
         "ADD" => attach_request(inv, &conf)?.into_request(),
-        "DEL" => Request::Down {
+        // DEL removes exactly the named attachment; without CNI_IFNAME (which the spec
+        // requires) every attachment of the container, so a runtime's cleanup never leaks.
+        "DEL" if inv.ifname.is_empty() => Request::Down {
             handle: inv.container_id.clone(),
         },
-        "CHECK" => Request::Check {
+        "DEL" => Request::Detach {
             handle: inv.container_id.clone(),
+            ifname: inv.ifname.clone(),
+        },
+        "CHECK" if inv.ifname.is_empty() => {
+            return Err(CniError::new(E_INVALID_ENV, "CNI_IFNAME is not set", ""))
+        }
+        "CHECK" => Request::CheckAttachment {
+            handle: inv.container_id.clone(),
+            ifname: inv.ifname.clone(),
         },
         "" => return Err(CniError::new(E_INVALID_ENV, "CNI_COMMAND is not set", "")),
         other => {
@@ -743,6 +754,26 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(matches!(p.request, Request::Down { handle } if handle == "c9"));
+        let with_if = |cmd: &'static str| {
+            let v = vars(cmd);
+            Invocation::from_vars(move |k| {
+                if k == "CNI_IFNAME" {
+                    Some("net1".into())
+                } else {
+                    v(k)
+                }
+            })
+        };
+        let p = parse(&with_if("DEL"), conf).unwrap().unwrap();
+        assert!(
+            matches!(p.request, Request::Detach { ref handle, ref ifname } if handle == "c9" && ifname == "net1")
+        );
+        let p = parse(&with_if("CHECK"), conf).unwrap().unwrap();
+        assert!(
+            matches!(p.request, Request::CheckAttachment { ref handle, ref ifname } if handle == "c9" && ifname == "net1")
+        );
+        let e = parse(&Invocation::from_vars(vars("CHECK")), conf).unwrap_err();
+        assert!(e.msg.contains("CNI_IFNAME"), "{}", e.msg);
         assert!(parse(&Invocation::from_vars(vars("VERSION")), "")
             .unwrap()
             .is_none());

@@ -242,3 +242,68 @@ fn e2e_cni_identity_per_container() {
     assert!(cni.run(&env, &conf).0);
     assert!(!link_exists(&ov, "b", "eth0"));
 }
+
+#[test]
+#[ignore = "needs root (network namespaces); scripts/test.sh runs it as root"]
+fn e2e_cni_one_container_two_networks() {
+    assert!(is_root(), "end-to-end tests need root (network namespaces)");
+    let mut ov = Overlay::start("tpcni3", bin(), 1, &[]).expect("overlay starts");
+    let ns = ov.tb.add_namespace("a").unwrap();
+    let other = ov.tb.add_namespace("b").unwrap();
+    let (ns, other) = (ns.to_str().unwrap(), other.to_str().unwrap());
+    let cni = Cni {
+        socket: ov.cell_socket(0),
+    };
+    let net1 = cni.conf("1.1.0", "net1", json!({}));
+    let net2 = cni.conf("1.1.0", "net2", json!({}));
+    let (ok, r1) = cni.run(&attach_env("ADD", "c1", ns, "eth0"), &net1);
+    assert!(ok, "{r1}");
+    let (ok, r2) = cni.run(&attach_env("ADD", "c1", ns, "net2"), &net2);
+    assert!(ok, "{r2}");
+    assert_ne!(r1["ips"][0]["address"], r2["ips"][0]["address"]);
+    assert_eq!(r2["interfaces"][0]["name"], "net2");
+    assert!(link_exists(&ov, "a", "eth0") && link_exists(&ov, "a", "net2"));
+    // ADD again is idempotent per attachment.
+    let (ok, again) = cni.run(&attach_env("ADD", "c1", ns, "net2"), &net2);
+    assert!(ok);
+    assert_eq!(again["ips"], r2["ips"]);
+    // The same container id in another netns is refused.
+    let (ok, v) = cni.run(&attach_env("ADD", "c1", other, "eth1"), &net2);
+    assert!(!ok, "{v}");
+    assert!(
+        v["details"].as_str().unwrap().contains("already attached"),
+        "{v}"
+    );
+    assert!(cni.run(&attach_env("CHECK", "c1", ns, "eth0"), &net1).0);
+    assert!(cni.run(&attach_env("CHECK", "c1", ns, "net2"), &net2).0);
+    assert!(!cni.run(&attach_env("CHECK", "c1", ns, "eth9"), &net2).0);
+    // DEL removes only the named attachment.
+    assert!(cni.run(&attach_env("DEL", "c1", ns, "net2"), &net2).0);
+    assert!(link_exists(&ov, "a", "eth0"), "eth0 stays");
+    assert!(!link_exists(&ov, "a", "net2"), "net2 removed");
+    assert!(cni.run(&attach_env("CHECK", "c1", ns, "eth0"), &net1).0);
+    assert!(!cni.run(&attach_env("CHECK", "c1", ns, "net2"), &net2).0);
+    assert!(
+        cni.run(&attach_env("DEL", "c1", ns, "net2"), &net2).0,
+        "DEL is idempotent"
+    );
+    let ports = ov.cell_status(0).unwrap()["ports"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(ports, 1);
+    // Restart: the remaining attachment comes back under its key.
+    ov.kill_cell(0);
+    ov.start_cell(0).unwrap();
+    let mut up = false;
+    for _ in 0..100 {
+        if cni.run(&attach_env("CHECK", "c1", ns, "eth0"), &net1).0 {
+            up = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(up, "CHECK passes after the cell restarts");
+    assert!(cni.run(&attach_env("DEL", "c1", ns, "eth0"), &net1).0);
+    assert!(!link_exists(&ov, "a", "eth0"));
+}

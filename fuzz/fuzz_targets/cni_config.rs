@@ -38,6 +38,14 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(inv.command, "DEL");
                     assert_eq!(handle, &inv.container_id);
                 }
+                Request::Detach { handle, ifname } => {
+                    assert_eq!(inv.command, "DEL");
+                    assert_eq!((handle, ifname), (&inv.container_id, &inv.ifname));
+                }
+                Request::CheckAttachment { handle, ifname } => {
+                    assert_eq!(inv.command, "CHECK");
+                    assert_eq!((handle, ifname), (&inv.container_id, &inv.ifname));
+                }
                 Request::Check { handle } => {
                     assert_eq!(inv.command, "CHECK");
                     assert_eq!(handle, &inv.container_id);

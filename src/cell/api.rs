@@ -20,14 +20,18 @@ pub enum Request {
     /// Attach a container with the options `up` does not carry: `{"op":"attach", <the fields
     /// of up>, "lifecycle":"staging"}`. `lifecycle` is optional (default `running`).
     Attach(AttachRequest),
-    /// Detach a container (idempotent).
+    /// Detach every attachment of a container (idempotent).
     Down { handle: String },
-    /// Check that a container is attached and its interface is in place.
+    /// Check that a container is attached and its interfaces are in place.
     Check { handle: String },
+    /// Detach one attachment of a container, the one named `ifname` (idempotent; CNI DEL).
+    Detach { handle: String, ifname: String },
+    /// Check one attachment: known to the cell, its netns and interface in place (CNI CHECK).
+    CheckAttachment { handle: String, ifname: String },
     /// Everything `tapestry cell status` shows.
     Status,
     /// CNI GC: detach every container attached through CNI network `network` whose
-    /// (container id, ifname) is not in `valid`. Answers `{"released": [handles]}`.
+    /// (container id, ifname) is not in `valid`. Answers `{"released": ["handle/ifname", ...]}`.
     Gc {
         network: String,
         valid: Vec<AttachmentKey>,

@@ -12,7 +12,7 @@ use tapestry_sys::netlink::{self, IfaceConfig};
 use tapestry_sys::tap::{self, Tap, TapOptions};
 
 use super::api::{AttachRequest, Attachment, AttachmentKey, UpRequest};
-use super::state::{allocate_ip, port_id_for, ContainerRecord};
+use super::state::{allocate_ip, attachment_key, port_id_for, ContainerRecord};
 use super::{Cell, GATEWAY};
 
 /// TUNSETOFFLOAD sets tried in order; the first the kernel accepts is used.
@@ -195,15 +195,22 @@ impl Cell {
         } = req;
         validate(&up)?;
         let mut inner = self.lock();
-        if let Some(rec) = inner.containers.containers.get(&up.handle) {
-            if rec.netns != up.netns || rec.ifname != up.ifname {
-                bail!(
-                    "handle {} is already attached to {} as {}",
-                    up.handle,
-                    rec.netns.display(),
-                    rec.ifname
-                );
-            }
+        // One container, one netns: its other attachments must be in the same one.
+        if let Some(other) = inner
+            .containers
+            .of_handle(&up.handle)
+            .find(|r| r.netns != up.netns)
+        {
+            bail!(
+                "handle {} is already attached to {} as {}, not {}",
+                up.handle,
+                other.netns.display(),
+                other.ifname,
+                up.netns.display()
+            );
+        }
+        let key = attachment_key(&up.handle, &up.ifname);
+        if let Some(rec) = inner.containers.containers.get(&key) {
             if rec.lifecycle != lifecycle {
                 bail!(
                     "handle {} is already attached with lifecycle {}, not {}",
@@ -264,17 +271,14 @@ impl Cell {
                 return Err(e);
             }
         };
-        inner
-            .containers
-            .containers
-            .insert(rec.handle.clone(), rec.clone());
+        inner.containers.containers.insert(key.clone(), rec.clone());
         if let Err(e) = self.state.store("containers.json", &inner.containers) {
-            inner.containers.containers.remove(&rec.handle);
+            inner.containers.containers.remove(&key);
             let _ = tapestry_sys::tap::delete_in_netns(&rec.netns, &rec.ifname);
             return Err(e);
         }
         if let Some(net) = network {
-            inner.networks.insert(rec.handle.clone(), net);
+            inner.networks.insert(key.clone(), net);
             if let Err(e) = self.state.store("networks.json", &inner.networks) {
                 tracing::error!("saving networks.json: {e:#}");
             }
@@ -283,47 +287,77 @@ impl Cell {
         self.conntrack.remove_ip(rec.ip);
         self.publish(&inner)?;
         self.dataplane.add_port(self.port_of(rec.ip), &tap);
-        inner.taps.insert(rec.handle.clone(), tap);
+        inner.taps.insert(key, tap);
         self.instances_dirty.notify_one();
-        tracing::info!(handle = %rec.handle, app = %rec.app_id, ip = %rec.ip,
+        tracing::info!(handle = %rec.handle, ifname = %rec.ifname, app = %rec.app_id, ip = %rec.ip,
             lifecycle = rec.lifecycle.as_str(), "container up");
         Ok(self.attachment(&rec))
     }
 
+    /// Detaches every attachment of `handle` (idempotent).
     pub fn down(&self, handle: &str) -> Result<()> {
+        let keys: Vec<String> = self
+            .lock()
+            .containers
+            .of_handle(handle)
+            .map(ContainerRecord::key)
+            .collect();
+        for key in keys {
+            self.remove(&key)?;
+        }
+        Ok(())
+    }
+
+    /// Detaches the attachment of `handle` named `ifname` (idempotent).
+    pub fn detach(&self, handle: &str, ifname: &str) -> Result<()> {
+        self.remove(&attachment_key(handle, ifname))
+    }
+
+    fn remove(&self, key: &str) -> Result<()> {
         let mut inner = self.lock();
-        let Some(rec) = inner.containers.containers.get(handle).cloned() else {
+        let Some(rec) = inner.containers.containers.get(key).cloned() else {
             return Ok(());
         };
         self.dataplane.remove_port(self.port_of(rec.ip));
-        inner.taps.remove(handle);
+        inner.taps.remove(key);
         tapestry_sys::tap::delete_in_netns(&rec.netns, &rec.ifname)
             .with_context(|| format!("deleting {} in {}", rec.ifname, rec.netns.display()))?;
-        inner.containers.containers.remove(handle);
+        inner.containers.containers.remove(key);
         self.state.store("containers.json", &inner.containers)?;
-        if inner.networks.remove(handle).is_some() {
+        if inner.networks.remove(key).is_some() {
             self.state.store("networks.json", &inner.networks)?;
         }
         self.conntrack.remove_ip(rec.ip);
         self.publish(&inner)?;
         self.instances_dirty.notify_one();
-        tracing::info!(handle = %rec.handle, ip = %rec.ip, "container down");
+        tracing::info!(handle = %rec.handle, ifname = %rec.ifname, ip = %rec.ip, "container down");
         Ok(())
     }
 
-    pub fn check(&self, handle: &str) -> Result<()> {
+    /// Checks every attachment of `handle` (at least one), or only the one named `ifname`.
+    pub fn check(&self, handle: &str, ifname: Option<&str>) -> Result<()> {
         let inner = self.lock();
-        let Some(rec) = inner.containers.containers.get(handle) else {
-            bail!("container {handle} is not attached to this cell");
-        };
-        if !Path::new(&rec.netns).exists() {
-            bail!(
-                "netns {} of container {handle} is gone",
-                rec.netns.display()
-            );
+        let recs: Vec<&ContainerRecord> = inner
+            .containers
+            .of_handle(handle)
+            .filter(|r| ifname.is_none_or(|i| r.ifname == i))
+            .collect();
+        if recs.is_empty() {
+            match ifname {
+                Some(i) => bail!("container {handle} has no attachment {i} on this cell"),
+                None => bail!("container {handle} is not attached to this cell"),
+            }
         }
-        if !netlink::link_exists(&rec.netns, &rec.ifname)? {
-            bail!("interface {} of container {handle} is missing", rec.ifname);
+        for rec in recs {
+            if !Path::new(&rec.netns).exists() {
+                bail!(
+                    "netns {} of container {handle} is gone",
+                    rec.netns.display()
+                );
+            }
+            if !netlink::link_exists(&rec.netns, &rec.ifname)? {
+                bail!("interface {} of container {handle} is missing", rec.ifname);
+            }
         }
         Ok(())
     }
@@ -337,21 +371,21 @@ impl Cell {
                 .containers
                 .containers
                 .values()
-                .filter(|rec| inner.networks.get(&rec.handle).map(String::as_str) == Some(network))
+                .filter(|rec| inner.networks.get(&rec.key()).map(String::as_str) == Some(network))
                 .filter(|rec| {
                     !valid
                         .iter()
                         .any(|k| k.container_id == rec.handle && k.ifname == rec.ifname)
                 })
-                .map(|rec| rec.handle.clone())
+                .map(ContainerRecord::key)
                 .collect()
         };
         let mut released = vec![];
         let mut errors = vec![];
-        for handle in stale {
-            match self.down(&handle) {
-                Ok(()) => released.push(handle),
-                Err(e) => errors.push(format!("{handle}: {e:#}")),
+        for key in stale {
+            match self.remove(&key) {
+                Ok(()) => released.push(key),
+                Err(e) => errors.push(format!("{key}: {e:#}")),
             }
         }
         tracing::info!(network, released = released.len(), "CNI GC");
@@ -375,8 +409,8 @@ impl Cell {
         for rec in records {
             if !rec.netns.exists() {
                 tracing::warn!(handle = %rec.handle, "netns {} is gone; forgetting the container", rec.netns.display());
-                inner.containers.containers.remove(&rec.handle);
-                inner.networks.remove(&rec.handle);
+                inner.containers.containers.remove(&rec.key());
+                inner.networks.remove(&rec.key());
                 changed = true;
                 continue;
             }
@@ -388,7 +422,7 @@ impl Cell {
             match self.plumb(&rec) {
                 Ok(tap) => {
                     self.dataplane.add_port(self.port_of(rec.ip), &tap);
-                    inner.taps.insert(rec.handle.clone(), tap);
+                    inner.taps.insert(rec.key(), tap);
                     tracing::info!(handle = %rec.handle, ip = %rec.ip, "container re-attached");
                 }
                 Err(e) => tracing::error!(handle = %rec.handle, "re-attaching: {e:#}"),

@@ -169,7 +169,7 @@ struct Inner {
     /// The CNI network each container joined through (`networks.json`), for CNI GC.
     networks: state::Networks,
     view: view::CellView,
-    /// Each attached container's TAP queues (one per worker, or one).
+    /// Each attachment's TAP queues (one per worker, or one), by attachment key.
     taps: std::collections::HashMap<String, Vec<Arc<tapestry_sys::tap::Tap>>>,
     control: sync::ControlStatus,
 }
@@ -266,7 +266,10 @@ pub fn run(args: CellArgs) -> Result<()> {
             deny_networks,
         };
         let view = view::CellView::load(&state)?;
-        let containers: Containers = state.load("containers.json")?.unwrap_or_default();
+        let containers: Containers = state
+            .load::<Containers>("containers.json")?
+            .unwrap_or_default()
+            .rekeyed();
         let networks: state::Networks = state.load("networks.json")?.unwrap_or_default();
         let tables = Arc::new(Tables::new(view::build_snapshot(
             &config,
@@ -344,7 +347,15 @@ impl api::Handler for Cell {
                 Ok(serde_json::json!({}))
             }
             api::Request::Check { handle } => {
-                self.check(&handle)?;
+                self.check(&handle, None)?;
+                Ok(serde_json::json!({}))
+            }
+            api::Request::Detach { handle, ifname } => {
+                self.detach(&handle, &ifname)?;
+                Ok(serde_json::json!({}))
+            }
+            api::Request::CheckAttachment { handle, ifname } => {
+                self.check(&handle, Some(&ifname))?;
                 Ok(serde_json::json!({}))
             }
             api::Request::Status => Ok(self.status()),
