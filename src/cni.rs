@@ -102,7 +102,14 @@ pub fn main() -> i32 {
         Ok(i) => i,
         Err(e) => return emit_error("1.0.0", e),
     };
-    if inv.command != "VERSION" {
+    if inv.command == "VERSION" {
+        // VERSION's input (`{"cniVersion": ...}`) is optional: read it unless a person runs
+        // the plugin at a terminal, and never fail on it.
+        use std::io::IsTerminal;
+        if !std::io::stdin().is_terminal() {
+            let _ = std::io::stdin().read_to_string(&mut stdin);
+        }
+    } else {
         if let Err(e) = std::io::stdin().read_to_string(&mut stdin) {
             return emit_error(
                 "1.0.0",
@@ -395,7 +402,60 @@ fn attach_request(inv: &Invocation, conf: &NetConf) -> Result<AttachRequest, Cni
         },
         lifecycle: id.lifecycle,
         network: conf.name.clone(),
+        ip: requested_ip(conf, &cni_args)?,
     })
+}
+
+/// The address the runtime asks for: `runtimeConfig.ips` (the `ips` capability, Podman's
+/// `--ip`), else `IP=` in `CNI_ARGS`; with or without a prefix length. IPv4 only, one address.
+fn requested_ip(
+    conf: &NetConf,
+    cni_args: &[(String, String)],
+) -> Result<Option<std::net::Ipv4Addr>, CniError> {
+    let parse = |s: &str, field: &str, code: u32| {
+        let addr = s.split_once('/').map_or(s, |(a, _)| a);
+        addr.parse::<std::net::Ipv4Addr>().map_err(|_| {
+            CniError::new(
+                code,
+                format!("{field} {s:?} is not an IPv4 address (Tapestry's overlay is IPv4 only)"),
+                "",
+            )
+        })
+    };
+    if let Some(ips) = conf.runtime_config.as_ref().and_then(|r| r.get("ips")) {
+        let field = "network configuration field runtimeConfig.ips";
+        let list = ips.as_array().ok_or_else(|| {
+            CniError::new(
+                E_INVALID_CONFIG,
+                format!("{field} must be an array of addresses"),
+                ips.to_string(),
+            )
+        })?;
+        match list.as_slice() {
+            [] => {}
+            [one] => {
+                let s = one.as_str().ok_or_else(|| {
+                    CniError::new(
+                        E_INVALID_CONFIG,
+                        format!("{field} must hold strings"),
+                        ips.to_string(),
+                    )
+                })?;
+                return parse(s, field, E_INVALID_CONFIG).map(Some);
+            }
+            _ => {
+                return Err(CniError::new(
+                    E_INVALID_CONFIG,
+                    format!("{field} has several addresses; a Tapestry attachment has one"),
+                    ips.to_string(),
+                ))
+            }
+        }
+    }
+    match cni_args.iter().rev().find(|(k, _)| k == "IP") {
+        Some((_, v)) => parse(v, "CNI_ARGS IP", E_INVALID_ENV).map(Some),
+        None => Ok(None),
+    }
 }
 
 fn add_result(version: &str, a: &Attachment) -> Value {
@@ -815,6 +875,63 @@ mod tests {
         // DEL and CHECK do not read CNI_ARGS: a stale or odd one never blocks a DEL.
         for cmd in ["DEL", "CHECK"] {
             assert!(parse(&Invocation::from_vars(vars(cmd, "X=y;junk")), conf).is_ok());
+        }
+    }
+
+    #[test]
+    fn requested_ip_from_runtime_config_or_cni_args() {
+        let ip = |rc: &str, args: &str| {
+            let conf = format!(
+                r#"{{"cniVersion":"1.1.0","name":"n","type":"tapestry-cni","cell_socket":"/x",
+                "metadata":{{"app_id":"A"}}{rc}}}"#
+            );
+            let mut i = inv("ADD");
+            i.args = args.into();
+            parse(&i, &conf).map(|p| match p.unwrap().request {
+                Request::Attach(a) => a.ip,
+                other => panic!("{other:?}"),
+            })
+        };
+        assert_eq!(ip("", "").unwrap(), None);
+        assert_eq!(
+            ip("", "IP=10.255.1.9").unwrap(),
+            Some("10.255.1.9".parse().unwrap())
+        );
+        assert_eq!(
+            ip("", "IP=10.255.1.9/24").unwrap(),
+            Some("10.255.1.9".parse().unwrap())
+        );
+        assert_eq!(
+            ip(
+                r#","runtimeConfig":{"ips":["10.255.1.7/24"]}"#,
+                "IP=10.255.1.9"
+            )
+            .unwrap(),
+            Some("10.255.1.7".parse().unwrap()),
+            "runtimeConfig wins"
+        );
+        assert_eq!(
+            ip(r#","runtimeConfig":{"ips":[]}"#, "IP=10.255.1.9").unwrap(),
+            Some("10.255.1.9".parse().unwrap())
+        );
+        let e = ip("", "IP=fd00::1").unwrap_err();
+        assert_eq!(e.code, E_INVALID_ENV);
+        assert!(
+            e.msg.contains("CNI_ARGS IP") && e.msg.contains("IPv4"),
+            "{}",
+            e.msg
+        );
+        let e = ip("", "IP=banana").unwrap_err();
+        assert!(e.msg.contains("CNI_ARGS IP"), "{}", e.msg);
+        for bad in [
+            r#","runtimeConfig":{"ips":"10.255.1.7"}"#,
+            r#","runtimeConfig":{"ips":[7]}"#,
+            r#","runtimeConfig":{"ips":["10.255.1.7","10.255.1.8"]}"#,
+            r#","runtimeConfig":{"ips":["x"]}"#,
+        ] {
+            let e = ip(bad, "").unwrap_err();
+            assert_eq!(e.code, E_INVALID_CONFIG, "{bad}");
+            assert!(e.msg.contains("runtimeConfig.ips"), "{}", e.msg);
         }
     }
 

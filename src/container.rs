@@ -75,6 +75,7 @@ pub fn run(args: ContainerArgs) -> Result<()> {
                 },
                 lifecycle,
                 network: None,
+                ip: None,
             };
             let v = api::call(&cell_socket, &req.into_request())?;
             let a: Attachment = serde_json::from_value(v)?;

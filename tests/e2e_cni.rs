@@ -307,3 +307,58 @@ fn e2e_cni_one_container_two_networks() {
     assert!(cni.run(&attach_env("DEL", "c1", ns, "eth0"), &net1).0);
     assert!(!link_exists(&ov, "a", "eth0"));
 }
+
+#[test]
+#[ignore = "needs root (network namespaces); scripts/test.sh runs it as root"]
+fn e2e_cni_requested_ip() {
+    assert!(is_root(), "end-to-end tests need root (network namespaces)");
+    let mut ov = Overlay::start("tpcni4", bin(), 1, &[]).expect("overlay starts");
+    let ns_a = ov.tb.add_namespace("a").unwrap();
+    let ns_b = ov.tb.add_namespace("b").unwrap();
+    let (ns_a, ns_b) = (ns_a.to_str().unwrap(), ns_b.to_str().unwrap());
+    let cni = Cni {
+        socket: ov.cell_socket(0),
+    };
+    let subnet: ipnet::Ipv4Net = ov.cell_status(0).unwrap()["lease"]["overlay_subnet"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let host = |n: u32| std::net::Ipv4Addr::from(u32::from(subnet.network()) + n);
+    let conf = cni.conf("1.1.0", "net1", json!({}));
+    let add = |id: &str, ns: &str, args: String, conf: &Value| {
+        let mut env = attach_env("ADD", id, ns, "eth0");
+        env.push(("CNI_ARGS", &args));
+        cni.run(&env, conf)
+    };
+    // IP= in CNI_ARGS gets exactly that address, configured in the netns.
+    let (ok, v) = add("c1", ns_a, format!("IP={}", host(9)), &conf);
+    assert!(ok, "{v}");
+    assert_eq!(v["ips"][0]["address"], format!("{}/32", host(9)));
+    let shown = ov
+        .tb
+        .exec("a", "ip", &["-o", "addr", "show", "eth0"])
+        .unwrap();
+    assert!(String::from_utf8_lossy(&shown.stdout).contains(&host(9).to_string()));
+    // Taken, outside the subnet, the VTEP's: clear errors, nothing attached.
+    for (ip, why) in [
+        (host(9), "taken"),
+        ("192.0.2.1".parse().unwrap(), "subnet"),
+        (subnet.network(), "subnet"),
+    ] {
+        let (ok, v) = add("c2", ns_b, format!("IP={ip}"), &conf);
+        assert!(!ok, "{ip}");
+        assert!(v["details"].as_str().unwrap().contains(why), "{ip}: {v}");
+        assert!(!link_exists(&ov, "b", "eth0"));
+    }
+    // runtimeConfig.ips (the `ips` capability).
+    let mut rc = conf.clone();
+    rc["runtimeConfig"] = json!({"ips": [format!("{}/24", host(20))]});
+    let (ok, v) = add("c2", ns_b, String::new(), &rc);
+    assert!(ok, "{v}");
+    assert_eq!(v["ips"][0]["address"], format!("{}/32", host(20)));
+    // ADD again asking for another address is refused; asking for the same is idempotent.
+    let (ok, v) = add("c2", ns_b, format!("IP={}", host(21)), &conf);
+    assert!(!ok, "{v}");
+    assert!(add("c2", ns_b, format!("IP={}", host(20)), &conf).0);
+}

@@ -73,14 +73,18 @@ pub struct AttachRequest {
     /// CNI GC releases only that network's attachments. `None` outside CNI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// A specific address from the cell's subnet (CNI `IP=` / the `ips` capability); it must
+    /// be free. `None`: the lowest free one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<std::net::Ipv4Addr>,
 }
 
 impl AttachRequest {
     /// The request to send: plain `up` for a running container outside CNI (understood by
     /// every cell version), `attach` otherwise.
     pub fn into_request(self) -> Request {
-        match (self.lifecycle, &self.network) {
-            (Lifecycle::Running, None) => Request::Up(self.up),
+        match (self.lifecycle, &self.network, self.ip) {
+            (Lifecycle::Running, None, None) => Request::Up(self.up),
             _ => Request::Attach(self),
         }
     }

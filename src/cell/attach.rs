@@ -187,11 +187,32 @@ impl Cell {
         Ok(queues.into_iter().map(Arc::new).collect())
     }
 
+    /// A requested address must be a host address of this cell's subnet (not the network
+    /// address, which is the VTEP, nor the broadcast address) that no attachment holds.
+    fn check_requested_ip(&self, ip: Ipv4Addr, inner: &super::Inner) -> Result<()> {
+        let subnet = self.config.subnet;
+        if !subnet.contains(&ip) || ip == subnet.network() || ip == subnet.broadcast() {
+            bail!(
+                "requested address {ip} is not a host address of this cell's subnet {subnet} \
+                 (its network and broadcast addresses are reserved)"
+            );
+        }
+        if let Some(holder) = inner.containers.containers.values().find(|c| c.ip == ip) {
+            bail!(
+                "requested address {ip} is taken by container {} ({})",
+                holder.handle,
+                holder.ifname
+            );
+        }
+        Ok(())
+    }
+
     pub fn up(&self, req: AttachRequest) -> Result<Attachment> {
         let AttachRequest {
             up,
             lifecycle,
             network,
+            ip: wanted,
         } = req;
         validate(&up)?;
         let mut inner = self.lock();
@@ -219,7 +240,18 @@ impl Cell {
                     lifecycle.as_str()
                 );
             }
+            if let Some(w) = wanted.filter(|w| *w != rec.ip) {
+                bail!(
+                    "handle {} is already attached as {} with address {}, not the requested {w}",
+                    up.handle,
+                    up.ifname,
+                    rec.ip
+                );
+            }
             return Ok(self.attachment(rec));
+        }
+        if let Some(w) = wanted {
+            self.check_requested_ip(w, &inner)?;
         }
         // Never touch an interface this call did not create: another container's, or anything
         // else the namespace already has under that name.
@@ -243,11 +275,13 @@ impl Cell {
             );
         }
         let used = inner.containers.containers.values().map(|c| c.ip);
-        let Some(ip) = allocate_ip(
-            self.config.subnet.network(),
-            self.config.subnet.prefix_len(),
-            used,
-        ) else {
+        let Some(ip) = wanted.or_else(|| {
+            allocate_ip(
+                self.config.subnet.network(),
+                self.config.subnet.prefix_len(),
+                used,
+            )
+        }) else {
             bail!(
                 "no free address left in this cell's subnet {}",
                 self.config.subnet

@@ -340,6 +340,7 @@ impl api::Handler for Cell {
                 up,
                 lifecycle: api::Lifecycle::Running,
                 network: None,
+                ip: None,
             })?)?),
             api::Request::Attach(a) => Ok(serde_json::to_value(self.up(a)?)?),
             api::Request::Down { handle } => {
