@@ -41,6 +41,8 @@ const E_IO: u32 = 5;
 const E_DECODE: u32 = 6;
 const E_INVALID_CONFIG: u32 = 7;
 const E_TRY_LATER: u32 = 11;
+/// CHECK: the attachment differs from prevResult (a plugin-specific code, 100 and up).
+const E_CHECK_FAILED: u32 = 100;
 /// STATUS: "The plugin is not available (i.e. cannot service ADD requests)".
 const E_NOT_AVAILABLE: u32 = 50;
 
@@ -60,6 +62,9 @@ pub struct NetConf {
     /// Podman/Kubernetes-style `args`; `args.cni` may carry the identity.
     #[serde(default)]
     pub args: Option<Value>,
+    /// The result of the plugins before us in a chain (ADD merges into it, CHECK checks it).
+    #[serde(rename = "prevResult", default)]
+    pub prev_result: Option<Value>,
     /// GC's list of attachments still in use.
     #[serde(rename = "cni.dev/valid-attachments", default)]
     pub valid_attachments: Option<Value>,
@@ -189,7 +194,11 @@ pub fn execute(inv: &Invocation, stdin: &str) -> Result<Option<Value>, CniError>
             let a: Attachment = serde_json::from_value(call(up)?).map_err(|e| {
                 CniError::new(E_IO, "malformed answer from the cell", e.to_string())
             })?;
-            Ok(Some(add_result(&parsed.version, &a)))
+            Ok(Some(add_result(
+                &parsed.version,
+                &a,
+                parsed.prev_result.as_ref(),
+            )))
         }
         other => {
             call(other)?;
@@ -247,6 +256,8 @@ pub struct Parsed {
     /// `Attach` (ADD), `Detach` (DEL; `Down` without CNI_IFNAME), `CheckAttachment` (CHECK),
     /// `Status` or `Gc`.
     pub request: Request,
+    /// ADD's `prevResult`, merged into our result.
+    pub prev_result: Option<Value>,
 }
 
 /// Checks the network configuration (stdin) and the environment of one invocation exactly as
@@ -323,6 +334,7 @@ pub fn parse(inv: &Invocation, stdin: &str) -> Result<Option<Parsed>, CniError> 
             version,
             socket,
             request,
+            prev_result: None,
         }));
     }
     if inv.container_id.is_empty() {
@@ -346,10 +358,15 @@ pub fn parse(inv: &Invocation, stdin: &str) -> Result<Option<Parsed>, CniError> 
         "CHECK" if inv.ifname.is_empty() => {
             return Err(CniError::new(E_INVALID_ENV, "CNI_IFNAME is not set", ""))
         }
-        "CHECK" => Request::CheckAttachment {
-            handle: inv.container_id.clone(),
-            ifname: inv.ifname.clone(),
-        },
+        "CHECK" => {
+            let ip = check_prev_result(inv, conf.prev_result.as_ref())?;
+            Request::CheckAttachment {
+                handle: inv.container_id.clone(),
+                ifname: inv.ifname.clone(),
+                netns: (!inv.netns.is_empty()).then(|| PathBuf::from(&inv.netns)),
+                ip,
+            }
+        }
         "" => return Err(CniError::new(E_INVALID_ENV, "CNI_COMMAND is not set", "")),
         other => {
             return Err(CniError::new(
@@ -365,6 +382,7 @@ pub fn parse(inv: &Invocation, stdin: &str) -> Result<Option<Parsed>, CniError> 
         version,
         socket,
         request,
+        prev_result: conf.prev_result.clone(),
     }))
 }
 
@@ -458,27 +476,102 @@ fn requested_ip(
     }
 }
 
-fn add_result(version: &str, a: &Attachment) -> Value {
-    let interfaces = json!([{"name": a.ifname, "mac": a.mac, "sandbox": a.netns}]);
+/// CHECK: prevResult must list this attachment's interface (`CNI_IFNAME`, in `CNI_NETNS` when it
+/// names a sandbox) and an IPv4 address on it; that address is what the cell then checks.
+/// Without prevResult (before 0.4.0 runtimes did not send one) only the cell's checks run.
+fn check_prev_result(
+    inv: &Invocation,
+    prev: Option<&Value>,
+) -> Result<Option<std::net::Ipv4Addr>, CniError> {
+    let Some(prev) = prev else { return Ok(None) };
+    let differs = |msg: String| CniError::new(E_CHECK_FAILED, msg, prev.to_string());
+    let interfaces = prev["interfaces"].as_array().cloned().unwrap_or_default();
+    let Some(index) = interfaces
+        .iter()
+        .position(|i| i["name"].as_str() == Some(inv.ifname.as_str()))
+    else {
+        return Err(differs(format!(
+            "prevResult has no interface {} (CNI_IFNAME)",
+            inv.ifname
+        )));
+    };
+    if let Some(sandbox) = interfaces[index]["sandbox"].as_str() {
+        if !inv.netns.is_empty() && sandbox != inv.netns {
+            return Err(differs(format!(
+                "prevResult puts interface {} in sandbox {sandbox}, but CNI_NETNS is {}",
+                inv.ifname, inv.netns
+            )));
+        }
+    }
+    let ip = prev["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|ip| ip["interface"].as_u64() == Some(index as u64))
+        .find_map(|ip| {
+            let a = ip["address"].as_str()?;
+            a.split_once('/').map_or(a, |(a, _)| a).parse().ok()
+        });
+    match ip {
+        Some(ip) => Ok(Some(ip)),
+        None => Err(differs(format!(
+            "prevResult has no IPv4 address on interface {} (index {index})",
+            inv.ifname
+        ))),
+    }
+}
+
+/// ADD's result: ours alone, or merged into `prev` (the chain's earlier plugins' result) with
+/// our interface appended and our address and route pointing at its index.
+fn add_result(version: &str, a: &Attachment, prev: Option<&Value>) -> Value {
+    let list = |k: &str| -> Vec<Value> {
+        prev.and_then(|p| p[k].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let mut interfaces = list("interfaces");
+    let index = interfaces.len();
+    interfaces.push(json!({"name": a.ifname, "mac": a.mac, "sandbox": a.netns}));
     let ip = format!("{}/32", a.container_ip);
     let gw = a.gateway.to_string();
-    let ips = if version.starts_with("0.3") {
-        json!([{"version": "4", "address": ip, "gateway": gw, "interface": 0}])
+    let mut ips = list("ips");
+    ips.push(if version.starts_with("0.3") {
+        json!({"version": "4", "address": ip, "gateway": gw, "interface": index})
     } else {
-        json!([{"address": ip, "gateway": gw, "interface": 0}])
+        json!({"address": ip, "gateway": gw, "interface": index})
+    });
+    let mut routes = list("routes");
+    routes.push(json!({"dst": "0.0.0.0/0", "gw": gw}));
+    let ours_dns = json!({"nameservers": a.dns_servers, "search": a.search_domains});
+    let dns = match prev.map(|p| &p["dns"]) {
+        Some(d) if d.is_object() && a.dns_servers.is_empty() && a.search_domains.is_empty() => {
+            d.clone()
+        }
+        _ => ours_dns,
     };
     json!({
         "cniVersion": version,
         "interfaces": interfaces,
         "ips": ips,
-        "routes": [{"dst": "0.0.0.0/0", "gw": gw}],
-        "dns": {"nameservers": a.dns_servers, "search": a.search_domains},
+        "routes": routes,
+        "dns": dns,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Invocation {
+        fn clone_for_test(&self) -> Invocation {
+            Invocation {
+                command: self.command.clone(),
+                container_id: self.container_id.clone(),
+                netns: self.netns.clone(),
+                ifname: self.ifname.clone(),
+                args: self.args.clone(),
+            }
+        }
+    }
 
     fn inv(cmd: &str) -> Invocation {
         Invocation {
@@ -830,7 +923,7 @@ mod tests {
         );
         let p = parse(&with_if("CHECK"), conf).unwrap().unwrap();
         assert!(
-            matches!(p.request, Request::CheckAttachment { ref handle, ref ifname } if handle == "c9" && ifname == "net1")
+            matches!(p.request, Request::CheckAttachment { ref handle, ref ifname, .. } if handle == "c9" && ifname == "net1")
         );
         let e = parse(&Invocation::from_vars(vars("CHECK")), conf).unwrap_err();
         assert!(e.msg.contains("CNI_IFNAME"), "{}", e.msg);
@@ -936,6 +1029,42 @@ mod tests {
     }
 
     #[test]
+    fn check_reads_prev_result() {
+        let mut i = inv("CHECK");
+        i.netns = "/var/run/netns/x".into();
+        let prev = |p: Value| Some(p);
+        let good = json!({"interfaces": [{"name": "lo0"}, {"name": "eth0", "sandbox": "/var/run/netns/x"}],
+            "ips": [{"address": "10.1.1.1/24", "interface": 0}, {"address": "10.255.1.2/32", "interface": 1}]});
+        assert_eq!(
+            check_prev_result(&i, prev(good.clone()).as_ref()).unwrap(),
+            Some("10.255.1.2".parse().unwrap())
+        );
+        assert_eq!(check_prev_result(&i, None).unwrap(), None);
+        let mut other_if = i.clone_for_test();
+        other_if.ifname = "eth1".into();
+        let e = check_prev_result(&other_if, prev(good.clone()).as_ref()).unwrap_err();
+        assert_eq!(e.code, E_CHECK_FAILED);
+        assert!(e.msg.contains("no interface eth1"), "{}", e.msg);
+        let mut other_ns = i.clone_for_test();
+        other_ns.netns = "/var/run/netns/y".into();
+        let e = check_prev_result(&other_ns, prev(good.clone()).as_ref()).unwrap_err();
+        assert!(e.msg.contains("sandbox"), "{}", e.msg);
+        let no_ip = json!({"interfaces": [{"name": "eth0"}], "ips": [{"address": "10.1.1.1/24", "interface": 3}]});
+        let e = check_prev_result(&i, prev(no_ip).as_ref()).unwrap_err();
+        assert!(e.msg.contains("no IPv4 address"), "{}", e.msg);
+        // The parsed request carries netns and the address to the cell.
+        let conf = format!(
+            r#"{{"cniVersion":"1.0.0","name":"n","type":"tapestry-cni","cell_socket":"/x","prevResult":{good}}}"#
+        );
+        let p = parse(&i, &conf).unwrap().unwrap();
+        let Request::CheckAttachment { netns, ip, .. } = p.request else {
+            panic!("{:?}", p.request)
+        };
+        assert_eq!(netns, Some(PathBuf::from("/var/run/netns/x")));
+        assert_eq!(ip, Some("10.255.1.2".parse().unwrap()));
+    }
+
+    #[test]
     fn add_result_is_spec_shaped() {
         let a = Attachment {
             handle: "c1".into(),
@@ -948,11 +1077,32 @@ mod tests {
             dns_servers: vec![],
             search_domains: vec![],
         };
-        let v = add_result("1.0.0", &a);
+        let v = add_result("1.0.0", &a, None);
         assert_eq!(v["ips"][0]["address"], "10.255.7.3/32");
         assert_eq!(v["ips"][0]["gateway"], "169.254.0.1");
         assert_eq!(v["interfaces"][0]["sandbox"], "/var/run/netns/x");
         assert!(v["ips"][0].get("version").is_none());
-        assert_eq!(add_result("0.3.1", &a)["ips"][0]["version"], "4");
+        assert_eq!(add_result("0.3.1", &a, None)["ips"][0]["version"], "4");
+        // Chained: prevResult's interfaces, ips and routes stay, ours is appended with its index.
+        let prev = json!({"cniVersion": "1.0.0",
+            "interfaces": [{"name": "br0"}, {"name": "veth1", "sandbox": "/x"}],
+            "ips": [{"address": "192.168.1.5/24", "interface": 1}],
+            "routes": [{"dst": "192.168.0.0/16"}],
+            "dns": {"nameservers": ["192.168.1.1"]}});
+        let v = add_result("1.0.0", &a, Some(&prev));
+        assert_eq!(v["interfaces"].as_array().unwrap().len(), 3);
+        assert_eq!(v["interfaces"][0]["name"], "br0");
+        assert_eq!(v["interfaces"][2]["name"], "eth0");
+        assert_eq!(v["ips"][0]["address"], "192.168.1.5/24");
+        assert_eq!(v["ips"][0]["interface"], 1);
+        assert_eq!(v["ips"][1]["address"], "10.255.7.3/32");
+        assert_eq!(v["ips"][1]["interface"], 2);
+        assert_eq!(v["routes"].as_array().unwrap().len(), 2);
+        assert_eq!(v["dns"]["nameservers"][0], "192.168.1.1");
+        // An empty prevResult is the same as none.
+        assert_eq!(
+            add_result("1.0.0", &a, Some(&json!({}))),
+            add_result("1.0.0", &a, None)
+        );
     }
 }

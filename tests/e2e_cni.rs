@@ -362,3 +362,66 @@ fn e2e_cni_requested_ip() {
     assert!(!ok, "{v}");
     assert!(add("c2", ns_b, format!("IP={}", host(20)), &conf).0);
 }
+
+#[test]
+#[ignore = "needs root (network namespaces); scripts/test.sh runs it as root"]
+fn e2e_cni_chaining_and_check() {
+    assert!(is_root(), "end-to-end tests need root (network namespaces)");
+    let mut ov = Overlay::start("tpcni5", bin(), 1, &[]).expect("overlay starts");
+    let ns = ov.tb.add_namespace("a").unwrap();
+    let other = ov.tb.add_namespace("b").unwrap();
+    let (ns, other) = (ns.to_str().unwrap(), other.to_str().unwrap());
+    let cni = Cni {
+        socket: ov.cell_socket(0),
+    };
+    // Not first in the chain: an earlier plugin's result is kept, ours appended.
+    let earlier = json!({"cniVersion": "1.0.0",
+        "interfaces": [{"name": "dummy0", "sandbox": ns}],
+        "ips": [{"address": "192.168.77.5/24", "interface": 0}],
+        "routes": [{"dst": "192.168.0.0/16"}]});
+    let chained = cni.conf("1.0.0", "net1", json!({"prevResult": earlier}));
+    let (ok, res) = cni.run(&attach_env("ADD", "c1", ns, "eth0"), &chained);
+    assert!(ok, "{res}");
+    assert_eq!(res["interfaces"][0]["name"], "dummy0");
+    assert_eq!(res["interfaces"][1]["name"], "eth0");
+    assert_eq!(res["ips"][0]["address"], "192.168.77.5/24");
+    assert_eq!(res["ips"][1]["interface"], 1);
+    assert_eq!(res["routes"].as_array().unwrap().len(), 2);
+    // CHECK with prevResult = what ADD returned: passes.
+    let check = cni.conf("1.0.0", "net1", json!({"prevResult": res.clone()}));
+    let (ok, v) = cni.run(&attach_env("CHECK", "c1", ns, "eth0"), &check);
+    assert!(ok, "{v}");
+    // A wrong ifname, a wrong netns, a wrong address in prevResult: CHECK fails.
+    let (ok, v) = cni.run(&attach_env("CHECK", "c1", ns, "eth7"), &check);
+    assert!(!ok, "{v}");
+    assert!(v["msg"].as_str().unwrap().contains("eth7"), "{v}");
+    let (ok, v) = cni.run(&attach_env("CHECK", "c1", other, "eth0"), &check);
+    assert!(!ok, "{v}");
+    let mut wrong_ip = res.clone();
+    wrong_ip["ips"][1]["address"] = json!("10.255.250.250/32");
+    let (ok, v) = cni.run(
+        &attach_env("CHECK", "c1", ns, "eth0"),
+        &cni.conf("1.0.0", "net1", json!({"prevResult": wrong_ip})),
+    );
+    assert!(!ok, "{v}");
+    assert!(
+        v["details"].as_str().unwrap().contains("10.255.250.250"),
+        "{v}"
+    );
+    // The address removed inside the container: CHECK fails; the interface is still there.
+    let out = ov
+        .tb
+        .exec("a", "ip", &["addr", "flush", "dev", "eth0"])
+        .unwrap();
+    assert!(out.status.success());
+    let (ok, v) = cni.run(&attach_env("CHECK", "c1", ns, "eth0"), &check);
+    assert!(!ok, "{v}");
+    assert!(
+        v["details"]
+            .as_str()
+            .unwrap()
+            .contains("no longer configured"),
+        "{v}"
+    );
+    assert!(cni.run(&attach_env("DEL", "c1", ns, "eth0"), &check).0);
+}

@@ -42,7 +42,7 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(inv.command, "DEL");
                     assert_eq!((handle, ifname), (&inv.container_id, &inv.ifname));
                 }
-                Request::CheckAttachment { handle, ifname } => {
+                Request::CheckAttachment { handle, ifname, .. } => {
                     assert_eq!(inv.command, "CHECK");
                     assert_eq!((handle, ifname), (&inv.container_id, &inv.ifname));
                 }

@@ -26,8 +26,16 @@ pub enum Request {
     Check { handle: String },
     /// Detach one attachment of a container, the one named `ifname` (idempotent; CNI DEL).
     Detach { handle: String, ifname: String },
-    /// Check one attachment: known to the cell, its netns and interface in place (CNI CHECK).
-    CheckAttachment { handle: String, ifname: String },
+    /// Check one attachment: known to the cell, its netns and interface in place, and (when
+    /// given) in netns `netns` with address `ip`, still configured there (CNI CHECK).
+    CheckAttachment {
+        handle: String,
+        ifname: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        netns: Option<PathBuf>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ip: Option<std::net::Ipv4Addr>,
+    },
     /// Everything `tapestry cell status` shows.
     Status,
     /// CNI GC: detach every container attached through CNI network `network` whose

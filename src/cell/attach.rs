@@ -396,6 +396,51 @@ impl Cell {
         Ok(())
     }
 
+    /// CNI CHECK of one attachment: [`Cell::check`], then that it is in `netns` with address
+    /// `ip` (when given) and that the address is still configured in the netns (binding a socket
+    /// to it there succeeds only while it is).
+    pub fn check_attachment(
+        &self,
+        handle: &str,
+        ifname: &str,
+        netns: Option<&Path>,
+        ip: Option<Ipv4Addr>,
+    ) -> Result<()> {
+        self.check(handle, Some(ifname))?;
+        let rec = self
+            .lock()
+            .containers
+            .containers
+            .get(&attachment_key(handle, ifname))
+            .cloned()
+            .with_context(|| format!("container {handle} has no attachment {ifname}"))?;
+        if let Some(ns) = netns.filter(|ns| *ns != rec.netns) {
+            bail!(
+                "attachment {ifname} of container {handle} is in netns {}, not {}",
+                rec.netns.display(),
+                ns.display()
+            );
+        }
+        if let Some(ip) = ip.filter(|ip| *ip != rec.ip) {
+            bail!(
+                "attachment {ifname} of container {handle} has address {}, not {ip}",
+                rec.ip
+            );
+        }
+        let addr = rec.ip;
+        let configured = tapestry_sys::netns::run_in_netns(&rec.netns, move || {
+            Ok(std::net::UdpSocket::bind((addr, 0)).is_ok())
+        })
+        .with_context(|| format!("entering netns {}", rec.netns.display()))?;
+        if !configured {
+            bail!(
+                "address {addr} of container {handle} is no longer configured in {}",
+                rec.netns.display()
+            );
+        }
+        Ok(())
+    }
+
     /// CNI GC: detaches every container attached through CNI network `network` whose (handle,
     /// ifname) is not in `valid`, going on past failures and reporting them all at the end.
     pub fn gc(&self, network: &str, valid: &[AttachmentKey]) -> Result<serde_json::Value> {

@@ -355,8 +355,13 @@ impl api::Handler for Cell {
                 self.detach(&handle, &ifname)?;
                 Ok(serde_json::json!({}))
             }
-            api::Request::CheckAttachment { handle, ifname } => {
-                self.check(&handle, Some(&ifname))?;
+            api::Request::CheckAttachment {
+                handle,
+                ifname,
+                netns,
+                ip,
+            } => {
+                self.check_attachment(&handle, &ifname, netns.as_deref(), ip)?;
                 Ok(serde_json::json!({}))
             }
             api::Request::Status => Ok(self.status()),
