@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::cell::api::{self, AttachRequest, Attachment, AttachmentKey, Request, UpRequest};
+use crate::cell::api::{
+    self, AttachRequest, Attachment, AttachmentKey, PendingDel, Request, UpRequest,
+};
 
 pub const SUPPORTED: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 /// The newest version, answered to VERSION when the input names none we support.
@@ -200,10 +202,53 @@ pub fn execute(inv: &Invocation, stdin: &str) -> Result<Option<Value>, CniError>
                 parsed.prev_result.as_ref(),
             )))
         }
+        Request::Detach { handle, ifname } => {
+            deliver_del(&parsed.socket, call, PendingDel { handle, ifname })
+        }
+        Request::Down { handle } => deliver_del(
+            &parsed.socket,
+            call,
+            PendingDel {
+                handle,
+                ifname: String::new(),
+            },
+        ),
         other => {
             call(other)?;
             Ok(None)
         }
+    }
+}
+
+/// DEL: sent to the cell; when the cell is down (not when it refuses) the DEL is recorded for
+/// the cell to finish when it starts, and succeeds, as the spec wants of a DEL that will be
+/// completed. The attachment keeps its address until then.
+fn deliver_del(
+    socket: &std::path::Path,
+    call: impl Fn(Request) -> Result<Value, CniError>,
+    del: PendingDel,
+) -> Result<Option<Value>, CniError> {
+    let req = if del.ifname.is_empty() {
+        Request::Down {
+            handle: del.handle.clone(),
+        }
+    } else {
+        Request::Detach {
+            handle: del.handle.clone(),
+            ifname: del.ifname.clone(),
+        }
+    };
+    match call(req) {
+        Ok(_) => Ok(None),
+        Err(e) if e.code == E_TRY_LATER => match api::record_pending_del(socket, &del) {
+            Ok(_) => Ok(None),
+            Err(rec) => Err(CniError::new(
+                E_TRY_LATER,
+                "the cell is not reachable and the DEL could not be recorded for later",
+                format!("{}; recording: {rec:#}", e.details),
+            )),
+        },
+        Err(e) => Err(e),
     }
 }
 
@@ -1062,6 +1107,53 @@ mod tests {
         };
         assert_eq!(netns, Some(PathBuf::from("/var/run/netns/x")));
         assert_eq!(ip, Some("10.255.1.2".parse().unwrap()));
+    }
+
+    #[test]
+    fn del_with_the_cell_down_is_recorded_and_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("cell.sock");
+        let conf = conf_v("1.1.0", sock.to_str().unwrap(), "");
+        assert!(execute(&inv("DEL"), &conf).unwrap().is_none());
+        let mut all = inv("DEL");
+        all.ifname = String::new();
+        assert!(execute(&all, &conf).unwrap().is_none());
+        let mut dels: Vec<PendingDel> = api::pending_dels(&sock)
+            .into_iter()
+            .map(|(_, d)| d.unwrap())
+            .collect();
+        dels.sort_by(|a, b| a.ifname.cmp(&b.ifname));
+        assert_eq!(
+            dels,
+            [
+                PendingDel {
+                    handle: "c1".into(),
+                    ifname: String::new()
+                },
+                PendingDel {
+                    handle: "c1".into(),
+                    ifname: "eth0".into()
+                }
+            ]
+        );
+        // A cell that answers and refuses: the error is the cell's, nothing is recorded.
+        let dir2 = tempfile::tempdir().unwrap();
+        let sock2 = dir2.path().join("cell.sock");
+        let cell = Arc::new(FakeCell {
+            status: Mutex::new(Value::Null),
+            seen: Mutex::new(vec![]),
+        });
+        api::serve(&sock2, cell).unwrap();
+        let e = execute(&inv("DEL"), &conf_v("1.1.0", sock2.to_str().unwrap(), "")).unwrap_err();
+        assert_eq!(e.code, E_IO);
+        assert!(api::pending_dels(&sock2).is_empty());
+        // With nowhere to record it, the DEL fails with "try again later".
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, "").unwrap();
+        let sock3 = file.join("cell.sock");
+        let e = execute(&inv("DEL"), &conf_v("1.1.0", sock3.to_str().unwrap(), "")).unwrap_err();
+        assert_eq!(e.code, E_TRY_LATER);
+        assert!(e.msg.contains("could not be recorded"), "{}", e.msg);
     }
 
     #[test]

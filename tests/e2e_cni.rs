@@ -425,3 +425,59 @@ fn e2e_cni_chaining_and_check() {
     );
     assert!(cni.run(&attach_env("DEL", "c1", ns, "eth0"), &check).0);
 }
+
+#[test]
+#[ignore = "needs root (network namespaces); scripts/test.sh runs it as root"]
+fn e2e_cni_del_with_the_cell_down() {
+    assert!(is_root(), "end-to-end tests need root (network namespaces)");
+    let mut ov = Overlay::start("tpcni6", bin(), 1, &[]).expect("overlay starts");
+    let ns = ov.tb.add_namespace("a").unwrap();
+    let ns = ns.to_str().unwrap();
+    let cni = Cni {
+        socket: ov.cell_socket(0),
+    };
+    let conf = cni.conf("1.1.0", "net1", json!({}));
+    let (ok, v) = cni.run(&attach_env("ADD", "c1", ns, "eth0"), &conf);
+    assert!(ok, "{v}");
+    let addr = v["ips"][0]["address"].clone();
+    let (ok, v) = cni.run(&attach_env("ADD", "c2", ns, "eth1"), &conf);
+    assert!(ok, "{v}");
+    ov.kill_cell(0);
+    // DEL succeeds and is recorded; nothing is lost.
+    let (ok, v) = cni.run(&attach_env("DEL", "c1", ns, "eth0"), &conf);
+    assert!(ok, "{v}");
+    let pending = tapestry::cell::api::pending_dels(&cni.socket);
+    assert_eq!(pending.len(), 1);
+    assert!(
+        link_exists(&ov, "a", "eth0"),
+        "the cell finishes it, not the plugin"
+    );
+    // The cell finishes it when it returns; the other attachment stays.
+    ov.start_cell(0).unwrap();
+    let mut done = false;
+    for _ in 0..100 {
+        if ov.cell_status(0).is_ok() {
+            done = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(done, "the cell answers after its restart");
+    assert!(
+        !link_exists(&ov, "a", "eth0"),
+        "the pending DEL was finished"
+    );
+    assert!(link_exists(&ov, "a", "eth1"));
+    assert!(tapestry::cell::api::pending_dels(&cni.socket).is_empty());
+    let handles: Vec<String> = ov.cell_status(0).unwrap()["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["handle"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(handles, ["c2"]);
+    // The address was held until then and is free again.
+    let (ok, v) = cni.run(&attach_env("ADD", "c1", ns, "eth0"), &conf);
+    assert!(ok, "{v}");
+    assert_eq!(v["ips"][0]["address"], addr);
+}

@@ -396,6 +396,31 @@ impl Cell {
         Ok(())
     }
 
+    /// Finishes the CNI DELs recorded while the cell was down (see [`super::api::PendingDel`]):
+    /// each is detached and its file removed; one that fails stays for the next start.
+    pub fn finish_pending_dels(&self) {
+        let socket = self.state.socket_path();
+        for (path, del) in super::api::pending_dels(&socket) {
+            let done = del.and_then(|d| {
+                if d.ifname.is_empty() {
+                    self.down(&d.handle)
+                } else {
+                    self.detach(&d.handle, &d.ifname)
+                }
+                .map(|()| d)
+            });
+            match done {
+                Ok(d) => {
+                    tracing::info!(handle = %d.handle, ifname = %d.ifname, "finished a DEL recorded while the cell was down");
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        tracing::error!("removing {}: {e}", path.display());
+                    }
+                }
+                Err(e) => tracing::error!("pending DEL {}: {e:#}", path.display()),
+            }
+        }
+    }
+
     /// CNI CHECK of one attachment: [`Cell::check`], then that it is in `netns` with address
     /// `ip` (when given) and that the address is still configured in the netns (binding a socket
     /// to it there succeeds only while it is).

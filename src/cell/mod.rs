@@ -306,6 +306,7 @@ pub fn run(args: CellArgs) -> Result<()> {
             instances_dirty: tokio::sync::Notify::new(),
         });
         cell.reattach_all();
+        cell.finish_pending_dels();
         api::serve(&cell.state.socket_path(), cell.clone())?;
         tracing::info!(
             "cell {} serving subnet {} on {}:{}; local API at {}",
