@@ -228,20 +228,30 @@ fn deliver_del(
     call: impl Fn(Request) -> Result<Value, CniError>,
     del: PendingDel,
 ) -> Result<Option<Value>, CniError> {
-    let req = if del.ifname.is_empty() {
-        Request::Down {
-            handle: del.handle.clone(),
-        }
-    } else {
-        Request::Detach {
-            handle: del.handle.clone(),
-            ifname: del.ifname.clone(),
+    let request = || {
+        if del.ifname.is_empty() {
+            Request::Down {
+                handle: del.handle.clone(),
+            }
+        } else {
+            Request::Detach {
+                handle: del.handle.clone(),
+                ifname: del.ifname.clone(),
+            }
         }
     };
-    match call(req) {
+    match call(request()) {
         Ok(_) => Ok(None),
         Err(e) if e.code == E_TRY_LATER => match api::record_pending_del(socket, &del) {
-            Ok(_) => Ok(None),
+            Ok(path) => {
+                // The cell may have started between the failed call and the recording, after
+                // it looked for pending DELs: try once more, so the file never outlives a
+                // cell that is up (it would detach a later ADD of the same attachment).
+                if call(request()).is_ok() {
+                    let _ = std::fs::remove_file(path);
+                }
+                Ok(None)
+            }
             Err(rec) => Err(CniError::new(
                 E_TRY_LATER,
                 "the cell is not reachable and the DEL could not be recorded for later",
