@@ -67,6 +67,17 @@ impl Containers {
         }
     }
 
+    /// The handle `rec` is reported to the control plane under, which keys instances by (cell,
+    /// handle): the plain handle for a container attached once, `handle/ifname` for each
+    /// attachment of a container attached more than once (several networks).
+    pub fn instance_handle(&self, rec: &ContainerRecord) -> String {
+        if self.of_handle(&rec.handle).nth(1).is_some() {
+            rec.key()
+        } else {
+            rec.handle.clone()
+        }
+    }
+
     /// Every attachment of `handle`.
     pub fn of_handle<'a>(&'a self, handle: &'a str) -> impl Iterator<Item = &'a ContainerRecord> {
         self.containers.values().filter(move |r| r.handle == handle)
@@ -241,6 +252,13 @@ mod tests {
         assert_eq!(c.containers.len(), 3);
         assert_eq!(c.of_handle("h1").count(), 2);
         assert_eq!(c.of_handle("h").count(), 0);
+        // Instance handles are unique per cell: plain when attached once.
+        let names: Vec<String> = c
+            .containers
+            .values()
+            .map(|r| c.instance_handle(r))
+            .collect();
+        assert_eq!(names, ["h1/eth0", "h1/eth1", "h2"]);
     }
 
     #[test]

@@ -111,23 +111,17 @@ fn now_secs() -> i64 {
 }
 
 impl Cell {
-    /// The instances to report: one per attachment. The control plane keys instances by
-    /// (cell, handle), so a container attached more than once (several networks) reports each
-    /// attachment as `handle/ifname`; a container attached once reports its plain handle.
+    /// The instances to report: one per attachment, under
+    /// [`super::state::Containers::instance_handle`].
     fn instances(&self) -> Vec<Instance> {
         let inner = self.lock();
-        let attachments = |h: &str| inner.containers.of_handle(h).count();
         inner
             .containers
             .containers
             .values()
             .map(|c| Instance {
                 cell: self.config.underlay_ip,
-                handle: if attachments(&c.handle) > 1 {
-                    c.key()
-                } else {
-                    c.handle.clone()
-                },
+                handle: inner.containers.instance_handle(c),
                 app_id: c.app_id.clone(),
                 space_id: c.space_id.clone(),
                 org_id: c.org_id.clone(),
