@@ -74,6 +74,8 @@ pub fn run(args: ContainerArgs) -> Result<()> {
                     ifname,
                 },
                 lifecycle,
+                network: None,
+                ip: None,
             };
             let v = api::call(&cell_socket, &req.into_request())?;
             let a: Attachment = serde_json::from_value(v)?;

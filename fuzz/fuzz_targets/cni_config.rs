@@ -8,9 +8,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tapestry::cell::api::{AttachRequest, Request};
-use tapestry::cni::{parse, Invocation};
-
-const SUPPORTED: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
+use tapestry::cni::{parse, Invocation, SUPPORTED};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -28,7 +26,8 @@ fuzz_target!(|data: &[u8]| {
         Ok(None) => assert_eq!(inv.command, "VERSION"),
         Ok(Some(p)) => {
             assert!(SUPPORTED.contains(&p.version.as_str()), "{}", p.version);
-            assert!(!inv.container_id.is_empty());
+            let needs_container = !matches!(p.request, Request::Status | Request::Gc { .. });
+            assert!(!needs_container || !inv.container_id.is_empty());
             match &p.request {
                 Request::Up(up) | Request::Attach(AttachRequest { up, .. }) => {
                     assert_eq!(inv.command, "ADD");
@@ -39,11 +38,20 @@ fuzz_target!(|data: &[u8]| {
                     assert_eq!(inv.command, "DEL");
                     assert_eq!(handle, &inv.container_id);
                 }
+                Request::Detach { handle, ifname } => {
+                    assert_eq!(inv.command, "DEL");
+                    assert_eq!((handle, ifname), (&inv.container_id, &inv.ifname));
+                }
+                Request::CheckAttachment { handle, ifname, .. } => {
+                    assert_eq!(inv.command, "CHECK");
+                    assert_eq!((handle, ifname), (&inv.container_id, &inv.ifname));
+                }
                 Request::Check { handle } => {
                     assert_eq!(inv.command, "CHECK");
                     assert_eq!(handle, &inv.container_id);
                 }
-                Request::Status => panic!("the plugin never asks for the status"),
+                Request::Status => assert_eq!(inv.command, "STATUS"),
+                Request::Gc { .. } => assert_eq!(inv.command, "GC"),
             }
             // What the plugin sends, the cell reads back the same.
             let wire = serde_json::to_string(&p.request).expect("a request serialises");

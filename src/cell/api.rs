@@ -20,12 +20,38 @@ pub enum Request {
     /// Attach a container with the options `up` does not carry: `{"op":"attach", <the fields
     /// of up>, "lifecycle":"staging"}`. `lifecycle` is optional (default `running`).
     Attach(AttachRequest),
-    /// Detach a container (idempotent).
+    /// Detach every attachment of a container (idempotent).
     Down { handle: String },
-    /// Check that a container is attached and its interface is in place.
+    /// Check that a container is attached and its interfaces are in place.
     Check { handle: String },
+    /// Detach one attachment of a container, the one named `ifname` (idempotent; CNI DEL).
+    Detach { handle: String, ifname: String },
+    /// Check one attachment: known to the cell, its netns and interface in place, and (when
+    /// given) in netns `netns` with address `ip`, still configured there (CNI CHECK).
+    CheckAttachment {
+        handle: String,
+        ifname: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        netns: Option<PathBuf>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ip: Option<std::net::Ipv4Addr>,
+    },
     /// Everything `tapestry cell status` shows.
     Status,
+    /// CNI GC: detach every container attached through CNI network `network` whose
+    /// (container id, ifname) is not in `valid`. Answers `{"released": ["handle/ifname", ...]}`.
+    Gc {
+        network: String,
+        valid: Vec<AttachmentKey>,
+    },
+}
+
+/// One CNI attachment: `CNI_CONTAINERID` and `CNI_IFNAME` (the spec's `containerID`, `ifname`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentKey {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -51,14 +77,22 @@ pub struct AttachRequest {
     pub up: UpRequest,
     #[serde(default)]
     pub lifecycle: Lifecycle,
+    /// The CNI network (`name` of the network configuration) the container joins through, so
+    /// CNI GC releases only that network's attachments. `None` outside CNI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// A specific address from the cell's subnet (CNI `IP=` / the `ips` capability); it must
+    /// be free. `None`: the lowest free one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<std::net::Ipv4Addr>,
 }
 
 impl AttachRequest {
-    /// The request to send: plain `up` for a running container (understood by every cell
-    /// version), `attach` otherwise.
+    /// The request to send: plain `up` for a running container outside CNI (understood by
+    /// every cell version), `attach` otherwise.
     pub fn into_request(self) -> Request {
-        match self.lifecycle {
-            Lifecycle::Running => Request::Up(self.up),
+        match (self.lifecycle, &self.network, self.ip) {
+            (Lifecycle::Running, None, None) => Request::Up(self.up),
             _ => Request::Attach(self),
         }
     }
@@ -167,6 +201,74 @@ fn serve_conn(conn: UnixStream, handler: Arc<dyn Handler>) {
     }
 }
 
+/// A CNI DEL the plugin could not deliver because the cell was down: one JSON file in
+/// [`pending_del_dir`], which the cell works through when it starts, before it serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingDel {
+    pub handle: String,
+    /// Empty: every attachment of `handle`.
+    #[serde(default)]
+    pub ifname: String,
+}
+
+/// The directory of pending DELs: `pending-del/` beside the cell's socket (in its state dir).
+pub fn pending_del_dir(socket: &Path) -> PathBuf {
+    socket
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join("pending-del")
+}
+
+/// Records a DEL for the cell to finish when it returns: written whole (temp file, rename),
+/// mode 0600 in a 0700 directory; recording the same DEL twice keeps one file.
+pub fn record_pending_del(socket: &Path, del: &PendingDel) -> Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let dir = pending_del_dir(socket);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    // Hex of handle and ifname: any container id makes a safe, unique file name.
+    let hex = |s: &str| s.bytes().map(|b| format!("{b:02x}")).collect::<String>();
+    let name = format!("{}-{}.json", hex(&del.handle), hex(&del.ifname));
+    let path = dir.join(&name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(&serde_json::to_vec(del)?)
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+    Ok(path)
+}
+
+/// The pending DELs beside `socket` and their files (unreadable files are reported as errors).
+pub fn pending_dels(socket: &Path) -> Vec<(PathBuf, Result<PendingDel>)> {
+    let Ok(entries) = std::fs::read_dir(pending_del_dir(socket)) else {
+        return vec![];
+    };
+    let mut out: Vec<(PathBuf, Result<PendingDel>)> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| {
+            let del = std::fs::read(&p)
+                .with_context(|| format!("reading {}", p.display()))
+                .and_then(|b| {
+                    serde_json::from_slice(&b).with_context(|| format!("parsing {}", p.display()))
+                });
+            (p, del)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
 /// Sends one request to the cell at `socket` and returns its result, or the cell's error.
 pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
     let mut conn = UnixStream::connect(socket).with_context(|| {
@@ -198,6 +300,48 @@ pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pending_dels_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("cell.sock");
+        assert!(pending_dels(&sock).is_empty());
+        let a = PendingDel {
+            handle: "c/1 weird".into(),
+            ifname: "eth0".into(),
+        };
+        let b = PendingDel {
+            handle: "c2".into(),
+            ifname: String::new(),
+        };
+        let pa = record_pending_del(&sock, &a).unwrap();
+        assert_eq!(
+            record_pending_del(&sock, &a).unwrap(),
+            pa,
+            "same DEL, same file"
+        );
+        record_pending_del(&sock, &b).unwrap();
+        std::fs::write(pending_del_dir(&sock).join("junk.json"), "{").unwrap();
+        let got = pending_dels(&sock);
+        assert_eq!(got.len(), 3);
+        let dels: Vec<PendingDel> = got
+            .iter()
+            .filter_map(|(_, d)| d.as_ref().ok().cloned())
+            .collect();
+        assert!(dels.contains(&a) && dels.contains(&b));
+        assert!(got
+            .iter()
+            .any(|(p, d)| d.is_err() && p.ends_with("junk.json")));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&pa).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let mode = std::fs::metadata(pending_del_dir(&sock))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700);
+    }
 
     #[test]
     fn attach_carries_an_optional_lifecycle() {

@@ -11,8 +11,8 @@ use tapestry_switch::PortId;
 use tapestry_sys::netlink::{self, IfaceConfig};
 use tapestry_sys::tap::{self, Tap, TapOptions};
 
-use super::api::{AttachRequest, Attachment, UpRequest};
-use super::state::{allocate_ip, port_id_for, ContainerRecord};
+use super::api::{AttachRequest, Attachment, AttachmentKey, UpRequest};
+use super::state::{allocate_ip, attachment_key, port_id_for, ContainerRecord};
 use super::{Cell, GATEWAY};
 
 /// TUNSETOFFLOAD sets tried in order; the first the kernel accepts is used.
@@ -187,19 +187,51 @@ impl Cell {
         Ok(queues.into_iter().map(Arc::new).collect())
     }
 
+    /// A requested address must be a host address of this cell's subnet (not the network
+    /// address, which is the VTEP, nor the broadcast address) that no attachment holds.
+    fn check_requested_ip(&self, ip: Ipv4Addr, inner: &super::Inner) -> Result<()> {
+        let subnet = self.config.subnet;
+        if !subnet.contains(&ip) || ip == subnet.network() || ip == subnet.broadcast() {
+            bail!(
+                "requested address {ip} is not a host address of this cell's subnet {subnet} \
+                 (its network and broadcast addresses are reserved)"
+            );
+        }
+        if let Some(holder) = inner.containers.containers.values().find(|c| c.ip == ip) {
+            bail!(
+                "requested address {ip} is taken by container {} ({})",
+                holder.handle,
+                holder.ifname
+            );
+        }
+        Ok(())
+    }
+
     pub fn up(&self, req: AttachRequest) -> Result<Attachment> {
-        let AttachRequest { up, lifecycle } = req;
+        let AttachRequest {
+            up,
+            lifecycle,
+            network,
+            ip: wanted,
+        } = req;
         validate(&up)?;
         let mut inner = self.lock();
-        if let Some(rec) = inner.containers.containers.get(&up.handle) {
-            if rec.netns != up.netns || rec.ifname != up.ifname {
-                bail!(
-                    "handle {} is already attached to {} as {}",
-                    up.handle,
-                    rec.netns.display(),
-                    rec.ifname
-                );
-            }
+        // One container, one netns: its other attachments must be in the same one.
+        if let Some(other) = inner
+            .containers
+            .of_handle(&up.handle)
+            .find(|r| r.netns != up.netns)
+        {
+            bail!(
+                "handle {} is already attached to {} as {}, not {}",
+                up.handle,
+                other.netns.display(),
+                other.ifname,
+                up.netns.display()
+            );
+        }
+        let key = attachment_key(&up.handle, &up.ifname);
+        if let Some(rec) = inner.containers.containers.get(&key) {
             if rec.lifecycle != lifecycle {
                 bail!(
                     "handle {} is already attached with lifecycle {}, not {}",
@@ -208,7 +240,18 @@ impl Cell {
                     lifecycle.as_str()
                 );
             }
+            if let Some(w) = wanted.filter(|w| *w != rec.ip) {
+                bail!(
+                    "handle {} is already attached as {} with address {}, not the requested {w}",
+                    up.handle,
+                    up.ifname,
+                    rec.ip
+                );
+            }
             return Ok(self.attachment(rec));
+        }
+        if let Some(w) = wanted {
+            self.check_requested_ip(w, &inner)?;
         }
         // Never touch an interface this call did not create: another container's, or anything
         // else the namespace already has under that name.
@@ -232,11 +275,13 @@ impl Cell {
             );
         }
         let used = inner.containers.containers.values().map(|c| c.ip);
-        let Some(ip) = allocate_ip(
-            self.config.subnet.network(),
-            self.config.subnet.prefix_len(),
-            used,
-        ) else {
+        let Some(ip) = wanted.or_else(|| {
+            allocate_ip(
+                self.config.subnet.network(),
+                self.config.subnet.prefix_len(),
+                used,
+            )
+        }) else {
             bail!(
                 "no free address left in this cell's subnet {}",
                 self.config.subnet
@@ -260,59 +305,203 @@ impl Cell {
                 return Err(e);
             }
         };
-        inner
-            .containers
-            .containers
-            .insert(rec.handle.clone(), rec.clone());
+        inner.containers.containers.insert(key.clone(), rec.clone());
         if let Err(e) = self.state.store("containers.json", &inner.containers) {
-            inner.containers.containers.remove(&rec.handle);
+            inner.containers.containers.remove(&key);
             let _ = tapestry_sys::tap::delete_in_netns(&rec.netns, &rec.ifname);
             return Err(e);
+        }
+        if let Some(net) = network {
+            inner.networks.insert(key.clone(), net);
+            if let Err(e) = self.state.store("networks.json", &inner.networks) {
+                tracing::error!("saving networks.json: {e:#}");
+            }
         }
         // Stale connections of an earlier container with this address must not carry over.
         self.conntrack.remove_ip(rec.ip);
         self.publish(&inner)?;
         self.dataplane.add_port(self.port_of(rec.ip), &tap);
-        inner.taps.insert(rec.handle.clone(), tap);
+        inner.taps.insert(key, tap);
         self.instances_dirty.notify_one();
-        tracing::info!(handle = %rec.handle, app = %rec.app_id, ip = %rec.ip,
+        tracing::info!(handle = %rec.handle, ifname = %rec.ifname, app = %rec.app_id, ip = %rec.ip,
             lifecycle = rec.lifecycle.as_str(), "container up");
         Ok(self.attachment(&rec))
     }
 
+    /// Detaches every attachment of `handle` (idempotent).
     pub fn down(&self, handle: &str) -> Result<()> {
-        let mut inner = self.lock();
-        let Some(rec) = inner.containers.containers.get(handle).cloned() else {
-            return Ok(());
-        };
-        self.dataplane.remove_port(self.port_of(rec.ip));
-        inner.taps.remove(handle);
-        tapestry_sys::tap::delete_in_netns(&rec.netns, &rec.ifname)
-            .with_context(|| format!("deleting {} in {}", rec.ifname, rec.netns.display()))?;
-        inner.containers.containers.remove(handle);
-        self.state.store("containers.json", &inner.containers)?;
-        self.conntrack.remove_ip(rec.ip);
-        self.publish(&inner)?;
-        self.instances_dirty.notify_one();
-        tracing::info!(handle = %rec.handle, ip = %rec.ip, "container down");
+        let keys: Vec<String> = self
+            .lock()
+            .containers
+            .of_handle(handle)
+            .map(ContainerRecord::key)
+            .collect();
+        for key in keys {
+            self.remove(&key)?;
+        }
         Ok(())
     }
 
-    pub fn check(&self, handle: &str) -> Result<()> {
-        let inner = self.lock();
-        let Some(rec) = inner.containers.containers.get(handle) else {
-            bail!("container {handle} is not attached to this cell");
+    /// Detaches the attachment of `handle` named `ifname` (idempotent).
+    pub fn detach(&self, handle: &str, ifname: &str) -> Result<()> {
+        self.remove(&attachment_key(handle, ifname))
+    }
+
+    fn remove(&self, key: &str) -> Result<()> {
+        let mut inner = self.lock();
+        let Some(rec) = inner.containers.containers.get(key).cloned() else {
+            return Ok(());
         };
-        if !Path::new(&rec.netns).exists() {
+        self.dataplane.remove_port(self.port_of(rec.ip));
+        inner.taps.remove(key);
+        tapestry_sys::tap::delete_in_netns(&rec.netns, &rec.ifname)
+            .with_context(|| format!("deleting {} in {}", rec.ifname, rec.netns.display()))?;
+        inner.containers.containers.remove(key);
+        self.state.store("containers.json", &inner.containers)?;
+        if inner.networks.remove(key).is_some() {
+            self.state.store("networks.json", &inner.networks)?;
+        }
+        self.conntrack.remove_ip(rec.ip);
+        self.publish(&inner)?;
+        self.instances_dirty.notify_one();
+        tracing::info!(handle = %rec.handle, ifname = %rec.ifname, ip = %rec.ip, "container down");
+        Ok(())
+    }
+
+    /// Checks every attachment of `handle` (at least one), or only the one named `ifname`.
+    pub fn check(&self, handle: &str, ifname: Option<&str>) -> Result<()> {
+        let inner = self.lock();
+        let recs: Vec<&ContainerRecord> = inner
+            .containers
+            .of_handle(handle)
+            .filter(|r| ifname.is_none_or(|i| r.ifname == i))
+            .collect();
+        if recs.is_empty() {
+            match ifname {
+                Some(i) => bail!("container {handle} has no attachment {i} on this cell"),
+                None => bail!("container {handle} is not attached to this cell"),
+            }
+        }
+        for rec in recs {
+            if !Path::new(&rec.netns).exists() {
+                bail!(
+                    "netns {} of container {handle} is gone",
+                    rec.netns.display()
+                );
+            }
+            if !netlink::link_exists(&rec.netns, &rec.ifname)? {
+                bail!("interface {} of container {handle} is missing", rec.ifname);
+            }
+        }
+        Ok(())
+    }
+
+    /// Finishes the CNI DELs recorded while the cell was down (see [`super::api::PendingDel`]):
+    /// each is detached and its file removed; one that fails stays for the next start.
+    pub fn finish_pending_dels(&self) {
+        let socket = self.state.socket_path();
+        for (path, del) in super::api::pending_dels(&socket) {
+            let done = del.and_then(|d| {
+                if d.ifname.is_empty() {
+                    self.down(&d.handle)
+                } else {
+                    self.detach(&d.handle, &d.ifname)
+                }
+                .map(|()| d)
+            });
+            match done {
+                Ok(d) => {
+                    tracing::info!(handle = %d.handle, ifname = %d.ifname, "finished a DEL recorded while the cell was down");
+                    if let Err(e) = std::fs::remove_file(&path) {
+                        tracing::error!("removing {}: {e}", path.display());
+                    }
+                }
+                Err(e) => tracing::error!("pending DEL {}: {e:#}", path.display()),
+            }
+        }
+    }
+
+    /// CNI CHECK of one attachment: [`Cell::check`], then that it is in `netns` with address
+    /// `ip` (when given) and that the address is still configured in the netns (binding a socket
+    /// to it there succeeds only while it is).
+    pub fn check_attachment(
+        &self,
+        handle: &str,
+        ifname: &str,
+        netns: Option<&Path>,
+        ip: Option<Ipv4Addr>,
+    ) -> Result<()> {
+        self.check(handle, Some(ifname))?;
+        let rec = self
+            .lock()
+            .containers
+            .containers
+            .get(&attachment_key(handle, ifname))
+            .cloned()
+            .with_context(|| format!("container {handle} has no attachment {ifname}"))?;
+        if let Some(ns) = netns.filter(|ns| *ns != rec.netns) {
             bail!(
-                "netns {} of container {handle} is gone",
+                "attachment {ifname} of container {handle} is in netns {}, not {}",
+                rec.netns.display(),
+                ns.display()
+            );
+        }
+        if let Some(ip) = ip.filter(|ip| *ip != rec.ip) {
+            bail!(
+                "attachment {ifname} of container {handle} has address {}, not {ip}",
+                rec.ip
+            );
+        }
+        let addr = rec.ip;
+        let configured = tapestry_sys::netns::run_in_netns(&rec.netns, move || {
+            Ok(std::net::UdpSocket::bind((addr, 0)).is_ok())
+        })
+        .with_context(|| format!("entering netns {}", rec.netns.display()))?;
+        if !configured {
+            bail!(
+                "address {addr} of container {handle} is no longer configured in {}",
                 rec.netns.display()
             );
         }
-        if !netlink::link_exists(&rec.netns, &rec.ifname)? {
-            bail!("interface {} of container {handle} is missing", rec.ifname);
-        }
         Ok(())
+    }
+
+    /// CNI GC: detaches every container attached through CNI network `network` whose (handle,
+    /// ifname) is not in `valid`, going on past failures and reporting them all at the end.
+    pub fn gc(&self, network: &str, valid: &[AttachmentKey]) -> Result<serde_json::Value> {
+        let stale: Vec<String> = {
+            let inner = self.lock();
+            inner
+                .containers
+                .containers
+                .values()
+                .filter(|rec| inner.networks.get(&rec.key()).map(String::as_str) == Some(network))
+                .filter(|rec| {
+                    !valid
+                        .iter()
+                        .any(|k| k.container_id == rec.handle && k.ifname == rec.ifname)
+                })
+                .map(ContainerRecord::key)
+                .collect()
+        };
+        let mut released = vec![];
+        let mut errors = vec![];
+        for key in stale {
+            match self.remove(&key) {
+                Ok(()) => released.push(key),
+                Err(e) => errors.push(format!("{key}: {e:#}")),
+            }
+        }
+        tracing::info!(network, released = released.len(), "CNI GC");
+        if !errors.is_empty() {
+            bail!(
+                "GC released {} attachment(s) but failed on {}: {}",
+                released.len(),
+                errors.len(),
+                errors.join("; ")
+            );
+        }
+        Ok(serde_json::json!({ "released": released }))
     }
 
     /// After a restart: re-open every persistent TAP, so containers keep their interfaces and
@@ -324,7 +513,8 @@ impl Cell {
         for rec in records {
             if !rec.netns.exists() {
                 tracing::warn!(handle = %rec.handle, "netns {} is gone; forgetting the container", rec.netns.display());
-                inner.containers.containers.remove(&rec.handle);
+                inner.containers.containers.remove(&rec.key());
+                inner.networks.remove(&rec.key());
                 changed = true;
                 continue;
             }
@@ -336,7 +526,7 @@ impl Cell {
             match self.plumb(&rec) {
                 Ok(tap) => {
                     self.dataplane.add_port(self.port_of(rec.ip), &tap);
-                    inner.taps.insert(rec.handle.clone(), tap);
+                    inner.taps.insert(rec.key(), tap);
                     tracing::info!(handle = %rec.handle, ip = %rec.ip, "container re-attached");
                 }
                 Err(e) => tracing::error!(handle = %rec.handle, "re-attaching: {e:#}"),
@@ -345,6 +535,9 @@ impl Cell {
         if changed {
             if let Err(e) = self.state.store("containers.json", &inner.containers) {
                 tracing::error!("saving containers: {e:#}");
+            }
+            if let Err(e) = self.state.store("networks.json", &inner.networks) {
+                tracing::error!("saving networks.json: {e:#}");
             }
         }
         if let Err(e) = self.publish(&inner) {

@@ -166,8 +166,10 @@ pub struct Cell {
 
 struct Inner {
     containers: Containers,
+    /// The CNI network each container joined through (`networks.json`), for CNI GC.
+    networks: state::Networks,
     view: view::CellView,
-    /// Each attached container's TAP queues (one per worker, or one).
+    /// Each attachment's TAP queues (one per worker, or one), by attachment key.
     taps: std::collections::HashMap<String, Vec<Arc<tapestry_sys::tap::Tap>>>,
     control: sync::ControlStatus,
 }
@@ -264,7 +266,11 @@ pub fn run(args: CellArgs) -> Result<()> {
             deny_networks,
         };
         let view = view::CellView::load(&state)?;
-        let containers: Containers = state.load("containers.json")?.unwrap_or_default();
+        let containers: Containers = state
+            .load::<Containers>("containers.json")?
+            .unwrap_or_default()
+            .rekeyed();
+        let networks: state::Networks = state.load("networks.json")?.unwrap_or_default();
         let tables = Arc::new(Tables::new(view::build_snapshot(
             &config,
             &view,
@@ -292,6 +298,7 @@ pub fn run(args: CellArgs) -> Result<()> {
             dataplane: dp,
             inner: Mutex::new(Inner {
                 containers,
+                networks,
                 view,
                 taps: Default::default(),
                 control: sync::ControlStatus::default(),
@@ -299,6 +306,7 @@ pub fn run(args: CellArgs) -> Result<()> {
             instances_dirty: tokio::sync::Notify::new(),
         });
         cell.reattach_all();
+        cell.finish_pending_dels();
         api::serve(&cell.state.socket_path(), cell.clone())?;
         tracing::info!(
             "cell {} serving subnet {} on {}:{}; local API at {}",
@@ -332,6 +340,8 @@ impl api::Handler for Cell {
             api::Request::Up(up) => Ok(serde_json::to_value(self.up(api::AttachRequest {
                 up,
                 lifecycle: api::Lifecycle::Running,
+                network: None,
+                ip: None,
             })?)?),
             api::Request::Attach(a) => Ok(serde_json::to_value(self.up(a)?)?),
             api::Request::Down { handle } => {
@@ -339,10 +349,24 @@ impl api::Handler for Cell {
                 Ok(serde_json::json!({}))
             }
             api::Request::Check { handle } => {
-                self.check(&handle)?;
+                self.check(&handle, None)?;
+                Ok(serde_json::json!({}))
+            }
+            api::Request::Detach { handle, ifname } => {
+                self.detach(&handle, &ifname)?;
+                Ok(serde_json::json!({}))
+            }
+            api::Request::CheckAttachment {
+                handle,
+                ifname,
+                netns,
+                ip,
+            } => {
+                self.check_attachment(&handle, &ifname, netns.as_deref(), ip)?;
                 Ok(serde_json::json!({}))
             }
             api::Request::Status => Ok(self.status()),
+            api::Request::Gc { network, valid } => self.gc(&network, &valid),
         }
     }
 }

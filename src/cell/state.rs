@@ -34,11 +34,60 @@ pub struct ContainerRecord {
     pub lifecycle: tapestry_switch::Lifecycle,
 }
 
-/// All containers by handle.
+impl ContainerRecord {
+    /// This attachment's key: see [`attachment_key`].
+    pub fn key(&self) -> String {
+        attachment_key(&self.handle, &self.ifname)
+    }
+}
+
+/// The key of one attachment, `handle/ifname` (a CNI attachment is (container id, ifname); a
+/// handle never contains '/'), so one container may be attached several times under different
+/// interface names.
+pub fn attachment_key(handle: &str, ifname: &str) -> String {
+    format!("{handle}/{ifname}")
+}
+
+/// All attachments by [`attachment_key`].
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Containers {
     pub containers: BTreeMap<String, ContainerRecord>,
 }
+
+impl Containers {
+    /// Re-keys every record by its attachment key: containers.json written before attachments
+    /// had keys (keyed by handle alone) loads as the same containers.
+    pub fn rekeyed(self) -> Containers {
+        Containers {
+            containers: self
+                .containers
+                .into_values()
+                .map(|rec| (rec.key(), rec))
+                .collect(),
+        }
+    }
+
+    /// The handle `rec` is reported to the control plane under, which keys instances by (cell,
+    /// handle): the plain handle for a container attached once, `handle/ifname` for each
+    /// attachment of a container attached more than once (several networks).
+    pub fn instance_handle(&self, rec: &ContainerRecord) -> String {
+        if self.of_handle(&rec.handle).nth(1).is_some() {
+            rec.key()
+        } else {
+            rec.handle.clone()
+        }
+    }
+
+    /// Every attachment of `handle`.
+    pub fn of_handle<'a>(&'a self, handle: &'a str) -> impl Iterator<Item = &'a ContainerRecord> {
+        self.containers.values().filter(move |r| r.handle == handle)
+    }
+}
+
+/// The CNI network (configuration `name`) each attachment joined through, by attachment key. Kept apart
+/// from [`Containers`] so containers.json keeps its format; containers attached outside CNI
+/// (or by an older version) have no entry and CNI GC never touches them.
+pub type Networks = BTreeMap<String, String>;
 
 pub struct StateDir {
     dir: PathBuf,
@@ -183,6 +232,33 @@ mod tests {
         let back: Containers = s.load("containers.json").unwrap().unwrap();
         assert_eq!(back.containers["h1"], c.containers["h1"]);
         assert!(!s.path(".containers.json.tmp").exists());
+    }
+
+    #[test]
+    fn containers_keyed_by_handle_load_keyed_by_attachment() {
+        let old = r#"{"containers":{"h1":{"handle":"h1","app_id":"A","ip":"10.255.1.2",
+            "netns":"/n1","ifname":"eth0"},"h2":{"handle":"h2","app_id":"B","ip":"10.255.1.3",
+            "netns":"/n2","ifname":"net1"}}}"#;
+        let c: Containers = serde_json::from_str::<Containers>(old).unwrap().rekeyed();
+        let keys: Vec<&str> = c.containers.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["h1/eth0", "h2/net1"]);
+        assert_eq!(c.containers["h2/net1"].ip, Ipv4Addr::new(10, 255, 1, 3));
+        // Re-keying twice changes nothing, and one handle may have several attachments.
+        let mut c = c.rekeyed();
+        let mut second = c.containers["h1/eth0"].clone();
+        second.ifname = "eth1".into();
+        c.containers.insert(second.key(), second);
+        let c = c.rekeyed();
+        assert_eq!(c.containers.len(), 3);
+        assert_eq!(c.of_handle("h1").count(), 2);
+        assert_eq!(c.of_handle("h").count(), 0);
+        // Instance handles are unique per cell: plain when attached once.
+        let names: Vec<String> = c
+            .containers
+            .values()
+            .map(|r| c.instance_handle(r))
+            .collect();
+        assert_eq!(names, ["h1/eth0", "h1/eth1", "h2"]);
     }
 
     #[test]

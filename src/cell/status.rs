@@ -37,7 +37,7 @@ impl Cell {
                     "netns": c.netns,
                     "lifecycle": c.lifecycle.as_str(),
                     "asg": super::egress::port_status(snap.egress(), tapestry_switch::PortId(id)),
-                    "attached": inner.taps.contains_key(&c.handle),
+                    "attached": inner.taps.contains_key(&c.key()),
                     "counters": port_stats.get(&id).cloned().unwrap_or(Value::Null),
                 })
             })

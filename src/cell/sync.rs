@@ -111,6 +111,8 @@ fn now_secs() -> i64 {
 }
 
 impl Cell {
+    /// The instances to report: one per attachment, under
+    /// [`super::state::Containers::instance_handle`].
     fn instances(&self) -> Vec<Instance> {
         let inner = self.lock();
         inner
@@ -119,7 +121,7 @@ impl Cell {
             .values()
             .map(|c| Instance {
                 cell: self.config.underlay_ip,
-                handle: c.handle.clone(),
+                handle: inner.containers.instance_handle(c),
                 app_id: c.app_id.clone(),
                 space_id: c.space_id.clone(),
                 org_id: c.org_id.clone(),
