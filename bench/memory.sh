@@ -77,6 +77,45 @@ per() { awk -v t="$1" -v n="$N" 'BEGIN { printf "%.0f", t / n }'; }
 # Results, filled in by each side: *_NS_* namespaces alone, *_AT_* the attachment.
 declare -A R
 
+# measure SIDE NSNAME ATTACH: creates N namespaces NSNAME1..NSNAMEN, then calls `ATTACH i` for
+# each, and records in R[SIDE_ns_*] (the namespaces alone) and R[SIDE_at_*] (the attachments)
+# the change in SUnreclaim (slab), VmallocUsed + Percpu (other) and used memory (used).
+measure() {
+    local side=$1 nsname=$2 attach=$3 i s0 u0 v0 s1 u1 v1 s2 u2 v2
+    settle; s0=$(slab); u0=$(used); v0=$(kother)
+    for i in $(seq 1 "$N"); do ns_add "$nsname$i" || die "netns $i"; done
+    settle; s1=$(slab); u1=$(used); v1=$(kother)
+    log "$side: attaching $N containers"
+    for i in $(seq 1 "$N"); do "$attach" "$i"; done
+    sleep 2; settle; s2=$(slab); u2=$(used); v2=$(kother)
+    R[${side}_ns_slab]=$((s1 - s0)); R[${side}_ns_other]=$((v1 - v0)); R[${side}_ns_used]=$((u1 - u0))
+    R[${side}_at_slab]=$((s2 - s1)); R[${side}_at_other]=$((v2 - v1)); R[${side}_at_used]=$((u2 - u1))
+}
+
+# tapestry_attach I: `tapestry container up` into namespace $PREFIX-tI.
+tapestry_attach() {
+    local i=$1
+    t 30 "$TAPESTRY" container up --cell-socket "$W/cell/cell.sock" --handle "m$i" --app "app-$((i % 10))" \
+        --space mem --netns "/var/run/netns/$PREFIX-t$i" >/dev/null 2>"$W/up.log" ||
+        die "container up $i: $(tail -n 1 "$W/up.log")"
+}
+
+# kernel_attach I: container $PREFIX-kcI behind a veth of the kernel cell $PREFIX-k1, as Silk
+# plumbs it: host end 169.254.0.1 peer IP/32, container end with its /32, a link route to the
+# gateway and the default route (cf. bench/lib/kernel.sh).
+kernel_attach() {
+    local i=$1 hns=$PREFIX-k1 cns=$PREFIX-kc$1 cip=$K_OVERLAY.1.$1 mtu=$((UNDERLAY_MTU - 50))
+    {
+        ip -n "$hns" link add "s-c$i" mtu "$mtu" type veth peer name eth0 mtu "$mtu" netns "$cns" &&
+        ip -n "$hns" addr add 169.254.0.1 peer "$cip/32" dev "s-c$i" &&
+        ip -n "$hns" link set "s-c$i" up &&
+        ip -n "$cns" addr add "$cip/32" dev eth0 &&
+        ip -n "$cns" link set eth0 up &&
+        ip -n "$cns" route add 169.254.0.1 dev eth0 scope link &&
+        ip -n "$cns" route add default via 169.254.0.1 dev eth0
+    } || die "veth container $i"
+}
+
 run_tapestry() {
     underlay_add || die "underlay"
     host_add "$PREFIX-ctl" 198.18.0.10 || die "control host"
@@ -89,7 +128,7 @@ run_tapestry() {
     bg "$PREFIX-c1" "$W/cell.log" "$TAPESTRY" cell --control https://198.18.0.10:4003 \
         --credentials "$W/control/cell-credentials" --underlay-ip 198.18.0.11 --state-dir "$W/cell" \
         "${CELL_ARGS[@]}"
-    local cell=$BG_PID i
+    local cell=$BG_PID
     for _ in $(seq 1 300); do [ -S "$W/cell/cell.sock" ] && break; sleep 0.1; done
     [ -S "$W/cell/cell.sock" ] || die "cell did not start: $(tail -n 2 "$W/cell.log")"
     local workers
@@ -97,61 +136,23 @@ run_tapestry() {
     local rss0 fd0
     rss0=$(awk '/^VmRSS/{print $2}' "/proc/$cell/status"); fd0=$(ls "/proc/$cell/fd" | wc -l)
     log "tapestry: cell started ($workers workers, RSS $rss0 KiB); $N namespaces"
-    settle
-    local s0 u0 v0 s1 u1 v1 s2 u2 v2
-    s0=$(slab); u0=$(used); v0=$(kother)
-    for i in $(seq 1 "$N"); do ns_add "$PREFIX-t$i" || die "netns $i"; done
-    settle; s1=$(slab); u1=$(used); v1=$(kother)
-    log "tapestry: attaching $N containers"
-    for i in $(seq 1 "$N"); do
-        t 30 "$TAPESTRY" container up --cell-socket "$W/cell/cell.sock" --handle "m$i" --app "app-$((i % 10))" \
-            --space mem --netns "/var/run/netns/$PREFIX-t$i" >/dev/null 2>"$W/up.log" ||
-            die "container up $i: $(tail -n 1 "$W/up.log")"
-    done
-    sleep 2; settle; s2=$(slab); u2=$(used); v2=$(kother)
+    measure t "$PREFIX-t" tapestry_attach
     local rss hwm fds
     rss=$(awk '/^VmRSS/{print $2}' "/proc/$cell/status")
     hwm=$(awk '/^VmHWM/{print $2}' "/proc/$cell/status")
     fds=$(ls "/proc/$cell/fd" | wc -l)
     local q
     q=$(tc -n "$PREFIX-t$N" qdisc show dev eth0 | awk '$1 == "qdisc" {print $2}' | sort | uniq -c | tr -s ' ' | paste -sd, -)
-    R[t_ns_slab]=$((s1 - s0)); R[t_ns_used]=$((u1 - u0))
-    R[t_at_slab]=$((s2 - s1)); R[t_at_used]=$((u2 - u1))
-    R[t_ns_other]=$((v1 - v0)); R[t_at_other]=$((v2 - v1))
     R[t_rss]=$rss; R[t_rss0]=$rss0; R[t_hwm]=$hwm; R[t_fds]=$fds; R[t_fd0]=$fd0; R[t_workers]=$workers
     log "tapestry: qdiscs on a container TAP:$q"
     bench_cleanup
 }
 
 run_kernel() {
-    # Silk's cell: silk-vtep (vxlan gbp) in the host namespace, a veth pair per container with
-    # the host end addressed 169.254.0.1 peer CONTAINER/32, the container end with its /32,
-    # link route to the gateway and default route (cf. bench/lib/kernel.sh).
+    # Silk's cell: silk-vtep (vxlan gbp) in the host namespace, a veth pair per container.
     underlay_add || die "underlay"
     kernel_cell 1 198.18.0.1 || die "kernel cell"
-    local hns=$PREFIX-k1 mtu=$((UNDERLAY_MTU - 50)) i
-    settle
-    local s0 u0 v0 s1 u1 v1 s2 u2 v2
-    s0=$(slab); u0=$(used); v0=$(kother)
-    for i in $(seq 1 "$N"); do ns_add "$PREFIX-kc$i" || die "netns $i"; done
-    settle; s1=$(slab); u1=$(used); v1=$(kother)
-    log "kernel: attaching $N veth containers"
-    for i in $(seq 1 "$N"); do
-        local cns=$PREFIX-kc$i cip=$K_OVERLAY.1.$i
-        {
-            ip -n "$hns" link add "s-c$i" mtu "$mtu" type veth peer name eth0 mtu "$mtu" netns "$cns" &&
-            ip -n "$hns" addr add 169.254.0.1 peer "$cip/32" dev "s-c$i" &&
-            ip -n "$hns" link set "s-c$i" up &&
-            ip -n "$cns" addr add "$cip/32" dev eth0 &&
-            ip -n "$cns" link set eth0 up &&
-            ip -n "$cns" route add 169.254.0.1 dev eth0 scope link &&
-            ip -n "$cns" route add default via 169.254.0.1 dev eth0
-        } || die "veth container $i"
-    done
-    sleep 2; settle; s2=$(slab); u2=$(used); v2=$(kother)
-    R[k_ns_other]=$((v1 - v0)); R[k_at_other]=$((v2 - v1))
-    R[k_ns_slab]=$((s1 - s0)); R[k_ns_used]=$((u1 - u0))
-    R[k_at_slab]=$((s2 - s1)); R[k_at_used]=$((u2 - u1))
+    measure k "$PREFIX-kc" kernel_attach
     bench_cleanup
 }
 

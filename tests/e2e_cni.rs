@@ -71,6 +71,21 @@ fn attach_env<'a>(
     ]
 }
 
+/// A control plane and one cell (namespaces prefixed `prefix`), container namespaces `names`
+/// (their paths, in order), and the plugin pointed at the cell.
+fn setup(prefix: &str, names: &[&str]) -> (Overlay, Cni, Vec<String>) {
+    assert!(is_root(), "end-to-end tests need root (network namespaces)");
+    let mut ov = Overlay::start(prefix, bin(), 1, &[]).expect("overlay starts");
+    let paths = names
+        .iter()
+        .map(|n| ov.tb.add_namespace(n).unwrap().display().to_string())
+        .collect();
+    let cni = Cni {
+        socket: ov.cell_socket(0),
+    };
+    (ov, cni, paths)
+}
+
 fn link_exists(ov: &Overlay, ns: &str, ifname: &str) -> bool {
     ov.tb
         .exec(ns, "ip", &["link", "show", ifname])
@@ -82,14 +97,8 @@ fn link_exists(ov: &Overlay, ns: &str, ifname: &str) -> bool {
 #[test]
 #[ignore = "needs root (network namespaces); scripts/test.sh runs it as root"]
 fn e2e_cni_1_1_status_gc_version() {
-    assert!(is_root(), "end-to-end tests need root (network namespaces)");
-    let mut ov = Overlay::start("tpcni1", bin(), 1, &[]).expect("overlay starts");
-    let ns_a = ov.tb.add_namespace("a").unwrap();
-    let ns_b = ov.tb.add_namespace("b").unwrap();
-    let (ns_a, ns_b) = (ns_a.to_str().unwrap(), ns_b.to_str().unwrap());
-    let cni = Cni {
-        socket: ov.cell_socket(0),
-    };
+    let (mut ov, cni, ns_paths) = setup("tpcni1", &["a", "b"]);
+    let (ns_a, ns_b) = (ns_paths[0].as_str(), ns_paths[1].as_str());
     // VERSION lists 1.1.0.
     let (ok, v) = cni.run(
         &[("CNI_COMMAND", "VERSION")],
@@ -170,19 +179,12 @@ fn e2e_cni_1_1_status_gc_version() {
 #[test]
 #[ignore = "needs root (network namespaces); scripts/test.sh runs it as root"]
 fn e2e_cni_identity_per_container() {
-    assert!(is_root(), "end-to-end tests need root (network namespaces)");
-    let mut ov = Overlay::start("tpcni2", bin(), 1, &[]).expect("overlay starts");
-    let ns_a = ov.tb.add_namespace("a").unwrap();
-    let ns_b = ov.tb.add_namespace("b").unwrap();
-    let ns_c = ov.tb.add_namespace("c").unwrap();
+    let (ov, cni, ns_paths) = setup("tpcni2", &["a", "b", "c"]);
     let (ns_a, ns_b, ns_c) = (
-        ns_a.to_str().unwrap(),
-        ns_b.to_str().unwrap(),
-        ns_c.to_str().unwrap(),
+        ns_paths[0].as_str(),
+        ns_paths[1].as_str(),
+        ns_paths[2].as_str(),
     );
-    let cni = Cni {
-        socket: ov.cell_socket(0),
-    };
     // One network, three apps: from metadata, from CNI_ARGS, from runtimeConfig.
     let conf = cni.conf("1.0.0", "net1", json!({"capabilities": {"tapestry": true}}));
     assert!(cni.run(&attach_env("ADD", "ca", ns_a, "eth0"), &conf).0);
@@ -246,14 +248,8 @@ fn e2e_cni_identity_per_container() {
 #[test]
 #[ignore = "needs root (network namespaces); scripts/test.sh runs it as root"]
 fn e2e_cni_one_container_two_networks() {
-    assert!(is_root(), "end-to-end tests need root (network namespaces)");
-    let mut ov = Overlay::start("tpcni3", bin(), 1, &[]).expect("overlay starts");
-    let ns = ov.tb.add_namespace("a").unwrap();
-    let other = ov.tb.add_namespace("b").unwrap();
-    let (ns, other) = (ns.to_str().unwrap(), other.to_str().unwrap());
-    let cni = Cni {
-        socket: ov.cell_socket(0),
-    };
+    let (mut ov, cni, ns_paths) = setup("tpcni3", &["a", "b"]);
+    let (ns, other) = (ns_paths[0].as_str(), ns_paths[1].as_str());
     let net1 = cni.conf("1.1.0", "net1", json!({}));
     let net2 = cni.conf("1.1.0", "net2", json!({}));
     let (ok, r1) = cni.run(&attach_env("ADD", "c1", ns, "eth0"), &net1);
@@ -311,14 +307,8 @@ fn e2e_cni_one_container_two_networks() {
 #[test]
 #[ignore = "needs root (network namespaces); scripts/test.sh runs it as root"]
 fn e2e_cni_requested_ip() {
-    assert!(is_root(), "end-to-end tests need root (network namespaces)");
-    let mut ov = Overlay::start("tpcni4", bin(), 1, &[]).expect("overlay starts");
-    let ns_a = ov.tb.add_namespace("a").unwrap();
-    let ns_b = ov.tb.add_namespace("b").unwrap();
-    let (ns_a, ns_b) = (ns_a.to_str().unwrap(), ns_b.to_str().unwrap());
-    let cni = Cni {
-        socket: ov.cell_socket(0),
-    };
+    let (ov, cni, ns_paths) = setup("tpcni4", &["a", "b"]);
+    let (ns_a, ns_b) = (ns_paths[0].as_str(), ns_paths[1].as_str());
     let subnet: ipnet::Ipv4Net = ov.cell_status(0).unwrap()["lease"]["overlay_subnet"]
         .as_str()
         .unwrap()
@@ -366,14 +356,8 @@ fn e2e_cni_requested_ip() {
 #[test]
 #[ignore = "needs root (network namespaces); scripts/test.sh runs it as root"]
 fn e2e_cni_chaining_and_check() {
-    assert!(is_root(), "end-to-end tests need root (network namespaces)");
-    let mut ov = Overlay::start("tpcni5", bin(), 1, &[]).expect("overlay starts");
-    let ns = ov.tb.add_namespace("a").unwrap();
-    let other = ov.tb.add_namespace("b").unwrap();
-    let (ns, other) = (ns.to_str().unwrap(), other.to_str().unwrap());
-    let cni = Cni {
-        socket: ov.cell_socket(0),
-    };
+    let (ov, cni, ns_paths) = setup("tpcni5", &["a", "b"]);
+    let (ns, other) = (ns_paths[0].as_str(), ns_paths[1].as_str());
     // Not first in the chain: an earlier plugin's result is kept, ours appended.
     let earlier = json!({"cniVersion": "1.0.0",
         "interfaces": [{"name": "dummy0", "sandbox": ns}],
@@ -429,13 +413,8 @@ fn e2e_cni_chaining_and_check() {
 #[test]
 #[ignore = "needs root (network namespaces); scripts/test.sh runs it as root"]
 fn e2e_cni_del_with_the_cell_down() {
-    assert!(is_root(), "end-to-end tests need root (network namespaces)");
-    let mut ov = Overlay::start("tpcni6", bin(), 1, &[]).expect("overlay starts");
-    let ns = ov.tb.add_namespace("a").unwrap();
-    let ns = ns.to_str().unwrap();
-    let cni = Cni {
-        socket: ov.cell_socket(0),
-    };
+    let (mut ov, cni, ns_paths) = setup("tpcni6", &["a"]);
+    let ns = ns_paths[0].as_str();
     let conf = cni.conf("1.1.0", "net1", json!({}));
     let (ok, v) = cni.run(&attach_env("ADD", "c1", ns, "eth0"), &conf);
     assert!(ok, "{v}");

@@ -597,15 +597,11 @@ pub mod cell {
 
     pub fn config() -> CellConfig {
         CellConfig {
-            underlay_ip: Ipv4Addr::new(192, 168, 0, 1),
-            vtep_port: 4789,
-            underlay_mtu: 1500,
-            overlay_network: "10.255.0.0/16".parse().unwrap(),
-            subnet: "10.255.1.0/24".parse().unwrap(),
             offload: false,
-            max_containers: 254,
-            tap_txqueuelen: tapestry::cell::DEFAULT_TAP_TXQUEUELEN,
-            deny_networks: vec!["169.254.0.0/16".parse().unwrap()],
+            ..CellConfig::with_defaults(
+                Ipv4Addr::new(192, 168, 0, 1),
+                "10.255.1.0/24".parse().unwrap(),
+            )
         }
     }
 

@@ -87,15 +87,11 @@ mod tests {
 
     fn config(deny: &str) -> CellConfig {
         CellConfig {
-            underlay_ip: Ipv4Addr::new(192, 168, 0, 1),
-            vtep_port: 4789,
-            underlay_mtu: 1500,
-            overlay_network: "10.255.0.0/16".parse().unwrap(),
-            subnet: "10.255.1.0/24".parse().unwrap(),
-            offload: false,
-            max_containers: 254,
-            tap_txqueuelen: 1000,
             deny_networks: crate::cell::parse_deny_networks(deny).unwrap(),
+            ..CellConfig::with_defaults(
+                Ipv4Addr::new(192, 168, 0, 1),
+                "10.255.1.0/24".parse().unwrap(),
+            )
         }
     }
 

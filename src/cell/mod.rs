@@ -143,6 +143,25 @@ pub struct CellConfig {
 }
 
 impl CellConfig {
+    /// A cell at `underlay_ip` holding `subnet`, every other setting at the default of
+    /// `tapestry cell` (for tests and tools that build tables without a running cell).
+    pub fn with_defaults(underlay_ip: Ipv4Addr, subnet: ipnet::Ipv4Net) -> CellConfig {
+        CellConfig {
+            underlay_ip,
+            vtep_port: 4789,
+            underlay_mtu: 1500,
+            overlay_network: DEFAULT_OVERLAY
+                .parse()
+                .expect("the default overlay is a CIDR"),
+            subnet,
+            offload: true,
+            max_containers: 254,
+            tap_txqueuelen: DEFAULT_TAP_TXQUEUELEN,
+            deny_networks: parse_deny_networks(DEFAULT_DENY_NETWORKS)
+                .expect("the default deny-networks parse"),
+        }
+    }
+
     pub fn container_mtu(&self) -> u32 {
         self.underlay_mtu - ENCAP_OVERHEAD
     }
