@@ -617,6 +617,7 @@ pub mod cell {
             netns: "/var/run/netns/x".into(),
             ifname: "eth0".into(),
             lifecycle: Default::default(),
+            network: None,
         };
         let mut containers = BTreeMap::new();
         for r in [

@@ -297,6 +297,7 @@ impl Cell {
             netns: up.netns,
             ifname: up.ifname,
             lifecycle,
+            network,
         };
         let tap = match self.plumb(&rec) {
             Ok(t) => t,
@@ -310,12 +311,6 @@ impl Cell {
             inner.containers.containers.remove(&key);
             let _ = tapestry_sys::tap::delete_in_netns(&rec.netns, &rec.ifname);
             return Err(e);
-        }
-        if let Some(net) = network {
-            inner.networks.insert(key.clone(), net);
-            if let Err(e) = self.state.store("networks.json", &inner.networks) {
-                tracing::error!("saving networks.json: {e:#}");
-            }
         }
         // Stale connections of an earlier container with this address must not carry over.
         self.conntrack.remove_ip(rec.ip);
@@ -358,9 +353,6 @@ impl Cell {
             .with_context(|| format!("deleting {} in {}", rec.ifname, rec.netns.display()))?;
         inner.containers.containers.remove(key);
         self.state.store("containers.json", &inner.containers)?;
-        if inner.networks.remove(key).is_some() {
-            self.state.store("networks.json", &inner.networks)?;
-        }
         self.conntrack.remove_ip(rec.ip);
         self.publish(&inner)?;
         self.instances_dirty.notify_one();
@@ -475,7 +467,7 @@ impl Cell {
                 .containers
                 .containers
                 .values()
-                .filter(|rec| inner.networks.get(&rec.key()).map(String::as_str) == Some(network))
+                .filter(|rec| rec.network.as_deref() == Some(network))
                 .filter(|rec| {
                     !valid
                         .iter()
@@ -514,7 +506,6 @@ impl Cell {
             if !rec.netns.exists() {
                 tracing::warn!(handle = %rec.handle, "netns {} is gone; forgetting the container", rec.netns.display());
                 inner.containers.containers.remove(&rec.key());
-                inner.networks.remove(&rec.key());
                 changed = true;
                 continue;
             }
@@ -535,9 +526,6 @@ impl Cell {
         if changed {
             if let Err(e) = self.state.store("containers.json", &inner.containers) {
                 tracing::error!("saving containers: {e:#}");
-            }
-            if let Err(e) = self.state.store("networks.json", &inner.networks) {
-                tracing::error!("saving networks.json: {e:#}");
             }
         }
         if let Err(e) = self.publish(&inner) {

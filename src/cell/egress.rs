@@ -106,6 +106,7 @@ mod tests {
             netns: "/var/run/netns/x".into(),
             ifname: "eth0".into(),
             lifecycle,
+            network: None,
         }
     }
 

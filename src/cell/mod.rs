@@ -185,8 +185,6 @@ pub struct Cell {
 
 struct Inner {
     containers: Containers,
-    /// The CNI network each container joined through (`networks.json`), for CNI GC.
-    networks: state::Networks,
     view: view::CellView,
     /// Each attachment's TAP queues (one per worker, or one), by attachment key.
     taps: std::collections::HashMap<String, Vec<Arc<tapestry_sys::tap::Tap>>>,
@@ -289,7 +287,6 @@ pub fn run(args: CellArgs) -> Result<()> {
             .load::<Containers>("containers.json")?
             .unwrap_or_default()
             .rekeyed();
-        let networks: state::Networks = state.load("networks.json")?.unwrap_or_default();
         let tables = Arc::new(Tables::new(view::build_snapshot(
             &config,
             &view,
@@ -317,7 +314,6 @@ pub fn run(args: CellArgs) -> Result<()> {
             dataplane: dp,
             inner: Mutex::new(Inner {
                 containers,
-                networks,
                 view,
                 taps: Default::default(),
                 control: sync::ControlStatus::default(),

@@ -32,6 +32,10 @@ pub struct ContainerRecord {
     /// Which ASGs apply (records written before lifecycles existed load as running).
     #[serde(default)]
     pub lifecycle: tapestry_switch::Lifecycle,
+    /// The CNI network (configuration `name`) the attachment joined through, for CNI GC. None
+    /// for containers attached outside CNI (or by an older version): GC never touches them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
 }
 
 impl ContainerRecord {
@@ -83,11 +87,6 @@ impl Containers {
         self.containers.values().filter(move |r| r.handle == handle)
     }
 }
-
-/// The CNI network (configuration `name`) each attachment joined through, by attachment key. Kept apart
-/// from [`Containers`] so containers.json keeps its format; containers attached outside CNI
-/// (or by an older version) have no entry and CNI GC never touches them.
-pub type Networks = BTreeMap<String, String>;
 
 pub struct StateDir {
     dir: PathBuf,
@@ -226,6 +225,7 @@ mod tests {
                 netns: "/var/run/netns/x".into(),
                 ifname: "eth0".into(),
                 lifecycle: tapestry_switch::Lifecycle::Staging,
+                network: Some("net1".into()),
             },
         );
         s.store("containers.json", &c).unwrap();
