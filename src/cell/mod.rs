@@ -301,6 +301,12 @@ pub fn run(args: CellArgs) -> Result<()> {
                 busy_poll: std::time::Duration::from_micros(args.busy_poll_us),
                 nice: args.dataplane_nice,
             },
+            dataplane::stack::StackOptions {
+                egress_ip: config.underlay_ip,
+                net_in_address: config.underlay_ip,
+                mtu: (config.underlay_mtu - ENCAP_OVERHEAD) as usize,
+                state_dir: state_dir.clone(),
+            },
             tables.clone(),
             conntrack.clone(),
             counters.clone(),

@@ -42,6 +42,24 @@ impl Cell {
                 })
             })
             .collect();
+        let flows: Vec<Value> = match self.dataplane.stack_flows() {
+            Ok(flows) => flows
+                .iter()
+                .map(|f| {
+                    json!({
+                        "port": f.port.0,
+                        "protocol": f.protocol,
+                        "container": f.container.to_string(),
+                        "remote": f.remote.to_string(),
+                        "direction": if f.net_in { "net-in" } else { "egress" },
+                        "state": f.state,
+                        "asg_group": f.rule.as_ref().map(|r| r.0.clone()),
+                        "asg_rule": f.rule.as_ref().map(|r| r.1),
+                    })
+                })
+                .collect(),
+            Err(e) => vec![json!({ "error": format!("{e:#}") })],
+        };
         let drops: serde_json::Map<String, Value> = counters
             .drops
             .iter()
@@ -79,6 +97,7 @@ impl Cell {
             "max_containers": self.config.max_containers,
             "tap_txqueuelen": self.config.tap_txqueuelen,
             "drops": drops,
+            "stack_flows": flows,
             "totals": json!(counters.totals),
         })
     }
@@ -168,6 +187,27 @@ pub fn print(state_dir: &Path, as_json: bool) -> Result<()> {
     }
     if !any {
         println!("  (none)");
+    }
+    println!();
+    println!("local stack flows (egress and net-in):");
+    let flows = v["stack_flows"].as_array().cloned().unwrap_or_default();
+    if flows.is_empty() {
+        println!("  (none)");
+    }
+    for f in &flows {
+        let rule = match (&f["asg_group"], &f["asg_rule"]) {
+            (Value::String(g), n) => format!("ASG {g} rule {}", s(n)),
+            _ => "-".into(),
+        };
+        println!(
+            "  {:<8} {:<4} {:<22} {:<22} {:<12} {}",
+            s(&f["direction"]),
+            s(&f["protocol"]),
+            s(&f["container"]),
+            s(&f["remote"]),
+            s(&f["state"]),
+            rule
+        );
     }
     Ok(())
 }
