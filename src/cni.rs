@@ -476,6 +476,7 @@ fn attach_request(inv: &Invocation, conf: &NetConf) -> Result<AttachRequest, Cni
         lifecycle: id.lifecycle,
         network: conf.name.clone(),
         ip: requested_ip(conf, &cni_args)?,
+        port_mappings: vec![],
     })
 }
 
@@ -880,6 +881,7 @@ mod tests {
                     netns: up.netns,
                     dns_servers: vec![],
                     search_domains: vec![],
+                    port_mappings: vec![],
                 })?)
             }
         }
@@ -1178,6 +1180,7 @@ mod tests {
             netns: "/var/run/netns/x".into(),
             dns_servers: vec![],
             search_domains: vec![],
+            port_mappings: vec![],
         };
         let v = add_result("1.0.0", &a, None);
         assert_eq!(v["ips"][0]["address"], "10.255.7.3/32");

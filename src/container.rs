@@ -76,6 +76,7 @@ pub fn run(args: ContainerArgs) -> Result<()> {
                 lifecycle,
                 network: None,
                 ip: None,
+                port_mappings: vec![],
             };
             let v = api::call(&cell_socket, &req.into_request())?;
             let a: Attachment = serde_json::from_value(v)?;

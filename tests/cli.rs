@@ -476,6 +476,7 @@ fn container_up_sends_the_lifecycle() {
                 netns: up.netns,
                 dns_servers: vec![],
                 search_domains: vec![],
+                port_mappings: vec![],
             })?)
         }
     }

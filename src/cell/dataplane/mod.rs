@@ -16,8 +16,6 @@
 //! inner flow, and a multiqueue TAP sends a container's frames to the queue its flow was last
 //! written to. Workers share the table snapshots, the connection tracker and the counters.
 
-// Not wired to the control side yet (issue 8 in progress).
-#[allow(dead_code)]
 pub mod net_in;
 mod underlay_rx;
 mod underlay_tx;
@@ -150,7 +148,6 @@ impl DataplaneHandle {
     /// Makes `rules` the cell's whole set of net-in mappings: listeners for new host ports are
     /// bound before this returns (an error names the port that could not be bound, and the
     /// mappings in force stay as they were), those of mappings no longer listed are closed.
-    #[allow(dead_code)]
     pub fn set_net_in(&self, rules: &[net_in::NetInRule]) -> Result<()> {
         let _ = rules;
         Ok(())
