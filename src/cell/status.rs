@@ -94,6 +94,8 @@ impl Cell {
             "asg_errors": snap.egress().errors().iter().map(|e| e.to_string()).collect::<Vec<_>>(),
             "conntrack_entries": self.conntrack.len(),
             "ports": ports,
+            "net_in_address": self.config.net_in_address.to_string(),
+            "net_in": self.net_in_status(&inner),
             "max_containers": self.config.max_containers,
             "tap_txqueuelen": self.config.tap_txqueuelen,
             "drops": drops,
@@ -175,6 +177,32 @@ pub fn print(state_dir: &Path, as_json: bool) -> Result<()> {
             s(&c["tx_packets"]),
             s(&c["drop_packets"])
         );
+    }
+    println!();
+    let net_in = v["net_in"].as_array().cloned().unwrap_or_default();
+    if net_in.is_empty() {
+        println!("net-in on {}: (no mappings)", s(&v["net_in_address"]));
+    } else {
+        println!("net-in on {}:", s(&v["net_in_address"]));
+        println!(
+            "  {:<9} {:<5} {:<21} {:<24} IFNAME",
+            "HOST PORT", "PROTO", "CONTAINER", "HANDLE"
+        );
+        for m in &net_in {
+            let suspended = if m["in_force"] == Value::Bool(false) {
+                "  (not in force: see the cell's log)"
+            } else {
+                ""
+            };
+            println!(
+                "  {:<9} {:<5} {:<21} {:<24} {}{suspended}",
+                s(&m["host_port"]),
+                s(&m["protocol"]),
+                format!("{}:{}", s(&m["container_ip"]), s(&m["container_port"])),
+                s(&m["handle"]),
+                s(&m["ifname"]),
+            );
+        }
     }
     println!();
     println!("drops by reason:");
