@@ -349,3 +349,122 @@ fn e2e_egress_under_asgs() {
     );
     drop(s);
 }
+
+/// `tapestry container up` with `--net-in` mappings; returns its JSON output.
+fn container_up(ov: &mut Overlay, name: &str, app: &str, net_in: &[&str]) -> Value {
+    let netns = ov.tb.add_namespace(name).unwrap();
+    let sock = ov.cell_socket(0);
+    let mut args = vec![
+        "container".to_string(),
+        "up".into(),
+        "--cell-socket".into(),
+        sock.display().to_string(),
+        "--handle".into(),
+        name.into(),
+        "--app".into(),
+        app.into(),
+        "--space".into(),
+        "space-1".into(),
+        "--netns".into(),
+        netns.display().to_string(),
+    ];
+    for m in net_in {
+        args.push("--net-in".into());
+        args.push(m.to_string());
+    }
+    let out = std::process::Command::new(bin())
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "container up: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+#[ignore = "needs root (network namespaces); scripts/test.sh runs it as root"]
+fn e2e_net_in() {
+    assert!(
+        is_root(),
+        "end-to-end tests need root: run scripts/test.sh as root"
+    );
+    let mut ov = Overlay::start("tpen", bin(), 1, &[]).unwrap();
+    let ext = ov.tb.add_host("ext", EXT, 1500).unwrap();
+    let up = container_up(
+        &mut ov,
+        "web",
+        "app-web",
+        &["61001:8080", "0:8081", "61002:5353/udp"],
+    );
+    let mapped = up["mapped_ports"].as_array().unwrap().clone();
+    assert_eq!(mapped.len(), 3, "{up}");
+    let auto = mapped
+        .iter()
+        .find(|m| m["ContainerPort"] == 8081)
+        .and_then(|m| m["HostPort"].as_u64())
+        .unwrap_or_else(|| panic!("no mapping for 8081: {up}"));
+    assert!((61000..=65535).contains(&auto), "allocated {auto}");
+    let web_ns = ov.tb.ns_path("web");
+    serve_peer(&web_ns, 8080);
+    serve_peer(&web_ns, 8081);
+    serve_udp_echo(&web_ns, 5353);
+    let cell = underlay_ip(1);
+    // From the external namespace: the app sees the client's real address (CF's DNAT).
+    let peer = tcp_read(&ext, SocketAddrV4::new(cell, 61001)).unwrap();
+    assert!(peer.starts_with(&format!("{EXT}:")), "the app saw {peer}");
+    let peer = tcp_read(&ext, SocketAddrV4::new(cell, auto as u16)).unwrap();
+    assert!(peer.starts_with(&format!("{EXT}:")), "the app saw {peer}");
+    assert_eq!(
+        udp_echo(&ext, SocketAddrV4::new(cell, 61002)).as_deref(),
+        Some("marco")
+    );
+    // Net-in does not depend on c2c policies, and needs no ASG (none exists here).
+    // Bulk both ways through a mapping.
+    let big = in_netns(&ext, move || {
+        let mut s = TcpStream::connect(SocketAddrV4::new(cell, 61001))?;
+        let mut v = Vec::new();
+        s.read_to_end(&mut v)?;
+        Ok(v)
+    })
+    .unwrap();
+    assert!(!big.is_empty());
+    let st = ov.cell_status(0).unwrap();
+    assert!(
+        st.to_string().contains("61001"),
+        "status lists the mapping: {st}"
+    );
+
+    // Kept across a cell restart.
+    ov.kill_cell(0);
+    ov.start_cell(0).unwrap();
+    let mut ok = false;
+    for _ in 0..200 {
+        if tcp_read(&ext, SocketAddrV4::new(cell, 61001)).is_ok() {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(ok, "net-in after a cell restart");
+
+    // Released on down.
+    let sock = ov.cell_socket(0);
+    let out = std::process::Command::new(bin())
+        .args(["container", "down", "--cell-socket"])
+        .arg(&sock)
+        .args(["--handle", "web"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        tcp_read(&ext, SocketAddrV4::new(cell, 61001)),
+        Err(std::io::ErrorKind::ConnectionRefused)
+    );
+}
