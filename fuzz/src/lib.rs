@@ -156,9 +156,42 @@ fn local_by_ip(ip: Ipv4Addr) -> Option<Local> {
         .find(|p| p.ip == ip)
 }
 
+/// A host side for the local stack that takes every connection and datagram and never
+/// answers.
+pub struct NullHost;
+
+impl tapestry_switch::stack::HostIo for NullHost {
+    fn connect_tcp(&mut self, _: tapestry_switch::stack::FlowId, _: SocketAddrV4) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn open_udp(&mut self, _: tapestry_switch::stack::FlowId, _: SocketAddrV4) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn open_icmp(
+        &mut self,
+        _: tapestry_switch::stack::FlowId,
+        _: Ipv4Addr,
+    ) -> std::io::Result<tapestry_switch::stack::IcmpSocket> {
+        Ok(tapestry_switch::stack::IcmpSocket::Ping)
+    }
+    fn read(&mut self, _: tapestry_switch::stack::FlowId, _: &mut [u8]) -> std::io::Result<usize> {
+        Err(std::io::ErrorKind::WouldBlock.into())
+    }
+    fn write(&mut self, _: tapestry_switch::stack::FlowId, b: &[u8]) -> std::io::Result<usize> {
+        Ok(b.len())
+    }
+    fn shutdown_write(&mut self, _: tapestry_switch::stack::FlowId) {}
+    fn close(&mut self, _: tapestry_switch::stack::FlowId, _: bool) {}
+}
+
+fn new_stack(counters: &Arc<Counters>) -> tapestry_switch::stack::Stack {
+    tapestry_switch::stack::Stack::new(Default::default(), counters.clone(), Instant::now())
+}
+
 /// The switch under test and the checker's model of what it may forward.
 pub struct Harness {
     pub switch: Switch,
+    pub stack: tapestry_switch::stack::Stack,
     pub tables: Arc<Tables>,
     pub counters: Arc<Counters>,
     pub now: Instant,
@@ -195,6 +228,7 @@ impl Harness {
         let counters = Arc::new(Counters::new());
         Harness {
             switch: Switch::new(tables.clone(), conntrack, counters.clone()),
+            stack: new_stack(&counters),
             tables,
             counters,
             now: Instant::now(),
@@ -223,6 +257,7 @@ impl Harness {
             Arc::new(Conntrack::new(ct_capacity)),
             self.counters.clone(),
         );
+        self.stack = new_stack(&self.counters);
         self.origin.clear();
         self.admitted.clear();
         self.seen.clear();
@@ -264,6 +299,25 @@ impl Harness {
 
     fn drops(&self) -> u64 {
         self.counters.snapshot().totals.drop_packets
+    }
+
+    /// Runs the local stack on a frame the pipeline sent it, against a host that accepts every
+    /// connection and never answers, and checks every frame the stack sends back.
+    fn to_stack(&mut self, port: u32, frame: &[u8]) {
+        let snap = self.tables.load_full();
+        let ip = frame.get(ethernet::HEADER_LEN..).unwrap_or(&[]);
+        let _ = self
+            .stack
+            .from_port(&snap, PortId(port), ip, 0, self.now, &mut NullHost);
+        self.stack.poll(&snap, self.now, &mut NullHost);
+        while let Some(t) = self.stack.poll_transmit() {
+            let f = &t.buf[tapestry_switch::stack::FRAME_HEADROOM..];
+            let e = ethernet::Frame::new_checked(f).expect("a stack frame has an Ethernet header");
+            let p = ipv4::Packet::new_checked(e.payload()).expect("a stack frame carries IPv4");
+            assert!(p.verify_checksum(), "stack IPv4 checksum");
+            assert_eq!(snap.port_by_ip(p.dst()).map(|q| q.id), Some(t.port), "to the right port");
+            self.stack.recycle(t.buf);
+        }
     }
 
     /// A plain Ethernet frame from port `PORT_CHOICES[sel]`.
@@ -311,6 +365,7 @@ impl Harness {
                 self.check_from_port(id, frame, v, buf.data());
                 let _ = segment_vxlan(buf.data(), &h, &mut scratch, |_| {});
             }
+            Verdict::ToStack => self.check_from_port(id, frame, v, buf.data()),
             Verdict::Drop(_) => {}
         }
         self.buf = Some(buf);
@@ -338,6 +393,7 @@ impl Harness {
         }
         match v {
             Verdict::Drop(_) => {}
+            Verdict::ToStack => panic!("from the underlay to the local stack"),
             Verdict::ToUnderlay(to) => panic!("from the underlay back to the underlay ({to})"),
             Verdict::ToPort(PortId(q)) => {
                 let remotes: Vec<_> = REMOTES.iter().filter(|r| r.1 == ip).collect();
@@ -435,6 +491,11 @@ impl Harness {
                 assert_eq!(e.src(), container_mac(network(SUBNET)), "our VTEP MAC");
                 let ip = ipv4::Packet::new_checked(e.payload()).expect("inner IPv4");
                 assert!(ip.verify_checksum(), "inner IPv4 checksum");
+            }
+            Verdict::ToStack => {
+                assert!(!contains(OVERLAY, f.dst), "overlay traffic to the local stack");
+                self.to_stack(id, out);
+                return;
             }
             Verdict::Drop(_) => unreachable!(),
         }

@@ -199,6 +199,8 @@ impl Net {
         match v {
             Verdict::ToPort(p) => Outcome::Delivered(cell, p, buf.data().to_vec()),
             Verdict::Drop(r) => Outcome::Dropped(cell, r),
+            // This world has no local stack (see switch/src/stack/tests.rs for it).
+            Verdict::ToStack => Outcome::Dropped(cell, tapestry_switch::DropReason::OutsideOverlay),
             Verdict::ToUnderlay(to) => {
                 self.last_underlay = Some((cell, to, buf.data().to_vec()));
                 let dst = self
