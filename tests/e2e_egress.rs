@@ -101,12 +101,25 @@ fn ping(ov: &Overlay, ns: &str, dst: Ipv4Addr) -> bool {
 }
 
 fn put_asg(ov: &Overlay, name: &str, rules: Value, spaces: &[&str], global: bool) {
+    put_asg_for(ov, name, rules, spaces, &[], global)
+}
+
+/// Creates or replaces an ASG bound to `running` spaces for running apps and `staging` spaces
+/// for staging, and globally for running ones if `global`.
+fn put_asg_for(
+    ov: &Overlay,
+    name: &str,
+    rules: Value,
+    running: &[&str],
+    staging: &[&str],
+    global: bool,
+) {
     let body = json!({
         "name": name,
         "rules": rules,
         "globally_enabled": {"running": global, "staging": false},
-        "running_spaces": spaces,
-        "staging_spaces": [],
+        "running_spaces": running,
+        "staging_spaces": staging,
     });
     let (code, v) = ov
         .api(
@@ -282,6 +295,14 @@ fn e2e_egress_under_asgs() {
         Err(std::io::ErrorKind::ConnectionRefused)
     );
     assert!(t.elapsed() < Duration::from_secs(1));
+    // An address nobody answers for: the host's EHOSTUNREACH reaches the container as an ICMP
+    // host unreachable, after the host's own ARP attempts, not a hang.
+    let t = Instant::now();
+    assert_eq!(
+        tcp_read(&a_ns, SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, 250), 80)),
+        Err(std::io::ErrorKind::HostUnreachable)
+    );
+    eprintln!("unreachable destination reported after {:?}", t.elapsed());
     // deny-networks beats a wide-open ASG (169.254.0.0/16 by default: cloud metadata).
     let meta = SocketAddrV4::new(Ipv4Addr::new(169, 254, 169, 254), 80);
     assert_eq!(
@@ -352,6 +373,16 @@ fn e2e_egress_under_asgs() {
 
 /// `tapestry container up` with `--net-in` mappings; returns its JSON output.
 fn container_up(ov: &mut Overlay, name: &str, app: &str, net_in: &[&str]) -> Value {
+    let mut extra = vec!["--space", "space-1"];
+    for m in net_in {
+        extra.push("--net-in");
+        extra.push(m);
+    }
+    container_up_with(ov, name, app, &extra)
+}
+
+/// `tapestry container up` with extra arguments; returns its JSON output.
+fn container_up_with(ov: &mut Overlay, name: &str, app: &str, extra: &[&str]) -> Value {
     let netns = ov.tb.add_namespace(name).unwrap();
     let sock = ov.cell_socket(0);
     let mut args = vec![
@@ -363,15 +394,10 @@ fn container_up(ov: &mut Overlay, name: &str, app: &str, net_in: &[&str]) -> Val
         name.into(),
         "--app".into(),
         app.into(),
-        "--space".into(),
-        "space-1".into(),
         "--netns".into(),
         netns.display().to_string(),
     ];
-    for m in net_in {
-        args.push("--net-in".into());
-        args.push(m.to_string());
-    }
+    args.extend(extra.iter().map(|a| a.to_string()));
     let out = std::process::Command::new(bin())
         .args(&args)
         .output()

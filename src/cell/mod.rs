@@ -327,6 +327,7 @@ pub fn run(args: CellArgs) -> Result<()> {
                 net_in_address: config.net_in_address,
                 mtu: (config.underlay_mtu - ENCAP_OVERHEAD) as usize,
                 state_dir: state_dir.clone(),
+                busy_poll: std::time::Duration::from_micros(args.busy_poll_us),
             },
             tables.clone(),
             conntrack.clone(),

@@ -9,6 +9,7 @@ use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,6 +63,9 @@ pub(crate) struct StackLink {
     tx: Sender<StackMsg>,
     free: Receiver<Vec<u8>>,
     waker: Arc<Waker>,
+    /// The stack thread is running or busy-polling and will see the queue without a wake-up
+    /// (an eventfd write saved per packet).
+    awake: Arc<AtomicBool>,
 }
 
 impl StackLink {
@@ -72,7 +76,9 @@ impl StackLink {
         buf.extend_from_slice(ip);
         match self.tx.try_send(StackMsg::Packet { port, buf, udp_gso }) {
             Ok(()) => {
-                let _ = self.waker.wake();
+                if !self.awake.load(Ordering::SeqCst) {
+                    let _ = self.waker.wake();
+                }
             }
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 counters.dropped(DropReason::StackQueueFull, Some(port), ip.len())
@@ -106,6 +112,8 @@ pub struct StackOptions {
     pub mtu: usize,
     /// Where `asg.log` is written.
     pub state_dir: PathBuf,
+    /// Keep polling this long after the last work before sleeping (as the workers do).
+    pub busy_poll: Duration,
 }
 
 pub(crate) fn start(
@@ -131,7 +139,10 @@ pub(crate) fn start(
         counters.clone(),
         now,
     );
+    let awake = Arc::new(AtomicBool::new(true));
     let mut driver = Driver {
+        awake: awake.clone(),
+        busy_poll: opts.busy_poll,
         poll,
         rx,
         free_tx,
@@ -160,7 +171,12 @@ pub(crate) fn start(
             }
         })
         .context("spawning the local stack thread")?;
-    Ok(StackLink { tx, free, waker })
+    Ok(StackLink {
+        tx,
+        free,
+        waker,
+        awake,
+    })
 }
 
 enum HostSock {
@@ -288,6 +304,8 @@ struct Port {
 }
 
 struct Driver {
+    awake: Arc<AtomicBool>,
+    busy_poll: Duration,
     poll: Poll,
     rx: Receiver<StackMsg>,
     free_tx: Sender<Vec<u8>>,
@@ -307,17 +325,36 @@ struct Driver {
 impl Driver {
     fn run(&mut self) -> Result<()> {
         let mut events = Events::with_capacity(256);
+        let mut last_busy = Instant::now();
         loop {
             let now = Instant::now();
-            let timeout = self
-                .stack
-                .poll_delay(now)
-                .unwrap_or(Duration::from_secs(1))
-                .min(Duration::from_secs(1));
-            match self.poll.poll(&mut events, Some(timeout)) {
+            let spinning = now.duration_since(last_busy) < self.busy_poll;
+            let mut timeout = if spinning {
+                Duration::ZERO
+            } else {
+                self.stack
+                    .poll_delay(now)
+                    .unwrap_or(Duration::from_secs(1))
+                    .min(Duration::from_secs(1))
+            };
+            if !timeout.is_zero() {
+                // Workers wake us from here on; what they queued before that, we see now.
+                self.awake.store(false, Ordering::SeqCst);
+                if !self.rx.is_empty() {
+                    timeout = Duration::ZERO;
+                }
+            }
+            let r = self.poll.poll(&mut events, Some(timeout));
+            self.awake.store(true, Ordering::SeqCst);
+            match r {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e).context("polling the local stack"),
+            }
+            if !events.is_empty() || !self.rx.is_empty() {
+                last_busy = Instant::now();
+            } else if spinning {
+                std::thread::yield_now();
             }
             let snap = self.tables.load_full();
             let now = Instant::now();
@@ -343,10 +380,6 @@ impl Driver {
             self.transmit();
             while let Some(a) = self.stack.poll_admitted() {
                 self.log.admitted(&snap, &a);
-            }
-            if !self.rx.is_empty() {
-                let _ = self.poll.registry(); // more to do: loop without sleeping
-                continue;
             }
         }
     }
@@ -478,9 +511,6 @@ impl Driver {
     fn set_net_in(&mut self, rules: &[NetInRule]) -> Result<()> {
         let mut new_tcp = Vec::new();
         let mut new_udp = Vec::new();
-        let fail = |new_tcp: Vec<(u16, TcpListener)>, new_udp: Vec<(u16, UdpSocket)>| {
-            drop((new_tcp, new_udp));
-        };
         for r in rules {
             let addr = SocketAddrV4::new(self.net_in_address, r.host_port);
             let have = match r.protocol {
@@ -496,8 +526,8 @@ impl Driver {
                 NetInProtocol::Udp => hostsock::udp_listen(addr)
                     .map(|l| new_udp.push((r.host_port, UdpSocket::from_std(l)))),
             };
+            // On an error the listeners bound so far close as they drop: nothing changed.
             if let Err(e) = bound {
-                fail(new_tcp, new_udp);
                 let proto = match r.protocol {
                     NetInProtocol::Tcp => "tcp",
                     NetInProtocol::Udp => "udp",
@@ -534,31 +564,13 @@ impl Driver {
                 )
             })
             .collect();
-        let keep_tcp = |p: &u16| self.rules.contains_key(&(NetInProtocol::Tcp, *p));
-        let gone: Vec<u16> = self
-            .tcp_listeners
-            .keys()
-            .copied()
-            .filter(|p| !keep_tcp(p))
-            .collect();
-        for p in gone {
-            if let Some(mut l) = self.tcp_listeners.remove(&p) {
-                let _ = registry.deregister(&mut l);
-            }
-        }
-        let keep_udp = |p: &u16| self.rules.contains_key(&(NetInProtocol::Udp, *p));
-        let gone: Vec<u16> = self
-            .host
-            .udp_listeners
-            .keys()
-            .copied()
-            .filter(|p| !keep_udp(p))
-            .collect();
-        for p in gone {
-            if let Some(mut l) = self.host.udp_listeners.remove(&p) {
-                let _ = registry.deregister(&mut l);
-            }
-        }
+        let rules = &self.rules;
+        close_unlisted(&mut self.tcp_listeners, registry, |p| {
+            rules.contains_key(&(NetInProtocol::Tcp, p))
+        });
+        close_unlisted(&mut self.host.udp_listeners, registry, |p| {
+            rules.contains_key(&(NetInProtocol::Udp, p))
+        });
         Ok(())
     }
 
@@ -586,4 +598,19 @@ impl Driver {
             self.stack.recycle(t.buf);
         }
     }
+}
+
+/// Closes the listeners whose host port `keep` no longer wants.
+fn close_unlisted<S: mio::event::Source>(
+    listeners: &mut BTreeMap<u16, S>,
+    registry: &Registry,
+    keep: impl Fn(u16) -> bool,
+) {
+    listeners.retain(|&p, l| {
+        let k = keep(p);
+        if !k {
+            let _ = registry.deregister(l);
+        }
+        k
+    });
 }

@@ -50,6 +50,7 @@ pub const DNS: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 2);
 
 /// Idle timeouts of datagram flows, as the connection tracker's.
 pub const UDP_TIMEOUT: Duration = crate::tables::flow_state::UDP_REPLIED_TIMEOUT;
+pub const UDP_UNREPLIED_TIMEOUT: Duration = crate::tables::flow_state::UDP_UNREPLIED_TIMEOUT;
 pub const ICMP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One flow of the stack, as the driver names its host socket.
@@ -148,7 +149,8 @@ type Key = (u8, Ipv4Addr, u16, Ipv4Addr, u16);
 #[derive(Debug)]
 enum Kind {
     Tcp(tcp::TcpFlow),
-    Udp,
+    /// Egress UDP; `replied` once the destination answered (then it idles longer).
+    Udp { replied: bool },
     /// Net-in UDP: datagrams from a client to a mapped host port, and the container's replies.
     UdpIn,
     Icmp {
@@ -173,6 +175,7 @@ pub struct Stack {
     epoch: Instant,
     iface: Interface,
     sockets: SocketSet<'static>,
+    pool: tcp::SocketPool,
     dev: Pipe,
     flows: Vec<Option<Entry>>,
     free: Vec<u32>,
@@ -181,6 +184,8 @@ pub struct Stack {
     admitted: VecDeque<Admitted>,
     scratch: Vec<u8>,
     last_sweep: Instant,
+    /// The `now` of the latest call that had one (for host events, which come without).
+    last_poll: Instant,
 }
 
 impl std::fmt::Debug for Stack {
@@ -213,6 +218,7 @@ impl Stack {
             epoch: now,
             iface,
             sockets: SocketSet::new(Vec::new()),
+            pool: tcp::SocketPool::new(config.tcp_buffer),
             dev,
             flows: Vec::new(),
             free: Vec::new(),
@@ -221,6 +227,7 @@ impl Stack {
             admitted: VecDeque::new(),
             scratch: vec![0u8; 65536],
             last_sweep: now,
+            last_poll: now,
         }
     }
 
@@ -243,7 +250,7 @@ impl Stack {
             .map(|e| {
                 let (protocol, state, net_in) = match &e.kind {
                     Kind::Tcp(t) => ("tcp", t.state_name(&self.sockets), t.net_in),
-                    Kind::Udp => ("udp", "open", false),
+                    Kind::Udp { .. } => ("udp", "open", false),
                     Kind::UdpIn => ("udp", "open", true),
                     Kind::Icmp { .. } => ("icmp", "open", false),
                 };
@@ -295,7 +302,7 @@ impl Stack {
         };
         self.by_key.remove(&e.key);
         if let Kind::Tcp(t) = &e.kind {
-            t.release(&mut self.sockets);
+            t.release(&mut self.sockets, &mut self.pool);
         }
         io.close(id, abort);
         self.free.push(id.0);
@@ -421,7 +428,7 @@ impl Stack {
         }
         let kind = match f.proto {
             ipv4::PROTO_TCP => Kind::Tcp(tcp::TcpFlow::connecting(packet)),
-            ipv4::PROTO_UDP => Kind::Udp,
+            ipv4::PROTO_UDP => Kind::Udp { replied: false },
             _ => Kind::Icmp {
                 ident: key_port,
                 socket: IcmpSocket::Ping,
@@ -506,7 +513,7 @@ impl Stack {
                 self.dev.rx.push_back(b);
                 Ok(())
             }
-            Kind::Udp | Kind::UdpIn => {
+            Kind::Udp { .. } | Kind::UdpIn => {
                 let datagram = udp::Packet::new_unchecked(&packet[hl..]);
                 let payload = datagram.payload();
                 let size = if udp_gso == 0 {
@@ -581,7 +588,6 @@ impl Stack {
 
     /// The outcome of [`HostIo::connect_tcp`].
     pub fn host_connected(&mut self, id: FlowId, result: io::Result<()>, io: &mut impl HostIo) {
-        let buffer = self.config.tcp_buffer;
         let Some(e) = self.flows.get_mut(id.0 as usize).and_then(Option::as_mut) else {
             return;
         };
@@ -594,7 +600,7 @@ impl Stack {
         }
         match result {
             Ok(()) => {
-                if let Some(syn) = t.accept(&mut self.sockets, buffer, &mut self.dev) {
+                if let Some(syn) = t.accept(&mut self.sockets, &mut self.pool, &mut self.dev) {
                     self.dev.rx.push_back(syn);
                 }
             }
@@ -616,7 +622,7 @@ impl Stack {
                 t.host_readable |= readable;
                 t.host_writable |= writable;
             }
-            Kind::Udp | Kind::Icmp { .. } if readable => self.datagrams_from_host(id, io),
+            Kind::Udp { .. } | Kind::Icmp { .. } if readable => self.datagrams_from_host(id, io),
             Kind::UdpIn => {}
             _ => {}
         }
@@ -642,13 +648,17 @@ impl Stack {
                     break;
                 }
             };
-            let Some(ent) = self.flows.get(id.0 as usize).and_then(Option::as_ref) else {
+            let Some(ent) = self.flows.get_mut(id.0 as usize).and_then(Option::as_mut) else {
                 break;
             };
+            if let Kind::Udp { replied } = &mut ent.kind {
+                *replied = true;
+            }
+            ent.last_seen = self.last_poll;
             let (key, port) = (ent.key, ent.port);
             let msg = &scratch[..n];
             match ent.kind {
-                Kind::Udp => self.send_built(port, |b| {
+                Kind::Udp { .. } => self.send_built(port, |b| {
                     frame::udp_datagram(b, (key.3, key.4), (key.1, key.2), msg);
                     true
                 }),
@@ -697,7 +707,7 @@ impl Stack {
         let t = tcp::TcpFlow::net_in(
             &mut self.iface,
             &mut self.sockets,
-            self.config.tcp_buffer,
+            &mut self.pool,
             client,
             container,
         )?;
@@ -769,6 +779,7 @@ impl Stack {
     /// Runs the TCP/IP stack: processes the queued packets, moves bytes between smoltcp and the
     /// host sockets, sends what is due, and expires idle flows.
     pub fn poll(&mut self, snap: &Snapshot, now: Instant, io: &mut impl HostIo) {
+        self.last_poll = now;
         let t = self.smol_now(now);
         self.iface.poll(t, &mut self.dev, &mut self.sockets);
         self.splice(io);
@@ -846,7 +857,8 @@ impl Stack {
             let idle = now.saturating_duration_since(e.last_seen);
             let gone = snap.port(e.port).is_none();
             let expire = match &mut e.kind {
-                Kind::Udp | Kind::UdpIn => idle >= UDP_TIMEOUT,
+                Kind::Udp { replied: false } => idle >= UDP_UNREPLIED_TIMEOUT,
+                Kind::Udp { replied: true } | Kind::UdpIn => idle >= UDP_TIMEOUT,
                 Kind::Icmp { .. } => idle >= ICMP_TIMEOUT,
                 Kind::Tcp(t) => {
                     if gone {

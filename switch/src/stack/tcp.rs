@@ -44,15 +44,50 @@ pub struct TcpFlow {
     failed: bool,
 }
 
-fn new_socket(buffer: usize) -> Socket<'static> {
-    let mut s = Socket::new(
-        SocketBuffer::new(vec![0u8; buffer]),
-        SocketBuffer::new(vec![0u8; buffer]),
-    );
-    s.set_nagle_enabled(false);
-    s.set_ack_delay(None);
-    s.set_timeout(Some(RETRANSMIT_TIMEOUT.into()));
-    s
+/// Closed sockets kept for the next flows, their buffers already allocated: a new connection
+/// would otherwise allocate and zero two buffers (1 MiB by default), which costs more than the
+/// rest of its handshake.
+#[derive(Debug)]
+pub struct SocketPool {
+    spare: Vec<SocketHandle>,
+    buffer: usize,
+}
+
+/// Spare sockets kept at most (closed sockets stay in smoltcp's set, which every packet walks).
+const SPARE_MAX: usize = 64;
+
+impl SocketPool {
+    pub fn new(buffer: usize) -> SocketPool {
+        SocketPool {
+            spare: Vec::new(),
+            buffer,
+        }
+    }
+
+    /// A closed socket with this pool's buffers.
+    fn take(&mut self, sockets: &mut SocketSet<'static>) -> SocketHandle {
+        if let Some(h) = self.spare.pop() {
+            return h;
+        }
+        let mut s = Socket::new(
+            SocketBuffer::new(vec![0u8; self.buffer]),
+            SocketBuffer::new(vec![0u8; self.buffer]),
+        );
+        s.set_nagle_enabled(false);
+        s.set_ack_delay(None);
+        s.set_timeout(Some(RETRANSMIT_TIMEOUT.into()));
+        sockets.add(s)
+    }
+
+    /// Takes back a socket that is closed (or in TIME-WAIT, which a new `listen`/`connect`
+    /// resets), or removes it from the set.
+    fn give(&mut self, sockets: &mut SocketSet<'static>, h: SocketHandle) {
+        if !sockets.get::<Socket>(h).is_open() && self.spare.len() < SPARE_MAX {
+            self.spare.push(h);
+        } else {
+            sockets.remove(h);
+        }
+    }
 }
 
 impl TcpFlow {
@@ -81,19 +116,26 @@ impl TcpFlow {
     pub fn net_in(
         iface: &mut Interface,
         sockets: &mut SocketSet<'static>,
-        buffer: usize,
+        pool: &mut SocketPool,
         client: SocketAddrV4,
         container: SocketAddrV4,
     ) -> Option<TcpFlow> {
-        let mut s = new_socket(buffer);
+        let h = pool.take(sockets);
         let remote = IpEndpoint::new((*container.ip()).into(), container.port());
         let local = IpListenEndpoint {
             addr: Some((*client.ip()).into()),
             port: client.port(),
         };
-        s.connect(iface.context(), remote, local).ok()?;
+        if sockets
+            .get_mut::<Socket>(h)
+            .connect(iface.context(), remote, local)
+            .is_err()
+        {
+            pool.give(sockets, h);
+            return None;
+        }
         let mut t = TcpFlow::new(true);
-        t.handle = Some(sockets.add(s));
+        t.handle = Some(h);
         Some(t)
     }
 
@@ -114,18 +156,21 @@ impl TcpFlow {
     pub fn accept(
         &mut self,
         sockets: &mut SocketSet<'static>,
-        buffer: usize,
+        pool: &mut SocketPool,
         dev: &mut Pipe,
     ) -> Option<Vec<u8>> {
         let ip = ipv4::Packet::new_checked(&self.syn[..]).ok()?;
         let t = tcp::Packet::new_checked(ip.payload()).ok()?;
-        let mut s = new_socket(buffer);
-        s.listen(IpListenEndpoint {
+        let h = pool.take(sockets);
+        let listening = sockets.get_mut::<Socket>(h).listen(IpListenEndpoint {
             addr: Some(ip.dst().into()),
             port: t.dst_port(),
-        })
-        .ok()?;
-        self.handle = Some(sockets.add(s));
+        });
+        if listening.is_err() {
+            pool.give(sockets, h);
+            return None;
+        }
+        self.handle = Some(h);
         let mut b = dev.buffer();
         b.clear();
         b.extend_from_slice(&self.syn);
@@ -245,9 +290,9 @@ impl TcpFlow {
         }
     }
 
-    pub fn release(&self, sockets: &mut SocketSet<'static>) {
+    pub fn release(&self, sockets: &mut SocketSet<'static>, pool: &mut SocketPool) {
         if let Some(h) = self.handle {
-            sockets.remove(h);
+            pool.give(sockets, h);
         }
     }
 
