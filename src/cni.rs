@@ -3,6 +3,7 @@
 //! specification's JSON. STATUS and GC exist from cniVersion 1.1.0 on.
 
 mod identity;
+mod port_mappings;
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -58,7 +59,8 @@ pub struct NetConf {
     pub cell_socket: Option<PathBuf>,
     #[serde(default)]
     pub metadata: Option<Value>,
-    /// Per-container values from the runtime, for the capabilities we declare (`tapestry`).
+    /// Per-container values from the runtime, for the capabilities we declare (`tapestry`,
+    /// `ips`, `portMappings`).
     #[serde(rename = "runtimeConfig", default)]
     pub runtime_config: Option<Value>,
     /// Podman/Kubernetes-style `args`; `args.cni` may carry the identity.
@@ -193,9 +195,21 @@ pub fn execute(inv: &Invocation, stdin: &str) -> Result<Option<Value>, CniError>
             Ok(None)
         }
         up @ (Request::Up(_) | Request::Attach(_)) => {
+            let asked = match &up {
+                Request::Attach(a) => a.port_mappings.len(),
+                _ => 0,
+            };
             let a: Attachment = serde_json::from_value(call(up)?).map_err(|e| {
                 CniError::new(E_IO, "malformed answer from the cell", e.to_string())
             })?;
+            if a.port_mappings.len() != asked {
+                return Err(CniError::new(
+                    E_IO,
+                    "the cell did not map the requested runtimeConfig.portMappings (is it \
+                     older than this plugin?)",
+                    format!("asked for {asked}, mapped {}", a.port_mappings.len()),
+                ));
+            }
             Ok(Some(add_result(
                 &parsed.version,
                 &a,
@@ -476,6 +490,7 @@ fn attach_request(inv: &Invocation, conf: &NetConf) -> Result<AttachRequest, Cni
         lifecycle: id.lifecycle,
         network: conf.name.clone(),
         ip: requested_ip(conf, &cni_args)?,
+        port_mappings: port_mappings::port_mappings(conf.runtime_config.as_ref())?,
     })
 }
 
@@ -603,13 +618,19 @@ fn add_result(version: &str, a: &Attachment, prev: Option<&Value>) -> Value {
         }
         _ => ours_dns,
     };
-    json!({
+    let mut result = json!({
         "cniVersion": version,
         "interfaces": interfaces,
         "ips": ips,
         "routes": routes,
         "dns": dns,
-    })
+    });
+    // Not in the spec's result: the mapped host ports for the runtime, in runtimeConfig's
+    // shape (libcni ignores fields it does not know).
+    if !a.port_mappings.is_empty() {
+        result["portMappings"] = json!(a.port_mappings);
+    }
+    result
 }
 
 #[cfg(test)]
@@ -880,6 +901,7 @@ mod tests {
                     netns: up.netns,
                     dns_servers: vec![],
                     search_domains: vec![],
+                    port_mappings: vec![],
                 })?)
             }
         }
@@ -1017,6 +1039,30 @@ mod tests {
             ),
             ("env-app", "S", 4)
         );
+        assert!(a.port_mappings.is_empty());
+        // The portMappings capability: runtimeConfig.portMappings reaches the request.
+        let with_ports = conf.replace(
+            r#""runtimeConfig":{"#,
+            r#""runtimeConfig":{"portMappings":[{"hostPort":0,"containerPort":8080},
+                {"hostPort":5353,"containerPort":53,"protocol":"udp"}],"#,
+        );
+        let p = parse(&Invocation::from_vars(vars("ADD", "")), &with_ports)
+            .unwrap()
+            .unwrap();
+        let Request::Attach(a) = p.request else {
+            panic!("{:?}", p.request)
+        };
+        assert_eq!(
+            a.port_mappings
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["0:8080/tcp", "5353:53/udp"]
+        );
+        let bad = with_ports.replace("5353", "70000");
+        let e = parse(&Invocation::from_vars(vars("ADD", "")), &bad).unwrap_err();
+        assert_eq!(e.code, E_INVALID_CONFIG);
+        assert!(e.msg.contains("portMappings[1].hostPort"), "{}", e.msg);
         let e = parse(&Invocation::from_vars(vars("ADD", "APP_ID=a;X=y")), conf).unwrap_err();
         assert_eq!(e.code, E_INVALID_ENV);
         assert!(e.msg.contains("CNI_ARGS key X"), "{}", e.msg);
@@ -1178,8 +1224,10 @@ mod tests {
             netns: "/var/run/netns/x".into(),
             dns_servers: vec![],
             search_domains: vec![],
+            port_mappings: vec![],
         };
         let v = add_result("1.0.0", &a, None);
+        assert!(v.get("portMappings").is_none(), "none without mappings");
         assert_eq!(v["ips"][0]["address"], "10.255.7.3/32");
         assert_eq!(v["ips"][0]["gateway"], "169.254.0.1");
         assert_eq!(v["interfaces"][0]["sandbox"], "/var/run/netns/x");
@@ -1205,6 +1253,19 @@ mod tests {
         assert_eq!(
             add_result("1.0.0", &a, Some(&json!({}))),
             add_result("1.0.0", &a, None)
+        );
+        // Mapped ports are listed with their real host ports, in runtimeConfig's shape.
+        let a = Attachment {
+            port_mappings: vec![api::PortMapping {
+                host_port: 61004,
+                container_port: 8080,
+                protocol: api::Protocol::Udp,
+            }],
+            ..a
+        };
+        assert_eq!(
+            add_result("1.1.0", &a, None)["portMappings"],
+            json!([{"hostPort": 61004, "containerPort": 8080, "protocol": "udp"}])
         );
     }
 }

@@ -1,12 +1,16 @@
 //! `tapestry container up|down`: attach a container to a cell the way Garden's external
-//! networker does, printing the same JSON (`container_ip`, `mtu`, `dns_servers`, `search_domains`).
+//! networker does, printing the same JSON (`container_ip`, `mtu`, `dns_servers`, `search_domains`)
+//! and, with `--net-in`, the mapped ports: `mapped_ports` and Garden's `properties`
+//! (`garden.network.mapped-ports`, a JSON string of `[{"HostPort":..,"ContainerPort":..}]`).
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use serde_json::json;
 
-use crate::cell::api::{self, AttachRequest, Attachment, Lifecycle, Request, UpRequest};
+use crate::cell::api::{
+    self, AttachRequest, Attachment, Lifecycle, PortMapping, Request, UpRequest,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct ContainerArgs {
@@ -40,6 +44,11 @@ enum ContainerCommand {
         /// `staging`, plus the global ones for that lifecycle.
         #[arg(long, default_value = "running", value_parser = api::parse_lifecycle)]
         lifecycle: Lifecycle,
+        /// Net-in: the cell listens on its --net-in-address at HOST and forwards to the
+        /// container's CONTAINER port (tcp unless /udp). HOST 0 picks a free port from
+        /// 61000-65535. Repeat for several mappings.
+        #[arg(long = "net-in", value_name = "HOST:CONTAINER[/udp]", value_parser = api::parse_net_in)]
+        net_in: Vec<PortMapping>,
     },
     /// Detach a container (succeeds if it is already gone).
     Down {
@@ -62,7 +71,11 @@ pub fn run(args: ContainerArgs) -> Result<()> {
             netns,
             ifname,
             lifecycle,
+            net_in,
         } => {
+            if let Err(e) = api::check_port_mappings(&net_in) {
+                bail!("--net-in: {e}");
+            }
             let req = AttachRequest {
                 up: UpRequest {
                     handle,
@@ -76,18 +89,20 @@ pub fn run(args: ContainerArgs) -> Result<()> {
                 lifecycle,
                 network: None,
                 ip: None,
+                port_mappings: net_in.clone(),
             };
             let v = api::call(&cell_socket, &req.into_request())?;
             let a: Attachment = serde_json::from_value(v)?;
-            println!(
-                "{}",
-                json!({
-                    "container_ip": a.container_ip.to_string(),
-                    "mtu": a.mtu,
-                    "dns_servers": a.dns_servers,
-                    "search_domains": a.search_domains,
-                })
-            );
+            if a.port_mappings.len() != net_in.len() {
+                bail!(
+                    "the cell attached handle {} but mapped {} of the {} --net-in ports \
+                     (is it older than this client?); detach it with `tapestry container down`",
+                    a.handle,
+                    a.port_mappings.len(),
+                    net_in.len()
+                );
+            }
+            println!("{}", up_output(&a));
         }
         ContainerCommand::Down {
             cell_socket,
@@ -98,4 +113,33 @@ pub fn run(args: ContainerArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What `container up` prints: the fields it always printed, plus the mapped ports flat
+/// (`mapped_ports`) and as Garden's external networker reports them (`properties`).
+fn up_output(a: &Attachment) -> serde_json::Value {
+    let garden: Vec<serde_json::Value> = a
+        .port_mappings
+        .iter()
+        .map(|m| json!({"HostPort": m.host_port, "ContainerPort": m.container_port}))
+        .collect();
+    let mapped: Vec<serde_json::Value> = a
+        .port_mappings
+        .iter()
+        .map(|m| {
+            json!({"HostPort": m.host_port, "ContainerPort": m.container_port,
+                "Protocol": m.protocol.as_str()})
+        })
+        .collect();
+    json!({
+        "container_ip": a.container_ip.to_string(),
+        "mtu": a.mtu,
+        "dns_servers": a.dns_servers,
+        "search_domains": a.search_domains,
+        "mapped_ports": mapped,
+        "properties": {
+            "garden.network.container-ip": a.container_ip.to_string(),
+            "garden.network.mapped-ports": serde_json::Value::Array(garden).to_string(),
+        },
+    })
 }

@@ -451,20 +451,26 @@ fn cell_names_a_bad_deny_network() {
     }
 }
 
-/// `tapestry container up --lifecycle` reaches the cell's attach request.
+/// `tapestry container up --lifecycle` and `--net-in` reach the cell's attach request.
 #[test]
-fn container_up_sends_the_lifecycle() {
+fn container_up_sends_the_lifecycle_and_net_in() {
     use std::sync::{Arc, Mutex};
     use tapestry::cell::api::{self, Attachment, Request};
     struct Recorder(Mutex<Vec<String>>);
     impl api::Handler for Recorder {
         fn handle(&self, req: Request) -> anyhow::Result<serde_json::Value> {
             let line = serde_json::to_string(&req)?;
-            let up = match req {
-                Request::Up(up) => up,
-                Request::Attach(a) => a.up,
+            let (up, mut port_mappings) = match req {
+                Request::Up(up) => (up, vec![]),
+                Request::Attach(a) => (a.up, a.port_mappings),
                 _ => anyhow::bail!("unexpected request"),
             };
+            // As the cell does: host port 0 gets one from 61000-65535.
+            for (i, m) in port_mappings.iter_mut().enumerate() {
+                if m.host_port == 0 {
+                    m.host_port = 61000 + i as u16;
+                }
+            }
             self.0.lock().unwrap().push(line);
             Ok(serde_json::to_value(Attachment {
                 handle: up.handle,
@@ -476,6 +482,7 @@ fn container_up_sends_the_lifecycle() {
                 netns: up.netns,
                 dns_servers: vec![],
                 search_domains: vec![],
+                port_mappings,
             })?)
         }
     }
@@ -523,4 +530,50 @@ fn container_up_sends_the_lifecycle() {
     );
     assert!(sent[1].contains(r#""op":"up""#) && !sent[1].contains("lifecycle"));
     assert_eq!(sent[1], sent[2]);
+
+    // --net-in: the mappings reach the cell and the mapped ports are printed, flat and as
+    // Garden's properties.
+    let out = up(&["--net-in", "0:8080", "--net-in", "8443:443/udp"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = rec.0.lock().unwrap().last().cloned().unwrap();
+    assert!(
+        sent.contains(r#""op":"attach""#)
+            && sent.contains(r#""port_mappings":[{"hostPort":0,"containerPort":8080,"protocol":"tcp"},{"hostPort":8443,"containerPort":443,"protocol":"udp"}]"#),
+        "{sent}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["container_ip"], "10.255.1.2");
+    assert_eq!(
+        v["mapped_ports"],
+        serde_json::json!([{"HostPort": 61000, "ContainerPort": 8080, "Protocol": "tcp"},
+            {"HostPort": 8443, "ContainerPort": 443, "Protocol": "udp"}])
+    );
+    assert_eq!(
+        v["properties"]["garden.network.mapped-ports"],
+        r#"[{"ContainerPort":8080,"HostPort":61000},{"ContainerPort":443,"HostPort":8443}]"#
+    );
+    assert_eq!(v["properties"]["garden.network.container-ip"], "10.255.1.2");
+    // Bad mappings are refused before the cell is asked, naming the flag.
+    let before = rec.0.lock().unwrap().len();
+    for (bad, why) in [
+        (&["--net-in", "8080"][..], "HOST:CONTAINER"),
+        (&["--net-in", "70000:80"], "out of range"),
+        (&["--net-in", "80:0"], "out of range"),
+        (&["--net-in", "80:80/sctp"], "tcp or udp"),
+        (&["--net-in", "0:61443"], "61443"),
+        (&["--net-in", "80:1", "--net-in", "80:2"], "mapped twice"),
+    ] {
+        let out = up(bad);
+        assert!(!out.status.success(), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--net-in") && err.contains(why),
+            "{bad:?}: {err}"
+        );
+    }
+    assert_eq!(rec.0.lock().unwrap().len(), before);
 }

@@ -460,3 +460,64 @@ fn e2e_cni_del_with_the_cell_down() {
     assert!(ok, "{v}");
     assert_eq!(v["ips"][0]["address"], addr);
 }
+
+#[test]
+#[ignore = "needs root (network namespaces); scripts/test.sh runs it as root"]
+fn e2e_cni_port_mappings() {
+    let (mut ov, cni, ns_paths) = setup("tpcni7", &["a", "b"]);
+    let (ns_a, ns_b) = (ns_paths[0].as_str(), ns_paths[1].as_str());
+    let conf = |mappings: Value| {
+        let mut c = cni.conf(
+            "1.1.0",
+            "net1",
+            json!({"capabilities": {"portMappings": true}}),
+        );
+        c["runtimeConfig"] = json!({ "portMappings": mappings });
+        c
+    };
+    let net_in = |ov: &Overlay| ov.cell_status(0).unwrap()["net_in"].clone();
+    // Host port 0 gets a port from 61000-65535; the result lists the real one.
+    let a = conf(json!([{"hostPort": 0, "containerPort": 8080},
+        {"hostPort": 5300, "containerPort": 53, "protocol": "udp"}]));
+    let (ok, v) = cni.run(&attach_env("ADD", "c1", ns_a, "eth0"), &a);
+    assert!(ok, "{v}");
+    let picked = v["portMappings"][0]["hostPort"].as_u64().unwrap();
+    assert!((61000..=65535).contains(&picked), "{v}");
+    assert_eq!(v["portMappings"][0]["containerPort"], 8080);
+    assert_eq!(
+        v["portMappings"][1],
+        json!({"hostPort": 5300, "containerPort": 53, "protocol": "udp"})
+    );
+    let ip_a = v["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .trim_end_matches("/32")
+        .to_string();
+    let shown = net_in(&ov);
+    assert_eq!(shown.as_array().unwrap().len(), 2, "{shown}");
+    assert_eq!(shown[0]["host_port"], 5300);
+    assert_eq!(shown[0]["container_ip"], ip_a.as_str());
+    assert_eq!(shown[1]["handle"], "c1");
+    // A host port already mapped is refused, naming it; nothing is attached.
+    let b = conf(json!([{"hostPort": 5300, "containerPort": 53, "protocol": "udp"}]));
+    let (ok, v) = cni.run(&attach_env("ADD", "c2", ns_b, "eth0"), &b);
+    assert!(!ok, "{v}");
+    assert!(
+        v["details"]
+            .as_str()
+            .unwrap()
+            .contains("host port 5300/udp"),
+        "{v}"
+    );
+    assert!(!link_exists(&ov, "b", "eth0"));
+    // The mappings survive a restart of the cell.
+    ov.kill_cell(0);
+    ov.start_cell(0).unwrap();
+    assert_eq!(net_in(&ov), shown);
+    // DEL releases them: the port can be had again.
+    assert!(cni.run(&attach_env("DEL", "c1", ns_a, "eth0"), &a).0);
+    assert_eq!(net_in(&ov), json!([]));
+    let (ok, v) = cni.run(&attach_env("ADD", "c2", ns_b, "eth0"), &b);
+    assert!(ok, "{v}");
+    assert_eq!(v["portMappings"][0]["hostPort"], 5300);
+}

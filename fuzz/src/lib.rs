@@ -618,6 +618,7 @@ pub mod cell {
             ifname: "eth0".into(),
             lifecycle: Default::default(),
             network: None,
+            port_mappings: vec![],
         };
         let mut containers = BTreeMap::new();
         for r in [

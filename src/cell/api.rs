@@ -85,6 +85,10 @@ pub struct AttachRequest {
     /// be free. `None`: the lowest free one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<std::net::Ipv4Addr>,
+    /// Net-in: host ports of the cell to forward to the container (CNI `portMappings`,
+    /// `container up --net-in`). A `host_port` of 0 asks the cell to pick a free one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_mappings: Vec<PortMapping>,
 }
 
 impl AttachRequest {
@@ -92,7 +96,9 @@ impl AttachRequest {
     /// every cell version), `attach` otherwise.
     pub fn into_request(self) -> Request {
         match (self.lifecycle, &self.network, self.ip) {
-            (Lifecycle::Running, None, None) => Request::Up(self.up),
+            (Lifecycle::Running, None, None) if self.port_mappings.is_empty() => {
+                Request::Up(self.up)
+            }
             _ => Request::Attach(self),
         }
     }
@@ -107,6 +113,119 @@ fn default_ifname() -> String {
     "eth0".into()
 }
 
+/// The transport a port mapping forwards (`"tcp"`, the default, or `"udp"`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// One net-in mapping: the cell's `--net-in-address`:`host_port` forwards to the container's
+/// address at `container_port`. On the wire it has the shape of CNI's `portMappings` entries
+/// (`{"hostPort": H, "containerPort": C, "protocol": "tcp"}`). In a request `host_port` 0 asks
+/// the cell for a free port from [`NET_IN_RANGE`]; in a reply and a record it is the real one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    pub host_port: u16,
+    pub container_port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+impl std::fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}:{}/{}",
+            self.host_port,
+            self.container_port,
+            self.protocol.as_str()
+        )
+    }
+}
+
+/// The host ports the cell picks from for a mapping with host port 0: from 61000, as Garden's
+/// pool, to the last port there is (a range written 61000-65999 ends at 65535).
+pub const NET_IN_RANGE: std::ops::RangeInclusive<u16> = 61000..=65535;
+
+/// The container port of the TLS terminator in the cell's local stack: never mapped to an app.
+pub const TLS_PORT: u16 = 61443;
+
+/// Parses `--net-in HOST:CONTAINER` or `HOST:CONTAINER/udp` (`/tcp`, the default, may be
+/// written too). HOST 0 asks the cell to pick a free port.
+pub fn parse_net_in(s: &str) -> Result<PortMapping, String> {
+    let (ports, protocol) = match s.rsplit_once('/') {
+        None => (s, Protocol::Tcp),
+        Some((p, "tcp")) => (p, Protocol::Tcp),
+        Some((p, "udp")) => (p, Protocol::Udp),
+        Some((_, other)) => {
+            return Err(format!(
+                "{s:?}: protocol {other:?} must be tcp or udp (HOST:CONTAINER[/udp])"
+            ))
+        }
+    };
+    let Some((host, container)) = ports.split_once(':') else {
+        return Err(format!(
+            "{s:?} is not HOST:CONTAINER[/udp] (e.g. 0:8080 or 61001:8080/udp)"
+        ));
+    };
+    let port = |p: &str, which: &str, min: u16| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|n| *n >= min)
+            .ok_or_else(|| format!("{s:?}: {which} port {p:?} is out of range ({min}-65535)"))
+    };
+    let m = PortMapping {
+        host_port: port(host, "host", 0)?,
+        container_port: port(container, "container", 1)?,
+        protocol,
+    };
+    check_port_mappings(std::slice::from_ref(&m))?;
+    Ok(m)
+}
+
+/// What every mapping list must satisfy, wherever it comes from: container ports in 1-65535
+/// and never [`TLS_PORT`], and no host port asked for twice (per protocol). Host port 0 (pick
+/// one) may appear any number of times.
+pub fn check_port_mappings(mappings: &[PortMapping]) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for m in mappings {
+        if m.container_port == 0 {
+            return Err(format!(
+                "mapping {m}: container port 0 is out of range (1-65535)"
+            ));
+        }
+        if m.container_port == TLS_PORT {
+            return Err(format!(
+                "mapping {m}: container port {TLS_PORT} is reserved for the cell's TLS \
+                 terminator and cannot be mapped"
+            ));
+        }
+        if m.host_port != 0 && !seen.insert((m.protocol, m.host_port)) {
+            return Err(format!(
+                "host port {}/{} is mapped twice in one request",
+                m.host_port,
+                m.protocol.as_str()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What an attached container gets.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Attachment {
@@ -119,6 +238,9 @@ pub struct Attachment {
     pub netns: PathBuf,
     pub dns_servers: Vec<String>,
     pub search_domains: Vec<String>,
+    /// The attachment's net-in mappings, with the host ports the cell picked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_mappings: Vec<PortMapping>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -341,6 +463,96 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(mode, 0o700);
+    }
+
+    #[test]
+    fn net_in_flags_parse_and_bad_ones_say_why() {
+        let m = parse_net_in("0:8080").unwrap();
+        assert_eq!(
+            m,
+            PortMapping {
+                host_port: 0,
+                container_port: 8080,
+                protocol: Protocol::Tcp
+            }
+        );
+        assert_eq!(
+            parse_net_in("61001:53/udp").unwrap().to_string(),
+            "61001:53/udp"
+        );
+        assert_eq!(
+            parse_net_in("80:8080/tcp").unwrap().to_string(),
+            "80:8080/tcp"
+        );
+        assert_eq!(parse_net_in("65535:1").unwrap().host_port, 65535);
+        for (bad, why) in [
+            ("8080", "HOST:CONTAINER"),
+            ("", "HOST:CONTAINER"),
+            ("a:80", "host port \"a\" is out of range"),
+            ("-1:80", "host port \"-1\" is out of range"),
+            ("65536:80", "host port \"65536\" is out of range (0-65535)"),
+            ("80:0", "container port \"0\" is out of range (1-65535)"),
+            ("80:", "container port \"\" is out of range"),
+            ("80:70000", "container port \"70000\" is out of range"),
+            ("80:80/sctp", "protocol \"sctp\" must be tcp or udp"),
+            ("80:80/UDP", "must be tcp or udp"),
+            ("0:61443", "61443 is reserved for the cell's TLS terminator"),
+        ] {
+            let e = parse_net_in(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn mapping_lists_refuse_duplicates_and_the_tls_port() {
+        let m = |h, c, protocol| PortMapping {
+            host_port: h,
+            container_port: c,
+            protocol,
+        };
+        use Protocol::*;
+        assert!(check_port_mappings(&[]).is_ok());
+        // Zeros may repeat; one host port may serve tcp and udp.
+        assert!(check_port_mappings(&[
+            m(0, 80, Tcp),
+            m(0, 80, Tcp),
+            m(53, 53, Tcp),
+            m(53, 53, Udp)
+        ])
+        .is_ok());
+        let e = check_port_mappings(&[m(53, 53, Udp), m(53, 54, Udp)]).unwrap_err();
+        assert!(e.contains("host port 53/udp is mapped twice"), "{e}");
+        let e = check_port_mappings(&[m(8443, TLS_PORT, Tcp)]).unwrap_err();
+        assert!(e.contains("8443:61443/tcp") && e.contains("TLS"), "{e}");
+        let e = check_port_mappings(&[m(80, 0, Udp)]).unwrap_err();
+        assert!(e.contains("container port 0 is out of range"), "{e}");
+        // Host port 61443 is an ordinary host port.
+        assert!(check_port_mappings(&[m(61443, 8080, Tcp)]).is_ok());
+    }
+
+    #[test]
+    fn attach_carries_port_mappings_and_old_replies_load() {
+        let line = r#"{"op":"attach","handle":"h","app_id":"A","netns":"/n",
+            "port_mappings":[{"hostPort":0,"containerPort":8080}]}"#;
+        let Request::Attach(a) = serde_json::from_str(line).unwrap() else {
+            panic!("not an attach")
+        };
+        assert_eq!(a.port_mappings[0].to_string(), "0:8080/tcp");
+        // A running container with mappings goes out as `attach` (`up` has no mappings).
+        assert!(matches!(a.clone().into_request(), Request::Attach(_)));
+        let json = serde_json::to_string(&Request::Attach(a)).unwrap();
+        assert!(
+            json.contains(
+                r#""port_mappings":[{"hostPort":0,"containerPort":8080,"protocol":"tcp"}]"#
+            ),
+            "{json}"
+        );
+        // A reply from a cell without net-in has no mappings.
+        let old = r#"{"handle":"h","container_ip":"10.255.1.2","gateway":"169.254.0.1",
+            "mac":"ee:ee:0a:ff:01:02","mtu":1450,"ifname":"eth0","netns":"/n","dns_servers":[],
+            "search_domains":[]}"#;
+        let a: Attachment = serde_json::from_str(old).unwrap();
+        assert!(a.port_mappings.is_empty());
     }
 
     #[test]

@@ -81,6 +81,7 @@ impl Cell {
             netns: rec.netns.clone(),
             dns_servers: vec![],
             search_domains: vec![],
+            port_mappings: rec.port_mappings.clone(),
         }
     }
 
@@ -213,6 +214,7 @@ impl Cell {
             lifecycle,
             network,
             ip: wanted,
+            port_mappings,
         } = req;
         validate(&up)?;
         let mut inner = self.lock();
@@ -246,6 +248,15 @@ impl Cell {
                     up.handle,
                     up.ifname,
                     rec.ip
+                );
+            }
+            if !super::net_in::same_mappings(&port_mappings, &rec.port_mappings) {
+                bail!(
+                    "handle {} is already attached as {} with port mappings [{}], not the requested [{}]",
+                    up.handle,
+                    up.ifname,
+                    super::net_in::list(&rec.port_mappings),
+                    super::net_in::list(&port_mappings)
                 );
             }
             return Ok(self.attachment(rec));
@@ -287,6 +298,8 @@ impl Cell {
                 self.config.subnet
             );
         };
+        let (port_mappings, net_in_cursor) =
+            super::net_in::assign(&port_mappings, &inner.containers, inner.net_in_cursor)?;
         let rec = ContainerRecord {
             handle: up.handle.clone(),
             app_id: up.app_id,
@@ -298,20 +311,43 @@ impl Cell {
             ifname: up.ifname,
             lifecycle,
             network,
+            port_mappings,
+        };
+        // Host ports first: a port another process holds fails the attach before anything
+        // else is made. On any later failure they are released again.
+        let net_in = !rec.port_mappings.is_empty();
+        if net_in {
+            self.apply_net_in(&inner, Some(&rec), None)
+                .with_context(|| {
+                    format!(
+                        "mapping host ports [{}] for handle {} (nothing was changed)",
+                        super::net_in::list(&rec.port_mappings),
+                        rec.handle
+                    )
+                })?;
+        }
+        let undo = |inner: &super::Inner| {
+            let _ = tapestry_sys::tap::delete_in_netns(&rec.netns, &rec.ifname);
+            if net_in {
+                if let Err(e) = self.apply_net_in(inner, None, None) {
+                    tracing::error!(handle = %rec.handle, "releasing the host ports of a failed attach: {e:#}");
+                }
+            }
         };
         let tap = match self.plumb(&rec) {
             Ok(t) => t,
             Err(e) => {
-                let _ = tapestry_sys::tap::delete_in_netns(&rec.netns, &rec.ifname);
+                undo(&inner);
                 return Err(e);
             }
         };
         inner.containers.containers.insert(key.clone(), rec.clone());
         if let Err(e) = self.state.store("containers.json", &inner.containers) {
             inner.containers.containers.remove(&key);
-            let _ = tapestry_sys::tap::delete_in_netns(&rec.netns, &rec.ifname);
+            undo(&inner);
             return Err(e);
         }
+        inner.net_in_cursor = net_in_cursor;
         // Stale connections of an earlier container with this address must not carry over.
         self.conntrack.remove_ip(rec.ip);
         self.publish(&inner)?;
@@ -319,7 +355,7 @@ impl Cell {
         inner.taps.insert(key, tap);
         self.instances_dirty.notify_one();
         tracing::info!(handle = %rec.handle, ifname = %rec.ifname, app = %rec.app_id, ip = %rec.ip,
-            lifecycle = rec.lifecycle.as_str(), "container up");
+            lifecycle = rec.lifecycle.as_str(), net_in = %super::net_in::list(&rec.port_mappings), "container up");
         Ok(self.attachment(&rec))
     }
 
@@ -347,11 +383,18 @@ impl Cell {
         let Some(rec) = inner.containers.containers.get(key).cloned() else {
             return Ok(());
         };
+        // Host ports first: a listener must never outlive its container (the address may go
+        // to another one). On an error nothing changed and the detach can be retried.
+        if !rec.port_mappings.is_empty() {
+            self.apply_net_in(&inner, None, Some(key))
+                .with_context(|| format!("releasing the host ports of {key}"))?;
+        }
         self.dataplane.remove_port(self.port_of(rec.ip));
         inner.taps.remove(key);
         tapestry_sys::tap::delete_in_netns(&rec.netns, &rec.ifname)
             .with_context(|| format!("deleting {} in {}", rec.ifname, rec.netns.display()))?;
         inner.containers.containers.remove(key);
+        inner.net_in_suspended.remove(key);
         self.state.store("containers.json", &inner.containers)?;
         self.conntrack.remove_ip(rec.ip);
         self.publish(&inner)?;
@@ -528,6 +571,7 @@ impl Cell {
                 tracing::error!("saving containers: {e:#}");
             }
         }
+        self.restore_net_in(&mut inner);
         if let Err(e) = self.publish(&inner) {
             tracing::error!("publishing tables: {e:#}");
         }

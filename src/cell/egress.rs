@@ -107,6 +107,7 @@ mod tests {
             ifname: "eth0".into(),
             lifecycle,
             network: None,
+            port_mappings: vec![],
         }
     }
 

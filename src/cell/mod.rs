@@ -6,6 +6,7 @@ pub mod api;
 mod attach;
 mod dataplane;
 mod egress;
+mod net_in;
 pub mod state;
 mod status;
 mod sync;
@@ -88,6 +89,11 @@ pub struct CellArgs {
     /// 169.254.0.2 are never covered.
     #[arg(long, value_name = "CIDR,...", default_value = DEFAULT_DENY_NETWORKS)]
     deny_networks: String,
+    /// Net-in: the address the cell listens on for containers' mapped host ports (CNI
+    /// portMappings, `container up --net-in`). Default: --underlay-ip; 0.0.0.0 for every
+    /// address of the host.
+    #[arg(long, value_name = "IP")]
+    net_in_address: Option<Ipv4Addr>,
 }
 
 /// Link-local, which holds cloud metadata services (169.254.169.254).
@@ -140,6 +146,8 @@ pub struct CellConfig {
     pub tap_txqueuelen: u32,
     /// Destinations no ASG can open.
     pub deny_networks: Vec<ipnet::Ipv4Net>,
+    /// Where the cell listens for net-in (mapped host ports).
+    pub net_in_address: Ipv4Addr,
 }
 
 impl CellConfig {
@@ -159,6 +167,7 @@ impl CellConfig {
             tap_txqueuelen: DEFAULT_TAP_TXQUEUELEN,
             deny_networks: parse_deny_networks(DEFAULT_DENY_NETWORKS)
                 .expect("the default deny-networks parse"),
+            net_in_address: underlay_ip,
         }
     }
 
@@ -189,6 +198,11 @@ struct Inner {
     /// Each attachment's TAP queues (one per worker, or one), by attachment key.
     taps: std::collections::HashMap<String, Vec<Arc<tapestry_sys::tap::Tap>>>,
     control: sync::ControlStatus,
+    /// Attachments whose net-in mappings could not be bound at start (see
+    /// [`Cell::restore_net_in`]): reserved, not in force.
+    net_in_suspended: std::collections::BTreeSet<String>,
+    /// Where the search for the next free net-in host port starts.
+    net_in_cursor: u16,
 }
 
 pub fn run(args: CellArgs) -> Result<()> {
@@ -239,6 +253,12 @@ pub fn run(args: CellArgs) -> Result<()> {
     if underlay_ip.is_unspecified() || underlay_ip.is_broadcast() || underlay_ip.is_multicast() {
         bail!("--underlay-ip {underlay_ip} is not a unicast address of this host");
     }
+    let net_in_address = args.net_in_address.unwrap_or(underlay_ip);
+    if net_in_address.is_broadcast() || net_in_address.is_multicast() {
+        bail!(
+            "--net-in-address {net_in_address} is not a unicast address of this host (or 0.0.0.0)"
+        );
+    }
     for f in ["ca.pem", "cert.pem", "key.pem"] {
         if !credentials.join(f).is_file() {
             bail!(
@@ -281,6 +301,7 @@ pub fn run(args: CellArgs) -> Result<()> {
             max_containers: args.max_containers,
             tap_txqueuelen: args.tap_txqueuelen,
             deny_networks,
+            net_in_address,
         };
         let view = view::CellView::load(&state)?;
         let containers: Containers = state
@@ -301,6 +322,12 @@ pub fn run(args: CellArgs) -> Result<()> {
                 busy_poll: std::time::Duration::from_micros(args.busy_poll_us),
                 nice: args.dataplane_nice,
             },
+            dataplane::stack::StackOptions {
+                egress_ip: config.underlay_ip,
+                net_in_address: config.net_in_address,
+                mtu: (config.underlay_mtu - ENCAP_OVERHEAD) as usize,
+                state_dir: state_dir.clone(),
+            },
             tables.clone(),
             conntrack.clone(),
             counters.clone(),
@@ -317,6 +344,8 @@ pub fn run(args: CellArgs) -> Result<()> {
                 view,
                 taps: Default::default(),
                 control: sync::ControlStatus::default(),
+                net_in_suspended: Default::default(),
+                net_in_cursor: *api::NET_IN_RANGE.start(),
             }),
             instances_dirty: tokio::sync::Notify::new(),
         });
@@ -357,6 +386,7 @@ impl api::Handler for Cell {
                 lifecycle: api::Lifecycle::Running,
                 network: None,
                 ip: None,
+                port_mappings: vec![],
             })?)?),
             api::Request::Attach(a) => Ok(serde_json::to_value(self.up(a)?)?),
             api::Request::Down { handle } => {

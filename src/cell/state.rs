@@ -36,6 +36,10 @@ pub struct ContainerRecord {
     /// for containers attached outside CNI (or by an older version): GC never touches them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// Net-in: the cell's host ports forwarded to this attachment, with the real host ports
+    /// (records written before net-in load with none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_mappings: Vec<super::api::PortMapping>,
 }
 
 impl ContainerRecord {
@@ -186,6 +190,7 @@ pub fn port_id_for(base: Ipv4Addr, ip: Ipv4Addr) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cell::api::{PortMapping, Protocol};
 
     #[test]
     fn allocates_lowest_free_and_reuses() {
@@ -226,6 +231,18 @@ mod tests {
                 ifname: "eth0".into(),
                 lifecycle: tapestry_switch::Lifecycle::Staging,
                 network: Some("net1".into()),
+                port_mappings: vec![
+                    PortMapping {
+                        host_port: 61000,
+                        container_port: 8080,
+                        protocol: Protocol::Tcp,
+                    },
+                    PortMapping {
+                        host_port: 53,
+                        container_port: 5353,
+                        protocol: Protocol::Udp,
+                    },
+                ],
             },
         );
         s.store("containers.json", &c).unwrap();
@@ -270,6 +287,29 @@ mod tests {
             c.containers["h1"].lifecycle,
             tapestry_switch::Lifecycle::Running
         );
+        assert!(c.containers["h1"].port_mappings.is_empty());
+    }
+
+    #[test]
+    fn port_mappings_are_stored_in_the_shape_of_cni() {
+        let rec = r#"{"handle":"h1","app_id":"A","ip":"10.255.7.1","netns":"/n","ifname":"eth0",
+            "port_mappings":[{"hostPort":61001,"containerPort":8080},
+                             {"hostPort":61002,"containerPort":53,"protocol":"udp"}]}"#;
+        let rec: ContainerRecord = serde_json::from_str(rec).unwrap();
+        let m = &rec.port_mappings;
+        assert_eq!((m[0].host_port, m[0].container_port), (61001, 8080));
+        assert_eq!(m[0].protocol, Protocol::Tcp, "tcp is the default");
+        assert_eq!(m[1].protocol, Protocol::Udp);
+        let json = serde_json::to_string(&rec).unwrap();
+        assert!(json.contains(r#""hostPort":61002,"containerPort":53,"protocol":"udp""#));
+        // A record without mappings is written as before.
+        let plain = ContainerRecord {
+            port_mappings: vec![],
+            ..rec
+        };
+        assert!(!serde_json::to_string(&plain)
+            .unwrap()
+            .contains("port_mappings"));
     }
 }
 

@@ -42,6 +42,24 @@ impl Cell {
                 })
             })
             .collect();
+        let flows: Vec<Value> = match self.dataplane.stack_flows() {
+            Ok(flows) => flows
+                .iter()
+                .map(|f| {
+                    json!({
+                        "port": f.port.0,
+                        "protocol": f.protocol,
+                        "container": f.container.to_string(),
+                        "remote": f.remote.to_string(),
+                        "direction": if f.net_in { "net-in" } else { "egress" },
+                        "state": f.state,
+                        "asg_group": f.rule.as_ref().map(|r| r.0.clone()),
+                        "asg_rule": f.rule.as_ref().map(|r| r.1),
+                    })
+                })
+                .collect(),
+            Err(e) => vec![json!({ "error": format!("{e:#}") })],
+        };
         let drops: serde_json::Map<String, Value> = counters
             .drops
             .iter()
@@ -76,9 +94,12 @@ impl Cell {
             "asg_errors": snap.egress().errors().iter().map(|e| e.to_string()).collect::<Vec<_>>(),
             "conntrack_entries": self.conntrack.len(),
             "ports": ports,
+            "net_in_address": self.config.net_in_address.to_string(),
+            "net_in": self.net_in_status(&inner),
             "max_containers": self.config.max_containers,
             "tap_txqueuelen": self.config.tap_txqueuelen,
             "drops": drops,
+            "stack_flows": flows,
             "totals": json!(counters.totals),
         })
     }
@@ -158,6 +179,32 @@ pub fn print(state_dir: &Path, as_json: bool) -> Result<()> {
         );
     }
     println!();
+    let net_in = v["net_in"].as_array().cloned().unwrap_or_default();
+    if net_in.is_empty() {
+        println!("net-in on {}: (no mappings)", s(&v["net_in_address"]));
+    } else {
+        println!("net-in on {}:", s(&v["net_in_address"]));
+        println!(
+            "  {:<9} {:<5} {:<21} {:<24} IFNAME",
+            "HOST PORT", "PROTO", "CONTAINER", "HANDLE"
+        );
+        for m in &net_in {
+            let suspended = if m["in_force"] == Value::Bool(false) {
+                "  (not in force: see the cell's log)"
+            } else {
+                ""
+            };
+            println!(
+                "  {:<9} {:<5} {:<21} {:<24} {}{suspended}",
+                s(&m["host_port"]),
+                s(&m["protocol"]),
+                format!("{}:{}", s(&m["container_ip"]), s(&m["container_port"])),
+                s(&m["handle"]),
+                s(&m["ifname"]),
+            );
+        }
+    }
+    println!();
     println!("drops by reason:");
     let mut any = false;
     for (k, n) in v["drops"].as_object().into_iter().flatten() {
@@ -168,6 +215,27 @@ pub fn print(state_dir: &Path, as_json: bool) -> Result<()> {
     }
     if !any {
         println!("  (none)");
+    }
+    println!();
+    println!("local stack flows (egress and net-in):");
+    let flows = v["stack_flows"].as_array().cloned().unwrap_or_default();
+    if flows.is_empty() {
+        println!("  (none)");
+    }
+    for f in &flows {
+        let rule = match (&f["asg_group"], &f["asg_rule"]) {
+            (Value::String(g), n) => format!("ASG {g} rule {}", s(n)),
+            _ => "-".into(),
+        };
+        println!(
+            "  {:<8} {:<4} {:<22} {:<22} {:<12} {}",
+            s(&f["direction"]),
+            s(&f["protocol"]),
+            s(&f["container"]),
+            s(&f["remote"]),
+            s(&f["state"]),
+            rule
+        );
     }
     Ok(())
 }

@@ -125,7 +125,22 @@ pub fn build_snapshot(
         subnet: subnet_tuple(&config.subnet),
     };
     let egress = super::egress::build(config, view.view.asgs(), containers)?;
+    let labels = containers
+        .containers
+        .values()
+        .filter(|c| config.subnet.contains(&c.ip))
+        .map(|c| {
+            (
+                PortId(port_id_for(base, c.ip)),
+                tapestry_switch::PortLabel {
+                    handle: c.handle.clone(),
+                    app_id: c.app_id.clone(),
+                    space_id: c.space_id.clone(),
+                },
+            )
+        })
+        .collect();
     Snapshot::new(cfg, ports, remotes, policies)
-        .map(|s| s.with_egress(egress))
+        .map(|s| s.with_egress(egress).with_labels(labels))
         .map_err(|e| anyhow::anyhow!("building the switch tables: {e}"))
 }

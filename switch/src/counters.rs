@@ -41,7 +41,14 @@ drop_reasons! {
     ToVtep => "to_vtep", "Addressed to a VTEP address (the subnet's .0).";
     NoSuchPort => "no_such_port", "In this cell's subnet, but no port has the address.";
     NoLease => "no_lease", "Inside the overlay, but no cell holds that subnet.";
-    OutsideOverlay => "outside_overlay", "Outside the overlay (egress to other networks is not supported yet).";
+    OutsideOverlay => "outside_overlay", "Outside the overlay, and the cell has no local stack to carry it.";
+    AsgNoRule => "asg_no_rule", "Egress: no rule of the container's ASGs allows the new flow (default deny); answered with ICMP port unreachable.";
+    AsgDenyNetworks => "asg_deny_networks", "Egress: the destination is in the cell's deny-networks; answered with ICMP port unreachable.";
+    HostUnreachable => "host_unreachable", "Egress: the host could not reach the destination (refused or unreachable); answered with a RST or ICMP unreachable.";
+    StackNoFlow => "stack_no_flow", "A TCP segment outside the overlay for no flow the local stack carries; answered with a RST.";
+    StackFlowsFull => "stack_flows_full", "The local stack carries its most flows; the new one was refused.";
+    StackQueueFull => "stack_queue_full", "The local stack's queue or a host socket's buffer was full.";
+    GatewayPortClosed => "gateway_port_closed", "To a port of 169.254.0.1/169.254.0.2 that no service listens on.";
     NotLocal => "not_local", "From the underlay, but not addressed to this cell's subnet.";
     MalformedL4 => "malformed_l4", "TCP/UDP/ICMP header truncated or invalid.";
     BadL4Checksum => "bad_l4_checksum", "TCP or UDP checksum of a frame from the underlay is wrong (and not a partial one).";
@@ -112,6 +119,10 @@ pub struct Totals {
     /// Frames from the underlay whose inner TCP/UDP checksum arrived partial (a kernel VTEP's
     /// CHECKSUM_PARTIAL kept by a veth or bridge) and was completed.
     pub partial_checksums_completed: u64,
+    /// Flows the local stack carries now (egress and net-in).
+    pub stack_flows: u64,
+    /// Flows the local stack has opened since the start.
+    pub stack_flows_opened: u64,
 }
 
 /// Everything counted, read at one moment.
@@ -157,6 +168,8 @@ pub struct Counters {
     port_tx_errors: AtomicU64,
     underlay_tx_errors: AtomicU64,
     partial_checksums_completed: AtomicU64,
+    stack_flows: AtomicU64,
+    stack_flows_opened: AtomicU64,
 }
 
 impl Default for Counters {
@@ -180,6 +193,8 @@ impl Counters {
             port_tx_errors: AtomicU64::new(0),
             underlay_tx_errors: AtomicU64::new(0),
             partial_checksums_completed: AtomicU64::new(0),
+            stack_flows: AtomicU64::new(0),
+            stack_flows_opened: AtomicU64::new(0),
         }
     }
 
@@ -226,6 +241,14 @@ impl Counters {
     pub fn underlay_tx(&self, bytes: usize) {
         self.underlay_tx_packets.fetch_add(1, Relaxed);
         self.underlay_tx_bytes.fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub fn set_stack_flows(&self, n: usize) {
+        self.stack_flows.store(n as u64, Relaxed);
+    }
+
+    pub fn stack_flow_opened(&self) {
+        self.stack_flows_opened.fetch_add(1, Relaxed);
     }
 
     pub fn set_conntrack_entries(&self, n: usize) {
@@ -313,6 +336,8 @@ impl Counters {
             port_tx_errors: self.port_tx_errors.load(Relaxed),
             underlay_tx_errors: self.underlay_tx_errors.load(Relaxed),
             partial_checksums_completed: self.partial_checksums_completed.load(Relaxed),
+            stack_flows: self.stack_flows.load(Relaxed),
+            stack_flows_opened: self.stack_flows_opened.load(Relaxed),
             ..Totals::default()
         };
         for (_, s) in &ports {

@@ -34,6 +34,7 @@ pub mod buf;
 pub mod counters;
 pub mod offload;
 pub mod pipeline;
+pub mod stack;
 pub mod tables;
 pub mod wire;
 
@@ -46,6 +47,6 @@ pub use tables::asg::{
 };
 pub use tables::conntrack::Conntrack;
 pub use tables::{
-    CellConfig, FxHashMap, PolicyRule, PortConfig, PortId, Proto, RemoteCell, Snapshot, TableError,
-    Tables,
+    CellConfig, FxHashMap, PolicyRule, PortConfig, PortId, PortLabel, Proto, RemoteCell, Snapshot,
+    TableError, Tables,
 };

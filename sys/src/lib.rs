@@ -12,6 +12,8 @@
 //!   `enable_gro` / `recv_gro`, `recv_batch` / `send_batch` (recvmmsg / sendmmsg over
 //!   caller-owned buffers), `probe_udp_offloads`.
 //! - [`vnet`]: the virtio-net header.
+//! - [`hostsock`]: the local stack's host sockets (TCP connect from the cell's address,
+//!   connected UDP, ping or raw ICMP, net-in listeners).
 //! - [`sched`]: the calling thread's nice value (`--dataplane-nice`).
 //!
 //! Errors ([`Error`]) name the operation and the device or namespace, e.g.
@@ -21,6 +23,7 @@
 //! denied, `clippy::undocumented_unsafe_blocks` warned (an error under `clippy -D warnings`).
 
 mod error;
+pub mod hostsock;
 pub mod netlink;
 pub mod netns;
 pub mod sched;

@@ -16,9 +16,9 @@
 //! inner flow, and a multiqueue TAP sends a container's frames to the queue its flow was last
 //! written to. Workers share the table snapshots, the connection tracker and the counters.
 
-// Not wired to the control side yet (issue 8 in progress).
-#[allow(dead_code)]
+mod asg_log;
 pub mod net_in;
+pub mod stack;
 mod underlay_rx;
 mod underlay_tx;
 
@@ -44,6 +44,7 @@ use underlay_rx::UnderlayRx;
 use underlay_tx::UnderlayTx;
 
 const UDP: Token = Token(0);
+const ETH_HEADER_LEN: usize = tapestry_switch::wire::ethernet::HEADER_LEN;
 const WAKER: Token = Token(1);
 const PORT_BASE: usize = 2;
 /// Frames read from one TAP before the loop looks at other work.
@@ -104,6 +105,7 @@ impl WorkerHandle {
 #[derive(Clone)]
 pub struct DataplaneHandle {
     workers: Vec<WorkerHandle>,
+    stack: stack::StackLink,
 }
 
 impl DataplaneHandle {
@@ -139,21 +141,31 @@ impl DataplaneHandle {
             };
             w.send(PortCommand::Add { id, tap, read });
         }
+        self.stack.send(stack::StackMsg::AddPort {
+            id,
+            tap: first.clone(),
+        });
     }
 
     pub fn remove_port(&self, id: PortId) {
         for w in &self.workers {
             w.send(PortCommand::Remove(id));
         }
+        self.stack.send(stack::StackMsg::RemovePort(id));
+    }
+
+    /// The flows the local stack carries now (egress and net-in).
+    pub fn stack_flows(&self) -> Result<Vec<tapestry_switch::stack::FlowInfo>> {
+        self.stack.ask(|reply| stack::StackMsg::Flows { reply })
     }
 
     /// Makes `rules` the cell's whole set of net-in mappings: listeners for new host ports are
     /// bound before this returns (an error names the port that could not be bound, and the
     /// mappings in force stay as they were), those of mappings no longer listed are closed.
-    #[allow(dead_code)]
     pub fn set_net_in(&self, rules: &[net_in::NetInRule]) -> Result<()> {
-        let _ = rules;
-        Ok(())
+        let rules = rules.to_vec();
+        self.stack
+            .ask(|reply| stack::StackMsg::SetNetIn { rules, reply })?
     }
 }
 
@@ -216,11 +228,13 @@ pub struct Options {
 pub fn start(
     socks: Vec<UdpSocket>,
     opts: Options,
+    stack_opts: stack::StackOptions,
     tables: Arc<Tables>,
     conntrack: Arc<Conntrack>,
     counters: Arc<Counters>,
 ) -> Result<DataplaneHandle> {
     let offload = opts.offload;
+    let stack = stack::start(stack_opts, tables.clone(), counters.clone())?;
     if !offload {
         tracing::info!("offloads off (--no-offload): plain frames, batched system calls");
     }
@@ -264,11 +278,12 @@ pub fn start(
             again_work: Vec::with_capacity(1024),
             udp_again: false,
             busy_poll: opts.busy_poll,
+            stack: stack.clone(),
         };
         spawn_worker(dp, opts.nice)?;
         workers.push(WorkerHandle { tx, waker, stats });
     }
-    Ok(DataplaneHandle { workers })
+    Ok(DataplaneHandle { workers, stack })
 }
 
 fn spawn_worker(mut dp: Dataplane, nice: i32) -> Result<()> {
@@ -310,6 +325,7 @@ struct Dataplane {
     again_work: Vec<PortId>,
     udp_again: bool,
     busy_poll: Duration,
+    stack: stack::StackLink,
 }
 
 impl Dataplane {
@@ -436,6 +452,7 @@ impl Dataplane {
                         }
                     }
                     Verdict::ToUnderlay(dst) => self.txq.push(dst, self.buf.data()),
+                    Verdict::ToStack => self.hand_to_stack(id, virtio_net::Repr::default()),
                     Verdict::Drop(_) => {}
                 }
             }
@@ -445,9 +462,26 @@ impl Dataplane {
         }
     }
 
+    /// Hands the IP packet in the buffer (an Ethernet frame) to the local stack.
+    fn hand_to_stack(&mut self, from: PortId, hdr: virtio_net::Repr) {
+        let Some(ip) = self.buf.data().get(ETH_HEADER_LEN..) else {
+            return;
+        };
+        let udp_gso = if hdr.gso_kind() == virtio_net::GSO_UDP_L4 {
+            hdr.gso_size
+        } else {
+            0
+        };
+        self.stack.packet(from, ip, udp_gso, &self.counters);
+    }
+
     /// Sends what `from_port_vnet` left in the buffer, as the switch's offload decisions say.
     fn emit_vnet(&mut self, from: PortId, v: Verdict, hdr: virtio_net::Repr) {
         let r = match v {
+            Verdict::ToStack => {
+                self.hand_to_stack(from, hdr);
+                Ok(())
+            }
             Verdict::ToPort(to) => {
                 let Some(p) = self.ports.get(&to) else {
                     return;

@@ -1,5 +1,5 @@
 //! Net-in: the host ports the cell listens on and the container address each one forwards to
-//! (CF's DNAT from a host port in 61000-65999, done here through the local stack). The control
+//! (CF's DNAT from a host port in 61000-65535, done here through the local stack). The control
 //! side says which mappings exist ([`super::DataplaneHandle::set_net_in`]); the stack thread owns
 //! the listeners.
 

@@ -26,6 +26,10 @@ pub enum Verdict {
     ToPort(PortId),
     /// Send `pkt.data()` (VXLAN-GBP header + inner frame) as a UDP payload to this address.
     ToUnderlay(SocketAddrV4),
+    /// An IPv4 packet leaving the overlay (or to the gateway's services): hand
+    /// `pkt.data()[ethernet::HEADER_LEN..]` to the cell's local stack ([`crate::stack`]), which
+    /// makes the egress (ASG) decision and answers.
+    ToStack,
     /// Nothing to send; the reason has been counted.
     Drop(DropReason),
 }
@@ -175,6 +179,7 @@ impl Switch {
         match v {
             Verdict::ToPort(p) => self.counters.port_tx(p, out_len),
             Verdict::ToUnderlay(_) => self.counters.underlay_tx(out_len),
+            Verdict::ToStack => {}
             Verdict::Drop(r) => {
                 tracing::trace!(reason = r.as_str(), "drop");
                 self.counters.dropped(r, drop_port, in_len)
@@ -252,7 +257,8 @@ fn from_port(cx: &mut Ctx<'_>, id: PortId, pkt: &mut PacketBuf) -> Result<Verdic
         }
         Route::Vtep => Err(DropReason::ToVtep),
         Route::OverlayNoLease => Err(DropReason::NoLease),
-        Route::Outside => Err(DropReason::OutsideOverlay),
+        // The local stack counts what it refuses; a driver without one counts OutsideOverlay.
+        Route::Outside => Ok(Verdict::ToStack),
     }
 }
 

@@ -215,6 +215,15 @@ pub struct Snapshot {
     routes: RouteTable,
     policy: PolicyTable,
     egress: asg::Egress,
+    labels: FxHashMap<PortId, PortLabel>,
+}
+
+/// Who a port belongs to, for logs (the switch decides nothing by it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortLabel {
+    pub handle: String,
+    pub app_id: String,
+    pub space_id: String,
 }
 
 impl Snapshot {
@@ -258,6 +267,7 @@ impl Snapshot {
             routes,
             policy,
             egress: asg::Egress::deny_only(asg::DenyNetworks::default()),
+            labels: FxHashMap::default(),
         })
     }
 
@@ -269,6 +279,16 @@ impl Snapshot {
     }
 
     /// The ASG side: deny-networks and each port's compiled rules.
+    /// The same snapshot with who each port belongs to.
+    pub fn with_labels(mut self, labels: FxHashMap<PortId, PortLabel>) -> Snapshot {
+        self.labels = labels;
+        self
+    }
+
+    pub fn label(&self, port: PortId) -> Option<&PortLabel> {
+        self.labels.get(&port)
+    }
+
     pub fn egress(&self) -> &asg::Egress {
         &self.egress
     }

@@ -1,0 +1,589 @@
+//! The local stack's thread: it owns the sans-IO [`Stack`], the host sockets of egress flows,
+//! the net-in listeners and the ASG log. Workers hand it the IP packets their pipeline sent
+//! `ToStack` (a bounded channel; a full one drops and counts, as a full NIC queue would), and it
+//! writes the stack's frames to the containers' TAPs. Every decision is the stack's; this file
+//! only moves bytes and opens sockets (through `tapestry_sys::hostsock`).
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use mio::net::{TcpListener, TcpStream, UdpSocket};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use tapestry_switch::offload;
+use tapestry_switch::stack::{FlowId, FlowInfo, HostIo, IcmpSocket, Stack, StackConfig};
+use tapestry_switch::wire::virtio_net;
+use tapestry_switch::{Counters, DropReason, FxHashMap, PortId, Tables};
+use tapestry_sys::hostsock;
+use tapestry_sys::tap::Tap;
+
+use super::asg_log::AsgLog;
+use super::net_in::{NetInProtocol, NetInRule};
+
+const WAKER: Token = Token(0);
+/// Listener tokens: 1 + host port (TCP) or 1 + 65536 + host port (UDP).
+const LISTENER_BASE: usize = 1;
+const FLOW_BASE: usize = 1 << 18;
+/// Packets waiting for the stack thread at most.
+const QUEUE: usize = 4096;
+
+/// What the workers and the control side send the stack thread.
+pub(crate) enum StackMsg {
+    /// An IPv4 packet from a container (`udp_gso`: see [`Stack::from_port`]).
+    Packet {
+        port: PortId,
+        buf: Vec<u8>,
+        udp_gso: u16,
+    },
+    AddPort {
+        id: PortId,
+        tap: Arc<Tap>,
+    },
+    RemovePort(PortId),
+    SetNetIn {
+        rules: Vec<NetInRule>,
+        reply: Sender<Result<()>>,
+    },
+    Flows {
+        reply: Sender<Vec<FlowInfo>>,
+    },
+}
+
+/// A sender to the stack thread, for workers and the control side.
+#[derive(Clone)]
+pub(crate) struct StackLink {
+    tx: Sender<StackMsg>,
+    free: Receiver<Vec<u8>>,
+    waker: Arc<Waker>,
+}
+
+impl StackLink {
+    /// Copies an IPv4 packet for the stack (buffers are recycled through `free`).
+    pub fn packet(&self, port: PortId, ip: &[u8], udp_gso: u16, counters: &Counters) {
+        let mut buf = self.free.try_recv().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(ip);
+        match self.tx.try_send(StackMsg::Packet { port, buf, udp_gso }) {
+            Ok(()) => {
+                let _ = self.waker.wake();
+            }
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                counters.dropped(DropReason::StackQueueFull, Some(port), ip.len())
+            }
+        }
+    }
+
+    pub fn send(&self, msg: StackMsg) {
+        if self.tx.send(msg).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Asks the stack thread and waits for its answer.
+    pub fn ask<T>(&self, msg: impl FnOnce(Sender<T>) -> StackMsg) -> Result<T> {
+        let (reply, rx) = crossbeam_channel::bounded(1);
+        self.send(msg(reply));
+        rx.recv_timeout(Duration::from_secs(10))
+            .context("the local stack thread did not answer")
+    }
+}
+
+/// Settings of the stack thread.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    /// Egress flows leave from this address (CF's MASQUERADE to the cell's IP).
+    pub egress_ip: Ipv4Addr,
+    /// Net-in listeners bind this address.
+    pub net_in_address: Ipv4Addr,
+    /// The containers' MTU.
+    pub mtu: usize,
+    /// Where `asg.log` is written.
+    pub state_dir: PathBuf,
+}
+
+pub(crate) fn start(
+    opts: StackOptions,
+    tables: Arc<Tables>,
+    counters: Arc<Counters>,
+) -> Result<StackLink> {
+    let poll = Poll::new().context("creating the local stack's poller")?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER).context("creating its waker")?);
+    let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+    let (free_tx, free) = crossbeam_channel::bounded(QUEUE);
+    let registry = poll
+        .registry()
+        .try_clone()
+        .context("cloning the poller's registry")?;
+    let log = AsgLog::open(&opts.state_dir.join("asg.log"))?;
+    let now = Instant::now();
+    let stack = Stack::new(
+        StackConfig {
+            mtu: opts.mtu,
+            ..StackConfig::default()
+        },
+        counters.clone(),
+        now,
+    );
+    let mut driver = Driver {
+        poll,
+        rx,
+        free_tx,
+        stack,
+        host: Host {
+            registry,
+            src: opts.egress_ip,
+            socks: FxHashMap::default(),
+            udp_listeners: BTreeMap::new(),
+        },
+        ports: FxHashMap::default(),
+        tcp_listeners: BTreeMap::new(),
+        rules: BTreeMap::new(),
+        net_in_address: opts.net_in_address,
+        tables,
+        counters,
+        scratch: vec![0u8; (64 << 10) + 256].into_boxed_slice(),
+        log,
+    };
+    std::thread::Builder::new()
+        .name("local-stack".into())
+        .spawn(move || {
+            if let Err(e) = driver.run() {
+                tracing::error!("the local stack stopped: {e:#}");
+                std::process::exit(3);
+            }
+        })
+        .context("spawning the local stack thread")?;
+    Ok(StackLink { tx, free, waker })
+}
+
+enum HostSock {
+    Tcp {
+        s: TcpStream,
+        connecting: bool,
+    },
+    Udp(UdpSocket),
+    Icmp(hostsock::Socket),
+    /// Net-in UDP: replies go to `client` from the listener of `host_port`.
+    UdpIn {
+        host_port: u16,
+        client: SocketAddr,
+    },
+}
+
+/// The host sockets of the stack's flows.
+struct Host {
+    registry: Registry,
+    src: Ipv4Addr,
+    socks: FxHashMap<FlowId, HostSock>,
+    udp_listeners: BTreeMap<u16, UdpSocket>,
+}
+
+fn flow_token(id: FlowId) -> Token {
+    Token(FLOW_BASE + id.0 as usize)
+}
+
+impl Host {
+    fn add(&mut self, id: FlowId, mut sock: HostSock, interest: Interest) -> io::Result<()> {
+        let t = flow_token(id);
+        match &mut sock {
+            HostSock::Tcp { s, .. } => self.registry.register(s, t, interest)?,
+            HostSock::Udp(s) => self.registry.register(s, t, interest)?,
+            HostSock::Icmp(s) => {
+                self.registry
+                    .register(&mut SourceFd(&s.as_raw_fd()), t, interest)?
+            }
+            HostSock::UdpIn { .. } => {}
+        }
+        self.socks.insert(id, sock);
+        Ok(())
+    }
+}
+
+impl HostIo for Host {
+    fn connect_tcp(&mut self, flow: FlowId, dst: SocketAddrV4) -> io::Result<()> {
+        let s = TcpStream::from_std(hostsock::tcp_connect_from(self.src, dst)?);
+        self.add(
+            flow,
+            HostSock::Tcp {
+                s,
+                connecting: true,
+            },
+            Interest::READABLE | Interest::WRITABLE,
+        )
+    }
+
+    fn open_udp(&mut self, flow: FlowId, dst: SocketAddrV4) -> io::Result<()> {
+        let s = UdpSocket::from_std(hostsock::udp_connected(self.src, dst)?);
+        self.add(flow, HostSock::Udp(s), Interest::READABLE)
+    }
+
+    fn open_icmp(&mut self, flow: FlowId, dst: Ipv4Addr) -> io::Result<IcmpSocket> {
+        let (s, kind) = hostsock::icmp_echo(self.src, dst)?;
+        self.add(flow, HostSock::Icmp(s), Interest::READABLE)?;
+        Ok(match kind {
+            hostsock::IcmpKind::Ping => IcmpSocket::Ping,
+            hostsock::IcmpKind::Raw => IcmpSocket::Raw,
+        })
+    }
+
+    fn read(&mut self, flow: FlowId, buf: &mut [u8]) -> io::Result<usize> {
+        match self.socks.get_mut(&flow) {
+            Some(HostSock::Tcp { s, .. }) => s.read(buf),
+            Some(HostSock::Udp(s)) => s.recv(buf),
+            Some(HostSock::Icmp(s)) => (&*s).read(buf),
+            Some(HostSock::UdpIn { .. }) | None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    fn write(&mut self, flow: FlowId, buf: &[u8]) -> io::Result<usize> {
+        match self.socks.get_mut(&flow) {
+            Some(HostSock::Tcp { s, .. }) => s.write(buf),
+            Some(HostSock::Udp(s)) => s.send(buf),
+            Some(HostSock::Icmp(s)) => s.send(buf),
+            Some(HostSock::UdpIn { host_port, client }) => {
+                match self.udp_listeners.get(host_port) {
+                    Some(l) => l.send_to(buf, *client),
+                    None => Err(io::ErrorKind::NotConnected.into()),
+                }
+            }
+            None => Err(io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    fn shutdown_write(&mut self, flow: FlowId) {
+        if let Some(HostSock::Tcp { s, .. }) = self.socks.get(&flow) {
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        }
+    }
+
+    fn close(&mut self, flow: FlowId, abort: bool) {
+        match self.socks.remove(&flow) {
+            Some(HostSock::Tcp { mut s, .. }) => {
+                if abort {
+                    let _ = hostsock::reset_on_close(&s);
+                }
+                let _ = self.registry.deregister(&mut s);
+            }
+            Some(HostSock::Udp(mut s)) => {
+                let _ = self.registry.deregister(&mut s);
+            }
+            Some(HostSock::Icmp(s)) => {
+                let _ = self.registry.deregister(&mut SourceFd(&s.as_raw_fd()));
+            }
+            Some(HostSock::UdpIn { .. }) | None => {}
+        }
+    }
+}
+
+struct Port {
+    tap: Arc<Tap>,
+    vnet: bool,
+}
+
+struct Driver {
+    poll: Poll,
+    rx: Receiver<StackMsg>,
+    free_tx: Sender<Vec<u8>>,
+    stack: Stack,
+    host: Host,
+    ports: FxHashMap<PortId, Port>,
+    tcp_listeners: BTreeMap<u16, TcpListener>,
+    /// (protocol, host port) -> the container address it forwards to.
+    rules: BTreeMap<(NetInProtocol, u16), SocketAddrV4>,
+    net_in_address: Ipv4Addr,
+    tables: Arc<Tables>,
+    counters: Arc<Counters>,
+    scratch: Box<[u8]>,
+    log: AsgLog,
+}
+
+impl Driver {
+    fn run(&mut self) -> Result<()> {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let now = Instant::now();
+            let timeout = self
+                .stack
+                .poll_delay(now)
+                .unwrap_or(Duration::from_secs(1))
+                .min(Duration::from_secs(1));
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e).context("polling the local stack"),
+            }
+            let snap = self.tables.load_full();
+            let now = Instant::now();
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => {}
+                    Token(t) if t >= FLOW_BASE => {
+                        let id = FlowId((t - FLOW_BASE) as u32);
+                        self.flow_event(id, ev);
+                    }
+                    Token(t) if t >= LISTENER_BASE + 65536 => {
+                        self.udp_net_in(&snap, (t - LISTENER_BASE - 65536) as u16, now)
+                    }
+                    Token(t) => self.accept(&snap, (t - LISTENER_BASE) as u16, now),
+                }
+            }
+            // Control messages and packets; bounded, so host sockets get their turn.
+            for _ in 0..QUEUE {
+                let Ok(msg) = self.rx.try_recv() else { break };
+                self.message(&snap, msg, now);
+            }
+            self.stack.poll(&snap, now, &mut self.host);
+            self.transmit();
+            while let Some(a) = self.stack.poll_admitted() {
+                self.log.admitted(&snap, &a);
+            }
+            if !self.rx.is_empty() {
+                let _ = self.poll.registry(); // more to do: loop without sleeping
+                continue;
+            }
+        }
+    }
+
+    fn message(&mut self, snap: &tapestry_switch::Snapshot, msg: StackMsg, now: Instant) {
+        match msg {
+            StackMsg::Packet { port, buf, udp_gso } => {
+                if let Err(r) = self
+                    .stack
+                    .from_port(snap, port, &buf, udp_gso, now, &mut self.host)
+                {
+                    self.counters.dropped(r, Some(port), buf.len());
+                }
+                let _ = self.free_tx.try_send(buf);
+            }
+            StackMsg::AddPort { id, tap } => {
+                let vnet = tap.options().vnet_hdr;
+                self.ports.insert(id, Port { tap, vnet });
+            }
+            StackMsg::RemovePort(id) => {
+                self.ports.remove(&id);
+            }
+            StackMsg::SetNetIn { rules, reply } => {
+                let _ = reply.send(self.set_net_in(&rules));
+            }
+            StackMsg::Flows { reply } => {
+                let _ = reply.send(self.stack.flows());
+            }
+        }
+    }
+
+    fn flow_event(&mut self, id: FlowId, ev: &mio::event::Event) {
+        let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+        let writable = ev.is_writable() || ev.is_write_closed() || ev.is_error();
+        if let Some(HostSock::Tcp { s, connecting }) = self.host.socks.get_mut(&id) {
+            if *connecting {
+                let result = match s.take_error() {
+                    Ok(Some(e)) | Err(e) => Err(e),
+                    Ok(None) => match s.peer_addr() {
+                        Ok(_) => Ok(()),
+                        Err(e) if e.kind() == io::ErrorKind::NotConnected && !ev.is_error() => {
+                            return; // still in progress
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
+                *connecting = false;
+                let ok = result.is_ok();
+                self.stack.host_connected(id, result, &mut self.host);
+                if !ok {
+                    return;
+                }
+            }
+        }
+        self.stack
+            .host_ready(id, readable, writable, &mut self.host);
+    }
+
+    /// Net-in TCP: accepts every waiting client of `host_port`.
+    fn accept(&mut self, snap: &tapestry_switch::Snapshot, host_port: u16, now: Instant) {
+        loop {
+            let Some(l) = self.tcp_listeners.get(&host_port) else {
+                return;
+            };
+            let (mut s, client) = match l.accept() {
+                Ok(c) => c,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!("net-in: accepting on port {host_port}: {e}");
+                    return;
+                }
+            };
+            let (SocketAddr::V4(client), Some(&to)) =
+                (client, self.rules.get(&(NetInProtocol::Tcp, host_port)))
+            else {
+                let _ = hostsock::reset_on_close(&s);
+                continue;
+            };
+            let _ = s.set_nodelay(true);
+            let Some(id) = self.stack.net_in_tcp(snap, client, to, now) else {
+                let _ = hostsock::reset_on_close(&s);
+                continue;
+            };
+            if let Err(e) = self.host.registry.register(
+                &mut s,
+                flow_token(id),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                tracing::warn!("net-in: registering a connection: {e}");
+                continue;
+            }
+            self.host.socks.insert(
+                id,
+                HostSock::Tcp {
+                    s,
+                    connecting: false,
+                },
+            );
+        }
+    }
+
+    /// Net-in UDP: relays every waiting datagram to `host_port` into its container.
+    fn udp_net_in(&mut self, snap: &tapestry_switch::Snapshot, host_port: u16, now: Instant) {
+        let Some(&to) = self.rules.get(&(NetInProtocol::Udp, host_port)) else {
+            return;
+        };
+        for _ in 0..256 {
+            let Some(l) = self.host.udp_listeners.get(&host_port) else {
+                return;
+            };
+            let (n, client) = match l.recv_from(&mut self.scratch) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => continue,
+            };
+            let SocketAddr::V4(c4) = client else { continue };
+            if let Some(id) = self.stack.net_in_udp(snap, c4, to, &self.scratch[..n], now) {
+                self.host
+                    .socks
+                    .entry(id)
+                    .or_insert(HostSock::UdpIn { host_port, client });
+            }
+        }
+    }
+
+    /// Makes `rules` the whole set of mappings: binds what is new first (an error leaves the
+    /// mappings as they were), then closes what is gone.
+    fn set_net_in(&mut self, rules: &[NetInRule]) -> Result<()> {
+        let mut new_tcp = Vec::new();
+        let mut new_udp = Vec::new();
+        let fail = |new_tcp: Vec<(u16, TcpListener)>, new_udp: Vec<(u16, UdpSocket)>| {
+            drop((new_tcp, new_udp));
+        };
+        for r in rules {
+            let addr = SocketAddrV4::new(self.net_in_address, r.host_port);
+            let have = match r.protocol {
+                NetInProtocol::Tcp => self.tcp_listeners.contains_key(&r.host_port),
+                NetInProtocol::Udp => self.host.udp_listeners.contains_key(&r.host_port),
+            };
+            if have {
+                continue;
+            }
+            let bound = match r.protocol {
+                NetInProtocol::Tcp => hostsock::tcp_listen(addr)
+                    .map(|l| new_tcp.push((r.host_port, TcpListener::from_std(l)))),
+                NetInProtocol::Udp => hostsock::udp_listen(addr)
+                    .map(|l| new_udp.push((r.host_port, UdpSocket::from_std(l)))),
+            };
+            if let Err(e) = bound {
+                fail(new_tcp, new_udp);
+                let proto = match r.protocol {
+                    NetInProtocol::Tcp => "tcp",
+                    NetInProtocol::Udp => "udp",
+                };
+                return Err(anyhow::anyhow!(
+                    "net-in: cannot listen on {addr} ({proto}) for host port {}: {e}",
+                    r.host_port
+                ));
+            }
+        }
+        let registry = self.poll.registry();
+        for (p, mut l) in new_tcp {
+            registry.register(
+                &mut l,
+                Token(LISTENER_BASE + p as usize),
+                Interest::READABLE,
+            )?;
+            self.tcp_listeners.insert(p, l);
+        }
+        for (p, mut l) in new_udp {
+            registry.register(
+                &mut l,
+                Token(LISTENER_BASE + 65536 + p as usize),
+                Interest::READABLE,
+            )?;
+            self.host.udp_listeners.insert(p, l);
+        }
+        self.rules = rules
+            .iter()
+            .map(|r| {
+                (
+                    (r.protocol, r.host_port),
+                    SocketAddrV4::new(r.container_ip, r.container_port),
+                )
+            })
+            .collect();
+        let keep_tcp = |p: &u16| self.rules.contains_key(&(NetInProtocol::Tcp, *p));
+        let gone: Vec<u16> = self
+            .tcp_listeners
+            .keys()
+            .copied()
+            .filter(|p| !keep_tcp(p))
+            .collect();
+        for p in gone {
+            if let Some(mut l) = self.tcp_listeners.remove(&p) {
+                let _ = registry.deregister(&mut l);
+            }
+        }
+        let keep_udp = |p: &u16| self.rules.contains_key(&(NetInProtocol::Udp, *p));
+        let gone: Vec<u16> = self
+            .host
+            .udp_listeners
+            .keys()
+            .copied()
+            .filter(|p| !keep_udp(p))
+            .collect();
+        for p in gone {
+            if let Some(mut l) = self.host.udp_listeners.remove(&p) {
+                let _ = registry.deregister(&mut l);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the stack's frames to the containers' TAPs.
+    fn transmit(&mut self) {
+        while let Some(mut t) = self.stack.poll_transmit() {
+            if let Some(p) = self.ports.get(&t.port) {
+                t.hdr.emit(&mut virtio_net::Packet::new_unchecked(
+                    &mut t.buf[..virtio_net::HEADER_LEN],
+                ));
+                let len = t.buf.len() - virtio_net::HEADER_LEN;
+                let counters = &self.counters;
+                let r = offload::to_port(&mut t.buf, &t.hdr, p.vnet, &mut self.scratch, |b| {
+                    if p.tap.write(b).is_err() {
+                        counters.port_tx_error();
+                    }
+                });
+                match r {
+                    Ok(_) => self.counters.port_tx(t.port, len),
+                    Err(_) => self
+                        .counters
+                        .dropped(DropReason::BadOffload, Some(t.port), len),
+                }
+            }
+            self.stack.recycle(t.buf);
+        }
+    }
+}

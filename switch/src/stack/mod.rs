@@ -1,0 +1,897 @@
+//! The cell's local stack: where a container's flows that leave the overlay end.
+//!
+//! The pipeline hands the stack every IPv4 packet a container sends outside the overlay
+//! ([`crate::Verdict::ToStack`]). The stack owns the gateway 169.254.0.1 (it answers pings;
+//! 169.254.0.2 is the cell's DNS address), and carries everything else on ordinary host
+//! sockets, as passt and slirp4netns do, instead of iptables and kernel NAT:
+//!
+//! - **Egress.** A container's new TCP, UDP or ICMP echo flow is checked against its
+//!   application security groups ([`crate::Snapshot::egress_decision`]: deny-networks first, then
+//!   the union of its groups, default deny). A denied flow gets an ICMP port unreachable at
+//!   once (CF's REJECT) and is counted by reason. An admitted TCP flow is held at its SYN until
+//!   the host connection (from the cell's address: CF's MASQUERADE) is up; then the SYN goes to
+//!   smoltcp, which completes the handshake, and the two byte streams are spliced. A refused
+//!   host connection becomes a RST to the container, an unreachable one an ICMP unreachable.
+//!   UDP and ICMP echo are relayed through connected host datagram sockets. Established flows
+//!   stay when the ASGs change, as in CF; new ones see the change at once.
+//! - **Net-in.** The driver accepts a connection on a mapped host port and calls
+//!   [`Stack::net_in_tcp`]; smoltcp connects to the container *from the client's address*, so
+//!   the app sees who called (CF's DNAT), and the streams are spliced the same way.
+//!
+//! Sans-IO like the pipeline: packets and `now` in; frames for containers out
+//! ([`Stack::poll_transmit`]); host sockets driven through the [`HostIo`] the caller implements
+//! (the cell's driver with real sockets, tests with a simulated host side).
+
+mod device;
+pub mod frame;
+mod tcp;
+
+use std::collections::VecDeque;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use smoltcp::iface::{Config, Interface, SocketSet};
+use smoltcp::wire::{HardwareAddress, IpCidr};
+
+use crate::counters::{Counters, DropReason};
+use crate::pipeline::flow::{self, Frag};
+use crate::tables::asg::{self, EgressVerdict};
+use crate::tables::{FxHashMap, PortId, Snapshot};
+use crate::wire::{icmp, ipv4, tcp as tcpw, udp, virtio_net};
+use device::Pipe;
+pub use frame::FRAME_HEADROOM;
+
+/// The gateway every container routes through; the stack answers for it.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 1);
+/// The cell's DNS address (served by the DNS responder; until then, port unreachable).
+pub const DNS: Ipv4Addr = Ipv4Addr::new(169, 254, 0, 2);
+
+/// Idle timeouts of datagram flows, as the connection tracker's.
+pub const UDP_TIMEOUT: Duration = crate::tables::flow_state::UDP_REPLIED_TIMEOUT;
+pub const ICMP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One flow of the stack, as the driver names its host socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowId(pub u32);
+
+/// How the host carries ICMP echo: an unprivileged ping socket (the kernel picks the echo
+/// identifier and filters replies) or a raw socket (every ICMP message of the host arrives,
+/// with its IP header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IcmpSocket {
+    Ping,
+    Raw,
+}
+
+/// The host side of the stack: sockets the driver opens and moves bytes through. Every call is
+/// non-blocking; `WouldBlock` means "later" (the driver reports readiness with
+/// [`Stack::host_ready`]).
+pub trait HostIo {
+    /// Starts a TCP connection from the cell's address to `dst`; its outcome is reported with
+    /// [`Stack::host_connected`].
+    fn connect_tcp(&mut self, flow: FlowId, dst: SocketAddrV4) -> io::Result<()>;
+    /// Opens a UDP socket on the cell's address, connected to `dst`.
+    fn open_udp(&mut self, flow: FlowId, dst: SocketAddrV4) -> io::Result<()>;
+    /// Opens an ICMP socket for echo to `dst`.
+    fn open_icmp(&mut self, flow: FlowId, dst: Ipv4Addr) -> io::Result<IcmpSocket>;
+    /// Reads from a stream or receives one datagram.
+    fn read(&mut self, flow: FlowId, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes to a stream or sends one datagram.
+    fn write(&mut self, flow: FlowId, buf: &[u8]) -> io::Result<usize>;
+    /// Half-closes a stream (FIN to the host peer).
+    fn shutdown_write(&mut self, flow: FlowId);
+    /// Closes the socket; `abort` resets a stream instead of closing it gracefully.
+    fn close(&mut self, flow: FlowId, abort: bool);
+}
+
+/// A frame for a container: write `buf[FRAME_HEADROOM..]` to `port`, or, for a port with the
+/// virtio-net header, `hdr` emitted into `buf[..FRAME_HEADROOM]` followed by the frame (see
+/// [`crate::offload::to_port`], which does either). Hand `buf` back with [`Stack::recycle`].
+#[derive(Debug)]
+pub struct Transmit {
+    pub port: PortId,
+    pub hdr: virtio_net::Repr,
+    pub buf: Vec<u8>,
+}
+
+/// A flow admitted by an ASG rule with `log: true` (CF's ASG logging).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    pub port: PortId,
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    /// "tcp", "udp" or "icmp".
+    pub protocol: &'static str,
+    pub group: String,
+    pub rule: usize,
+}
+
+/// What the stack carries now, for `tapestry cell status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowInfo {
+    pub port: PortId,
+    pub protocol: &'static str,
+    pub container: SocketAddrV4,
+    pub remote: SocketAddrV4,
+    pub net_in: bool,
+    pub state: &'static str,
+    /// The ASG group and rule index that admitted an egress flow.
+    pub rule: Option<(String, usize)>,
+}
+
+/// Settings of the local stack.
+#[derive(Debug, Clone, Copy)]
+pub struct StackConfig {
+    /// The containers' MTU (underlay MTU minus the encapsulation).
+    pub mtu: usize,
+    /// Most flows at once; a new one beyond is refused like a denied one (and counted).
+    pub max_flows: usize,
+    /// smoltcp's receive and send buffer per TCP flow, each.
+    pub tcp_buffer: usize,
+}
+
+impl Default for StackConfig {
+    fn default() -> Self {
+        StackConfig {
+            mtu: 1450,
+            max_flows: 65_536,
+            tcp_buffer: 512 << 10,
+        }
+    }
+}
+
+/// (protocol, container address, container port or echo id, remote address, remote port).
+type Key = (u8, Ipv4Addr, u16, Ipv4Addr, u16);
+
+#[derive(Debug)]
+enum Kind {
+    Tcp(tcp::TcpFlow),
+    Udp,
+    /// Net-in UDP: datagrams from a client to a mapped host port, and the container's replies.
+    UdpIn,
+    Icmp {
+        ident: u16,
+        socket: IcmpSocket,
+    },
+}
+
+#[derive(Debug)]
+struct Entry {
+    key: Key,
+    port: PortId,
+    kind: Kind,
+    last_seen: Instant,
+    rule: Option<(String, usize)>,
+}
+
+/// The local stack of one cell.
+pub struct Stack {
+    config: StackConfig,
+    counters: Arc<Counters>,
+    epoch: Instant,
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    dev: Pipe,
+    flows: Vec<Option<Entry>>,
+    free: Vec<u32>,
+    by_key: FxHashMap<Key, FlowId>,
+    out: VecDeque<Transmit>,
+    admitted: VecDeque<Admitted>,
+    scratch: Vec<u8>,
+    last_sweep: Instant,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack")
+            .field("flows", &self.by_key.len())
+            .finish()
+    }
+}
+
+/// Log lines waiting to be written at most; more are dropped (the driver rate-limits).
+const ADMITTED_MAX: usize = 4096;
+
+impl Stack {
+    pub fn new(config: StackConfig, counters: Arc<Counters>, now: Instant) -> Stack {
+        let mut dev = Pipe::default();
+        let mut cfg = Config::new(HardwareAddress::Ip);
+        cfg.random_seed = now.elapsed().as_nanos() as u64 ^ 0x7461_7065_7374_7279;
+        let mut iface = Interface::new(cfg, &mut dev, smoltcp::time::Instant::ZERO);
+        iface.update_ip_addrs(|a| {
+            let _ = a.push(IpCidr::new(GATEWAY.into(), 32));
+        });
+        // Every address is ours: the stack stands in for the whole world outside the overlay
+        // (any_ip with a default route through our own address).
+        iface.set_any_ip(true);
+        let _ = iface.routes_mut().add_default_ipv4_route(GATEWAY);
+        Stack {
+            config,
+            counters,
+            epoch: now,
+            iface,
+            sockets: SocketSet::new(Vec::new()),
+            dev,
+            flows: Vec::new(),
+            free: Vec::new(),
+            by_key: FxHashMap::default(),
+            out: VecDeque::new(),
+            admitted: VecDeque::new(),
+            scratch: vec![0u8; 65536],
+            last_sweep: now,
+        }
+    }
+
+    fn smol_now(&self, now: Instant) -> smoltcp::time::Instant {
+        smoltcp::time::Instant::from_micros(
+            now.saturating_duration_since(self.epoch).as_micros() as i64
+        )
+    }
+
+    /// Flows carried now.
+    pub fn flow_count(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Every flow, for status.
+    pub fn flows(&self) -> Vec<FlowInfo> {
+        self.flows
+            .iter()
+            .flatten()
+            .map(|e| {
+                let (protocol, state, net_in) = match &e.kind {
+                    Kind::Tcp(t) => ("tcp", t.state_name(&self.sockets), t.net_in),
+                    Kind::Udp => ("udp", "open", false),
+                    Kind::UdpIn => ("udp", "open", true),
+                    Kind::Icmp { .. } => ("icmp", "open", false),
+                };
+                FlowInfo {
+                    port: e.port,
+                    protocol,
+                    container: SocketAddrV4::new(e.key.1, e.key.2),
+                    remote: SocketAddrV4::new(e.key.3, e.key.4),
+                    net_in,
+                    state,
+                    rule: e.rule.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// The next frame for a container.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.out.pop_front()
+    }
+
+    /// The next flow admitted by a logging rule.
+    pub fn poll_admitted(&mut self) -> Option<Admitted> {
+        self.admitted.pop_front()
+    }
+
+    /// Takes back a buffer of a [`Transmit`].
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        self.dev.recycle(buf);
+    }
+
+    fn insert(&mut self, e: Entry) -> FlowId {
+        let id = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.flows.push(None);
+                (self.flows.len() - 1) as u32
+            }
+        };
+        self.by_key.insert(e.key, FlowId(id));
+        self.flows[id as usize] = Some(e);
+        self.counters.set_stack_flows(self.by_key.len());
+        FlowId(id)
+    }
+
+    fn remove(&mut self, id: FlowId, io: &mut impl HostIo, abort: bool) {
+        let Some(e) = self.flows.get_mut(id.0 as usize).and_then(Option::take) else {
+            return;
+        };
+        self.by_key.remove(&e.key);
+        if let Kind::Tcp(t) = &e.kind {
+            t.release(&mut self.sockets);
+        }
+        io.close(id, abort);
+        self.free.push(id.0);
+        self.counters.set_stack_flows(self.by_key.len());
+    }
+
+    fn entry(&mut self, id: FlowId) -> Option<&mut Entry> {
+        self.flows.get_mut(id.0 as usize).and_then(Option::as_mut)
+    }
+
+    /// Queues a frame built by `build` into a pooled buffer for `port`.
+    fn send_built(&mut self, port: PortId, build: impl FnOnce(&mut Vec<u8>) -> bool) {
+        let mut b = self.dev.buffer();
+        if build(&mut b) {
+            let hdr = frame::finish(&mut b, self.config.mtu, 0);
+            self.out.push_back(Transmit { port, hdr, buf: b });
+        } else {
+            self.dev.recycle(b);
+        }
+    }
+
+    fn reject(&mut self, port: PortId, packet: &[u8], from: Ipv4Addr, code: u8) {
+        self.send_built(port, |b| frame::icmp_unreachable(b, packet, from, code));
+    }
+
+    /// An IPv4 packet a container on `port` sent outside the overlay (the pipeline has checked
+    /// its Ethernet and IP headers and its source address). `udp_gso` is the segment size of a
+    /// UDP super-datagram (USO from a TAP with the virtio-net header), 0 for none: its payload
+    /// goes out as datagrams of that size.
+    pub fn from_port(
+        &mut self,
+        snap: &Snapshot,
+        port: PortId,
+        packet: &[u8],
+        udp_gso: u16,
+        now: Instant,
+        io: &mut impl HostIo,
+    ) -> Result<(), DropReason> {
+        let ip = flow::check_ipv4(packet)?;
+        let f = flow::parse(&ip)?;
+        if f.frag != Frag::None {
+            // Containers discover the path MTU (DF is set by default); fragments are rare
+            // and not reassembled here.
+            return Err(DropReason::Fragment);
+        }
+        let packet = &packet[..ip.total_len() as usize];
+        if f.dst == GATEWAY || f.dst == DNS {
+            return self.gateway_service(port, &ip, packet);
+        }
+        let key_port = match f.proto {
+            ipv4::PROTO_ICMP => {
+                let m =
+                    icmp::Packet::new_checked(ip.payload()).map_err(|_| DropReason::MalformedL4)?;
+                if m.msg_type() != icmp::ECHO_REQUEST {
+                    // Errors about a net-in flow, and anything else, end here.
+                    return Err(DropReason::IcmpDenied);
+                }
+                (m.rest() >> 16) as u16
+            }
+            _ => f.sport,
+        };
+        let key: Key = (f.proto, f.src, key_port, f.dst, f.dport);
+        if let Some(&id) = self.by_key.get(&key) {
+            return self.existing(id, packet, udp_gso, now, io);
+        }
+        match f.proto {
+            ipv4::PROTO_TCP if f.tcp_flags & (tcpw::SYN | tcpw::ACK | tcpw::RST) != tcpw::SYN => {
+                // Not the start of a flow the stack knows: a closed port's answer.
+                self.send_built(port, |b| frame::tcp_reset(b, packet));
+                return Err(DropReason::StackNoFlow);
+            }
+            ipv4::PROTO_TCP | ipv4::PROTO_UDP | ipv4::PROTO_ICMP => {}
+            _ => {
+                self.reject(port, packet, GATEWAY, frame::CODE_PORT_UNREACHABLE);
+                return Err(DropReason::ProtocolDenied);
+            }
+        }
+        let asg_flow = match f.proto {
+            ipv4::PROTO_TCP => asg::Flow::Tcp {
+                dst: f.dst,
+                port: f.dport,
+            },
+            ipv4::PROTO_UDP => asg::Flow::Udp {
+                dst: f.dst,
+                port: f.dport,
+            },
+            _ => asg::Flow::Icmp {
+                dst: f.dst,
+                icmp_type: icmp::ECHO_REQUEST,
+                code: 0,
+            },
+        };
+        let rule = match snap.egress_decision(port, &asg_flow) {
+            EgressVerdict::Allow(m) => (m.group.to_string(), m.rule, m.log),
+            EgressVerdict::Deny(reason) => {
+                self.reject(port, packet, GATEWAY, frame::CODE_PORT_UNREACHABLE);
+                return Err(match reason {
+                    asg::DenyReason::DenyNetworks => DropReason::AsgDenyNetworks,
+                    asg::DenyReason::NoRule => DropReason::AsgNoRule,
+                    asg::DenyReason::UnknownPort => DropReason::UnknownPort,
+                });
+            }
+            EgressVerdict::Overlay => return Err(DropReason::NoLease),
+        };
+        if self.by_key.len() >= self.config.max_flows {
+            self.reject(port, packet, GATEWAY, frame::CODE_HOST_UNREACHABLE);
+            return Err(DropReason::StackFlowsFull);
+        }
+        let protocol = match f.proto {
+            ipv4::PROTO_TCP => "tcp",
+            ipv4::PROTO_UDP => "udp",
+            _ => "icmp",
+        };
+        if rule.2 && self.admitted.len() < ADMITTED_MAX {
+            self.admitted.push_back(Admitted {
+                port,
+                src: SocketAddrV4::new(f.src, key_port),
+                dst: SocketAddrV4::new(f.dst, f.dport),
+                protocol,
+                group: rule.0.clone(),
+                rule: rule.1,
+            });
+        }
+        let kind = match f.proto {
+            ipv4::PROTO_TCP => Kind::Tcp(tcp::TcpFlow::connecting(packet)),
+            ipv4::PROTO_UDP => Kind::Udp,
+            _ => Kind::Icmp {
+                ident: key_port,
+                socket: IcmpSocket::Ping,
+            },
+        };
+        let id = self.insert(Entry {
+            key,
+            port,
+            kind,
+            last_seen: now,
+            rule: Some((rule.0, rule.1)),
+        });
+        self.counters.stack_flow_opened();
+        let opened = match f.proto {
+            ipv4::PROTO_TCP => io.connect_tcp(id, SocketAddrV4::new(f.dst, f.dport)),
+            ipv4::PROTO_UDP => io.open_udp(id, SocketAddrV4::new(f.dst, f.dport)),
+            _ => io.open_icmp(id, f.dst).map(|s| {
+                if let Some(Entry {
+                    kind: Kind::Icmp { socket, .. },
+                    ..
+                }) = self.entry(id)
+                {
+                    *socket = s;
+                }
+            }),
+        };
+        if let Err(e) = opened {
+            self.host_failed(port, packet, &e);
+            self.remove(id, io, true);
+            return Err(DropReason::HostUnreachable);
+        }
+        if f.proto != ipv4::PROTO_TCP {
+            return self.existing(id, packet, udp_gso, now, io);
+        }
+        Ok(())
+    }
+
+    /// What the container hears when the host could not reach the destination.
+    fn host_failed(&mut self, port: PortId, packet: &[u8], e: &io::Error) {
+        let is_tcp = packet.get(9) == Some(&ipv4::PROTO_TCP);
+        let dst = ipv4::Packet::new_unchecked(packet).dst();
+        match e.kind() {
+            io::ErrorKind::ConnectionRefused if is_tcp => {
+                self.send_built(port, |b| frame::tcp_reset(b, packet))
+            }
+            io::ErrorKind::ConnectionRefused => {
+                self.reject(port, packet, dst, frame::CODE_PORT_UNREACHABLE)
+            }
+            io::ErrorKind::NetworkUnreachable => {
+                self.reject(port, packet, GATEWAY, frame::CODE_NET_UNREACHABLE)
+            }
+            _ => self.reject(port, packet, GATEWAY, frame::CODE_HOST_UNREACHABLE),
+        }
+    }
+
+    /// A packet of a flow the stack carries.
+    fn existing(
+        &mut self,
+        id: FlowId,
+        packet: &[u8],
+        udp_gso: u16,
+        now: Instant,
+        io: &mut impl HostIo,
+    ) -> Result<(), DropReason> {
+        let Some(e) = self.flows.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            return Err(DropReason::StackNoFlow);
+        };
+        e.last_seen = now;
+        let port = e.port;
+        let ip = ipv4::Packet::new_unchecked(packet);
+        let hl = ip.header_len();
+        match &mut e.kind {
+            Kind::Tcp(t) => {
+                if t.handle.is_none() {
+                    t.hold_syn(packet);
+                    return Ok(());
+                }
+                let mut b = self.dev.buffer();
+                b.clear();
+                b.extend_from_slice(packet);
+                t.note_segment(&mut b);
+                self.dev.rx.push_back(b);
+                Ok(())
+            }
+            Kind::Udp | Kind::UdpIn => {
+                let datagram = udp::Packet::new_unchecked(&packet[hl..]);
+                let payload = datagram.payload();
+                let size = if udp_gso == 0 {
+                    payload.len().max(1)
+                } else {
+                    udp_gso as usize
+                };
+                for chunk in payload
+                    .chunks(size)
+                    .chain(payload.is_empty().then_some(&[][..]))
+                {
+                    match io.write(id, chunk) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            return Err(DropReason::StackQueueFull)
+                        }
+                        Err(e) => {
+                            self.host_failed(port, packet, &e);
+                            return Err(DropReason::HostUnreachable);
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Kind::Icmp { .. } => match io.write(id, &packet[hl..]) {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(DropReason::StackQueueFull),
+                Err(e) => {
+                    self.host_failed(port, packet, &e);
+                    Err(DropReason::HostUnreachable)
+                }
+            },
+        }
+    }
+
+    /// 169.254.0.1 answers echo; its and 169.254.0.2's ports are closed (DNS is served by the
+    /// DNS responder when there is one).
+    fn gateway_service(
+        &mut self,
+        port: PortId,
+        ip: &ipv4::Packet<&[u8]>,
+        packet: &[u8],
+    ) -> Result<(), DropReason> {
+        match ip.protocol() {
+            ipv4::PROTO_ICMP => {
+                let m =
+                    icmp::Packet::new_checked(ip.payload()).map_err(|_| DropReason::MalformedL4)?;
+                if m.msg_type() != icmp::ECHO_REQUEST {
+                    return Err(DropReason::IcmpDenied);
+                }
+                let mut reply = ip.payload().to_vec();
+                reply[0] = icmp::ECHO_REPLY;
+                let ident = (m.rest() >> 16) as u16;
+                let (src, dst) = (ip.dst(), ip.src());
+                self.send_built(port, |b| {
+                    frame::icmp_message(b, src, dst, &reply, ident);
+                    true
+                });
+                Ok(())
+            }
+            ipv4::PROTO_TCP => {
+                self.send_built(port, |b| frame::tcp_reset(b, packet));
+                Err(DropReason::GatewayPortClosed)
+            }
+            _ => {
+                let dst = ip.dst();
+                self.reject(port, packet, dst, frame::CODE_PORT_UNREACHABLE);
+                Err(DropReason::GatewayPortClosed)
+            }
+        }
+    }
+
+    /// The outcome of [`HostIo::connect_tcp`].
+    pub fn host_connected(&mut self, id: FlowId, result: io::Result<()>, io: &mut impl HostIo) {
+        let buffer = self.config.tcp_buffer;
+        let Some(e) = self.flows.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        let port = e.port;
+        let Kind::Tcp(t) = &mut e.kind else {
+            return;
+        };
+        if t.handle.is_some() {
+            return;
+        }
+        match result {
+            Ok(()) => {
+                if let Some(syn) = t.accept(&mut self.sockets, buffer, &mut self.dev) {
+                    self.dev.rx.push_back(syn);
+                }
+            }
+            Err(err) => {
+                let syn = t.held_syn().to_vec();
+                self.host_failed(port, &syn, &err);
+                self.remove(id, io, true);
+            }
+        }
+    }
+
+    /// A host socket became readable and/or writable (edge-triggered readiness).
+    pub fn host_ready(&mut self, id: FlowId, readable: bool, writable: bool, io: &mut impl HostIo) {
+        let Some(e) = self.entry(id) else {
+            return;
+        };
+        match &mut e.kind {
+            Kind::Tcp(t) => {
+                t.host_readable |= readable;
+                t.host_writable |= writable;
+            }
+            Kind::Udp | Kind::Icmp { .. } if readable => self.datagrams_from_host(id, io),
+            Kind::UdpIn => {}
+            _ => {}
+        }
+    }
+
+    /// Relays what a datagram socket received to the container.
+    fn datagrams_from_host(&mut self, id: FlowId, io: &mut impl HostIo) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        for _ in 0..64 {
+            let n = match io.read(id, &mut scratch) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // An ICMP error the host got for an earlier datagram (connected socket).
+                    if let Some(ent) = self.entry(id) {
+                        let (key, port) = (ent.key, ent.port);
+                        let mut q = Vec::new();
+                        frame::udp_datagram(&mut q, (key.1, key.2), (key.3, key.4), &[]);
+                        let quoted = q[frame::IP_AT..].to_vec();
+                        self.host_failed(port, &quoted, &e);
+                    }
+                    break;
+                }
+            };
+            let Some(ent) = self.flows.get(id.0 as usize).and_then(Option::as_ref) else {
+                break;
+            };
+            let (key, port) = (ent.key, ent.port);
+            let msg = &scratch[..n];
+            match ent.kind {
+                Kind::Udp => self.send_built(port, |b| {
+                    frame::udp_datagram(b, (key.3, key.4), (key.1, key.2), msg);
+                    true
+                }),
+                Kind::Icmp { ident, socket } => {
+                    let msg = match socket {
+                        IcmpSocket::Ping => Some(msg),
+                        IcmpSocket::Raw => raw_echo_reply(msg, key.3, ident),
+                    };
+                    let Some(msg) =
+                        msg.filter(|m| m.len() >= icmp::HEADER_LEN && m[0] == icmp::ECHO_REPLY)
+                    else {
+                        continue;
+                    };
+                    self.send_built(port, |b| {
+                        frame::icmp_message(b, key.3, key.1, msg, ident);
+                        true
+                    })
+                }
+                Kind::Tcp(_) | Kind::UdpIn => break,
+            }
+        }
+        self.scratch = scratch;
+    }
+
+    /// Net-in: a client connected to a mapped host port; connect to `container` from the
+    /// client's address. `None` when the container is not attached here or the 4-tuple is
+    /// taken (the driver closes the client's connection).
+    pub fn net_in_tcp(
+        &mut self,
+        snap: &Snapshot,
+        client: SocketAddrV4,
+        container: SocketAddrV4,
+        now: Instant,
+    ) -> Option<FlowId> {
+        let port = snap.port_by_ip(*container.ip())?.id;
+        let key: Key = (
+            ipv4::PROTO_TCP,
+            *container.ip(),
+            container.port(),
+            *client.ip(),
+            client.port(),
+        );
+        if self.by_key.contains_key(&key) || self.by_key.len() >= self.config.max_flows {
+            return None;
+        }
+        let t = tcp::TcpFlow::net_in(
+            &mut self.iface,
+            &mut self.sockets,
+            self.config.tcp_buffer,
+            client,
+            container,
+        )?;
+        let id = self.insert(Entry {
+            key,
+            port,
+            kind: Kind::Tcp(t),
+            last_seen: now,
+            rule: None,
+        });
+        self.counters.stack_flow_opened();
+        Some(id)
+    }
+
+    /// Net-in UDP: a datagram from `client` to a mapped host port, for `container`. Returns the
+    /// flow, new or existing (the driver sends the container's replies to `client` from the
+    /// mapped port), or `None` when the container is not attached here.
+    pub fn net_in_udp(
+        &mut self,
+        snap: &Snapshot,
+        client: SocketAddrV4,
+        container: SocketAddrV4,
+        payload: &[u8],
+        now: Instant,
+    ) -> Option<FlowId> {
+        let port = snap.port_by_ip(*container.ip())?.id;
+        let key: Key = (
+            ipv4::PROTO_UDP,
+            *container.ip(),
+            container.port(),
+            *client.ip(),
+            client.port(),
+        );
+        let id = match self.by_key.get(&key) {
+            Some(&id) => {
+                let e = self.entry(id)?;
+                if !matches!(e.kind, Kind::UdpIn) {
+                    return None;
+                }
+                e.last_seen = now;
+                id
+            }
+            None if self.by_key.len() < self.config.max_flows => {
+                self.counters.stack_flow_opened();
+                self.insert(Entry {
+                    key,
+                    port,
+                    kind: Kind::UdpIn,
+                    last_seen: now,
+                    rule: None,
+                })
+            }
+            None => return None,
+        };
+        let max = frame::MAX_IP_PAYLOAD - udp::HEADER_LEN;
+        let payload = &payload[..payload.len().min(max)];
+        self.send_built(port, |b| {
+            frame::udp_datagram(
+                b,
+                (*client.ip(), client.port()),
+                (*container.ip(), container.port()),
+                payload,
+            );
+            true
+        });
+        Some(id)
+    }
+
+    /// Runs the TCP/IP stack: processes the queued packets, moves bytes between smoltcp and the
+    /// host sockets, sends what is due, and expires idle flows.
+    pub fn poll(&mut self, snap: &Snapshot, now: Instant, io: &mut impl HostIo) {
+        let t = self.smol_now(now);
+        self.iface.poll(t, &mut self.dev, &mut self.sockets);
+        self.splice(io);
+        self.iface.poll(t, &mut self.dev, &mut self.sockets);
+        self.reap(io);
+        while let Some(mut b) = self.dev.tx.pop_front() {
+            let dst = ipv4::Packet::new_unchecked(&b[frame::IP_AT..]).dst();
+            let Some(p) = snap.port_by_ip(dst) else {
+                self.dev.recycle(b);
+                continue;
+            };
+            let mss = self
+                .by_key
+                .get(&tcp_key_of(&b))
+                .and_then(|id| self.flows[id.0 as usize].as_ref())
+                .and_then(|e| match &e.kind {
+                    Kind::Tcp(t) => Some(t.container_mss),
+                    _ => None,
+                })
+                .unwrap_or(536);
+            let hdr = frame::finish(&mut b, self.config.mtu, mss);
+            self.out.push_back(Transmit {
+                port: p.id,
+                hdr,
+                buf: b,
+            });
+        }
+        if now.saturating_duration_since(self.last_sweep) >= Duration::from_secs(1) {
+            self.sweep(snap, now, io);
+            self.last_sweep = now;
+        }
+    }
+
+    /// When [`Stack::poll`] wants to run again at the latest.
+    pub fn poll_delay(&mut self, now: Instant) -> Option<Duration> {
+        let t = self.smol_now(now);
+        self.iface
+            .poll_delay(t, &self.sockets)
+            .map(|d| Duration::from_micros(d.total_micros()))
+    }
+
+    fn splice(&mut self, io: &mut impl HostIo) {
+        for i in 0..self.flows.len() {
+            let Some(Entry {
+                kind: Kind::Tcp(t), ..
+            }) = self.flows[i].as_mut()
+            else {
+                continue;
+            };
+            t.splice(FlowId(i as u32), &mut self.sockets, io);
+        }
+    }
+
+    /// Removes the TCP flows whose both sides are done.
+    fn reap(&mut self, io: &mut impl HostIo) {
+        for i in 0..self.flows.len() {
+            let done = match self.flows[i].as_ref() {
+                Some(Entry {
+                    kind: Kind::Tcp(t), ..
+                }) => t.finished(&self.sockets),
+                _ => None,
+            };
+            if let Some(abort) = done {
+                self.remove(FlowId(i as u32), io, abort);
+            }
+        }
+    }
+
+    /// Expires idle datagram flows and the flows of ports that are gone.
+    fn sweep(&mut self, snap: &Snapshot, now: Instant, io: &mut impl HostIo) {
+        for i in 0..self.flows.len() {
+            let Some(e) = self.flows[i].as_mut() else {
+                continue;
+            };
+            let idle = now.saturating_duration_since(e.last_seen);
+            let gone = snap.port(e.port).is_none();
+            let expire = match &mut e.kind {
+                Kind::Udp | Kind::UdpIn => idle >= UDP_TIMEOUT,
+                Kind::Icmp { .. } => idle >= ICMP_TIMEOUT,
+                Kind::Tcp(t) => {
+                    if gone {
+                        t.abort(&mut self.sockets);
+                    }
+                    false
+                }
+            };
+            if expire || (gone && !matches!(e.kind, Kind::Tcp(_))) {
+                self.remove(FlowId(i as u32), io, false);
+            }
+        }
+    }
+}
+
+/// The flow key of a TCP packet the stack sends to a container (at `IP_AT`).
+fn tcp_key_of(b: &[u8]) -> Key {
+    let ip = ipv4::Packet::new_unchecked(&b[frame::IP_AT..]);
+    let l4 = &b[frame::IP_AT + ip.header_len()..];
+    if ip.protocol() != ipv4::PROTO_TCP || l4.len() < 4 {
+        return (0, Ipv4Addr::UNSPECIFIED, 0, Ipv4Addr::UNSPECIFIED, 0);
+    }
+    let t = tcpw::Packet::new_unchecked(l4);
+    (
+        ipv4::PROTO_TCP,
+        ip.dst(),
+        t.dst_port(),
+        ip.src(),
+        t.src_port(),
+    )
+}
+
+/// The ICMP echo reply in what a raw socket received (IP header first), if it comes from
+/// `from` and carries `ident`.
+fn raw_echo_reply(packet: &[u8], from: Ipv4Addr, ident: u16) -> Option<&[u8]> {
+    let ip = ipv4::Packet::new_checked(packet).ok()?;
+    if ip.src() != from || ip.protocol() != ipv4::PROTO_ICMP {
+        return None;
+    }
+    let m = packet.get(ip.header_len()..ip.total_len() as usize)?;
+    (m.len() >= icmp::HEADER_LEN
+        && m[0] == icmp::ECHO_REPLY
+        && u16::from_be_bytes([m[4], m[5]]) == ident)
+        .then_some(m)
+}
+
+#[cfg(test)]
+mod tests;
