@@ -168,18 +168,18 @@ wanted egress_cps && { [ -x "$CPS_BIN" ] || die "no tcp-cps binary at $CPS_BIN";
 WATCHDOG=$!
 
 # Per side: CNS container namespace, XNS external namespace, XIP its address, HIP the cell's
-# underlay address (net-in target).
-K_CNS=$PREFIX-kc1; K_XNS=$PREFIX-kx; K_XIP=198.18.0.101; K_HIP=198.18.0.1
-T_CNS=$PREFIX-tc1; T_XNS=$PREFIX-tx; T_XIP=198.18.0.111; T_HIP=198.18.0.11
-side_vars() { # SIDE -> CNS XNS XIP HIP
+# underlay address and HPORT the host port (net-in target).
+NETIN_HOST_PORT=61001 # net-in: cell underlay port ...
+NETIN_CPORT=8080      # ... to this container port
+K_CNS=$PREFIX-kc1; K_XNS=$PREFIX-kx; K_XIP=198.18.0.101; K_HIP=198.18.0.1; K_HPORT=$NETIN_HOST_PORT
+T_CNS=$PREFIX-tc1; T_XNS=$PREFIX-tx; T_XIP=198.18.0.111; T_HIP=198.18.0.11; T_HPORT=$NETIN_HOST_PORT
+side_vars() { # SIDE -> CNS XNS XIP HIP HPORT
     local s=${1^^} v
-    for v in CNS XNS XIP HIP; do local n=${s}_$v; printf -v "$v" '%s' "${!n}"; done
+    for v in CNS XNS XIP HIP HPORT; do local n=${s}_$v; printf -v "$v" '%s' "${!n}"; done
 }
 EGRESS_PORT=5201      # iperf3 on the external host
 CPS_PORT=5301         # tcp-cps server on the external host
 XFER_PORT=5401        # integrity transfers on the external host
-NETIN_HOST_PORT=61001 # net-in: cell underlay port ...
-NETIN_CPORT=8080      # ... to this container port
 ASG_RULES='[{"protocol":"all","destination":"0.0.0.0/0","description":"bench: everything"}]'
 
 # Both sides: a wide ephemeral port range in the container (the connection loop opens tens of
@@ -231,6 +231,21 @@ tapestry_egress_build() {
             tapestry_container_up "$TAPESTRY" "$W" 1 bench-a || { tfail all "$TFAIL"; return 1; }
         else
             tfail all "$TFAIL"; return 1
+        fi
+    fi
+    if [ ${#T_NETIN_ARGS[@]} -gt 0 ] && [ -z "${TF[netin_tcp]:-}" ]; then
+        # the host port the cell reports for the mapping (the one asked for)
+        T_HPORT=$(python3 - "$W/container-up1.out" "$NETIN_CPORT" <<'PY'
+import json, sys
+text = open(sys.argv[1]).read()
+j = json.loads(text[text.index("{"):text.rindex("}") + 1])
+print(next((m["HostPort"] for m in j.get("mapped_ports", []) if m.get("ContainerPort") == int(sys.argv[2])), ""))
+PY
+)
+        if [ -z "$T_HPORT" ]; then
+            tfail netin_tcp "container up --net-in printed no mapped port for $NETIN_CPORT: $(tail -c 200 "$W/container-up1.out" | tr '\n' ' ')"
+        elif [ "$T_HPORT" != "$NETIN_HOST_PORT" ]; then
+            log "tapestry: the cell mapped host port $T_HPORT, not $NETIN_HOST_PORT as asked; using $T_HPORT"
         fi
     fi
     host_add "$T_XNS" "$T_XIP" || { tfail all "underlay setup failed"; return 1; }
@@ -320,13 +335,13 @@ check_side() {
         bg "$CNS" "$W/probe-netin.$side.log" timeout 60 python3 "$HERE/lib/tcp_rr.py" server "$NETIN_CPORT" --timeout 30
         pid=$BG_PID
         wait_listen "$CNS" "$NETIN_CPORT" 10
-        if ! wait_tcp "$XNS" "$HIP" "$NETIN_HOST_PORT" 20; then
+        if ! wait_tcp "$XNS" "$HIP" "$HPORT" 20; then
             stop_pid "$pid"
-            [ "$side" = k ] && die "kernel reference: no net-in TCP connection from the external host to $HIP:$NETIN_HOST_PORT"
-            tfail netin_tcp "no net-in TCP connection from the external host to $HIP:$NETIN_HOST_PORT within 20 s ($(cell_diag))"
+            [ "$side" = k ] && die "kernel reference: no net-in TCP connection from the external host to $HIP:$HPORT"
+            tfail netin_tcp "no net-in TCP connection from the external host to $HIP:$HPORT within 20 s ($(cell_diag))"
         else
             stop_pid "$pid"
-            if xfer "$side" netin "$CNS" "$NETIN_CPORT" "$XNS" "$HIP:$NETIN_HOST_PORT"; then
+            if xfer "$side" netin "$CNS" "$NETIN_CPORT" "$XNS" "$HIP:$HPORT"; then
                 PEER[$side.netin]=$XFER_PEER
                 log "  $side: net-in: 50 MB external -> container verified (sha256), the container saw the client as $XFER_PEER$([ "$XFER_PEER" = "$XIP" ] && echo ' (source preserved)' || echo " (NOT the external host's $XIP)")"
             else
@@ -400,7 +415,7 @@ PY
 egress_tcp() { side_vars "$1"; iperf_run "$1" egress_tcp "$2" "$XNS" "$EGRESS_PORT" "$CNS" "$XIP" "$EGRESS_PORT"; }
 # the container opens the connection and receives (a download from outside)
 egress_tcp_rx() { side_vars "$1"; iperf_run "$1" egress_tcp_rx "$2" "$XNS" "$EGRESS_PORT" "$CNS" "$XIP" "$EGRESS_PORT" -R; }
-netin_tcp() { side_vars "$1"; iperf_run "$1" netin_tcp "$2" "$CNS" "$NETIN_CPORT" "$XNS" "$HIP" "$NETIN_HOST_PORT"; }
+netin_tcp() { side_vars "$1"; iperf_run "$1" netin_tcp "$2" "$CNS" "$NETIN_CPORT" "$XNS" "$HIP" "$HPORT"; }
 
 # egress_cps SIDE RUN: connections per second from the container to the external host's
 # accept-and-close server; also the median connect-to-close time and CPU per 1000 connections.

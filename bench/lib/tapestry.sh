@@ -71,7 +71,8 @@ tapestry_cell_wait() {
 }
 
 # tapestry_container_up BIN W I APP [ARGS...]: namespace $PREFIX-tcI attached to cell I with
-# `tapestry container up` (space bench, handle bench-cI, extra ARGS); sets T_IP[I].
+# `tapestry container up` (space bench, handle bench-cI, extra ARGS); sets T_IP[I] and leaves what
+# it printed in W/container-upI.out.
 T_IP=()
 tapestry_container_up() {
     local bin=$1 w=$2 i=$3 app=$4 out; shift 4
@@ -80,6 +81,7 @@ tapestry_container_up() {
         --app "$app" --space bench --netns "/var/run/netns/$PREFIX-tc$i" "$@" 2>"$w/container-up$i.log"); then
         TFAIL="container up failed: $(last_line "$w/container-up$i.log")"; return 1
     fi
+    echo "$out" >"$w/container-up$i.out"
     T_IP[$i]=$(echo "$out" | python3 -c '
 import json, sys
 text = sys.stdin.read()
