@@ -184,6 +184,15 @@ impl Net {
         let v = self.cells[from.cell]
             .switch
             .from_port(from.port(), &mut buf, now);
+        if v == Verdict::ToStack {
+            // This world has no local stack: it counts what it cannot carry, as a driver
+            // without one would (see switch/src/stack/tests.rs for the stack).
+            let r = DropReason::OutsideOverlay;
+            self.cells[from.cell]
+                .counters
+                .dropped(r, Some(from.port()), frame.len());
+            return Outcome::Dropped(from.cell, r);
+        }
         self.follow(from.cell, v, &mut buf)
     }
 
@@ -199,8 +208,7 @@ impl Net {
         match v {
             Verdict::ToPort(p) => Outcome::Delivered(cell, p, buf.data().to_vec()),
             Verdict::Drop(r) => Outcome::Dropped(cell, r),
-            // This world has no local stack (see switch/src/stack/tests.rs for it).
-            Verdict::ToStack => Outcome::Dropped(cell, tapestry_switch::DropReason::OutsideOverlay),
+            Verdict::ToStack => unreachable!("only a frame from a port goes to the local stack"),
             Verdict::ToUnderlay(to) => {
                 self.last_underlay = Some((cell, to, buf.data().to_vec()));
                 let dst = self
