@@ -303,7 +303,10 @@ fn e2e_egress_under_asgs() {
         Ok(TcpStream::connect_timeout(&SocketAddr::V4(nobody), Duration::from_secs(15)).map(drop))
     })
     .unwrap();
-    assert_eq!(r.map_err(|e| e.kind()), Err(std::io::ErrorKind::HostUnreachable));
+    assert_eq!(
+        r.map_err(|e| e.kind()),
+        Err(std::io::ErrorKind::HostUnreachable)
+    );
     eprintln!("unreachable destination reported after {:?}", t.elapsed());
     // deny-networks beats a wide-open ASG (169.254.0.0/16 by default: cloud metadata).
     let meta = SocketAddrV4::new(Ipv4Addr::new(169, 254, 169, 254), 80);

@@ -42,23 +42,60 @@ impl Cell {
                 })
             })
             .collect();
-        let flows: Vec<Value> = match self.dataplane.stack_flows() {
-            Ok(flows) => flows
-                .iter()
-                .map(|f| {
-                    json!({
-                        "port": f.port.0,
-                        "protocol": f.protocol,
-                        "container": f.container.to_string(),
-                        "remote": f.remote.to_string(),
-                        "direction": if f.net_in { "net-in" } else { "egress" },
-                        "state": f.state,
-                        "asg_group": f.rule.as_ref().map(|r| r.0.clone()),
-                        "asg_rule": f.rule.as_ref().map(|r| r.1),
+        let (flows, denials): (Vec<Value>, Vec<Value>) = match self.dataplane.stack_flows() {
+            Ok((flows, denials)) => {
+                let now = std::time::Instant::now();
+                let by_port: std::collections::HashMap<u32, &super::state::ContainerRecord> = inner
+                    .containers
+                    .containers
+                    .values()
+                    .map(|c| {
+                        (
+                            super::state::port_id_for(self.config.subnet.network(), c.ip),
+                            c,
+                        )
                     })
-                })
-                .collect(),
-            Err(e) => vec![json!({ "error": format!("{e:#}") })],
+                    .collect();
+                let flows = flows
+                    .iter()
+                    .map(|f| {
+                        json!({
+                            "port": f.port.0,
+                            "protocol": f.protocol,
+                            "container": f.container.to_string(),
+                            "remote": f.remote.to_string(),
+                            "direction": if f.net_in { "net-in" } else { "egress" },
+                            "state": f.state,
+                            "asg_group": f.rule.as_ref().map(|r| r.0.clone()),
+                            "asg_rule": f.rule.as_ref().map(|r| r.1),
+                        })
+                    })
+                    .collect();
+                // Each denial with the rule set that applied: the container's space and
+                // lifecycle, and the groups compiled for it.
+                let denials = denials
+                    .iter()
+                    .map(|d| {
+                        let c = by_port.get(&d.port.0);
+                        json!({
+                            "port": d.port.0,
+                            "handle": c.map(|c| c.handle.clone()),
+                            "protocol": d.protocol,
+                            "container": d.container.to_string(),
+                            "remote": d.remote.to_string(),
+                            "reason": d.reason,
+                            "seconds_ago": now.saturating_duration_since(d.at).as_secs(),
+                            "rule_set": {
+                                "space": c.map(|c| c.space_id.clone()),
+                                "lifecycle": c.map(|c| c.lifecycle.as_str()),
+                                "asg": super::egress::port_status(snap.egress(), d.port),
+                            },
+                        })
+                    })
+                    .collect();
+                (flows, denials)
+            }
+            Err(e) => (vec![json!({ "error": format!("{e:#}") })], vec![]),
         };
         let drops: serde_json::Map<String, Value> = counters
             .drops
@@ -100,6 +137,7 @@ impl Cell {
             "tap_txqueuelen": self.config.tap_txqueuelen,
             "drops": drops,
             "stack_flows": flows,
+            "asg_denials": denials,
             "totals": json!(counters.totals),
         })
     }
@@ -215,6 +253,27 @@ pub fn print(state_dir: &Path, as_json: bool) -> Result<()> {
     }
     if !any {
         println!("  (none)");
+    }
+    println!();
+    println!("latest ASG denials (with the rule set that applied):");
+    let denials = v["asg_denials"].as_array().cloned().unwrap_or_default();
+    if denials.is_empty() {
+        println!("  (none)");
+    }
+    for d in &denials {
+        let rs = &d["rule_set"];
+        println!(
+            "  {}s ago  {:<16} {:<4} {:<22} -> {:<22} {:<18} space {} {} groups [{}]",
+            s(&d["seconds_ago"]),
+            s(&d["handle"]),
+            s(&d["protocol"]),
+            s(&d["container"]),
+            s(&d["remote"]),
+            s(&d["reason"]),
+            s(&rs["space"]),
+            s(&rs["lifecycle"]),
+            list(&rs["asg"]["groups"])
+        );
     }
     println!();
     println!("local stack flows (egress and net-in):");

@@ -154,8 +154,13 @@ impl DataplaneHandle {
         self.stack.send(stack::StackMsg::RemovePort(id));
     }
 
-    /// The flows the local stack carries now (egress and net-in).
-    pub fn stack_flows(&self) -> Result<Vec<tapestry_switch::stack::FlowInfo>> {
+    /// The flows the local stack carries now (egress and net-in) and its latest ASG denials.
+    pub fn stack_flows(
+        &self,
+    ) -> Result<(
+        Vec<tapestry_switch::stack::FlowInfo>,
+        Vec<tapestry_switch::stack::Denial>,
+    )> {
         self.stack.ask(|reply| stack::StackMsg::Flows { reply })
     }
 

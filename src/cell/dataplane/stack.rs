@@ -19,7 +19,7 @@ use mio::net::{TcpListener, TcpStream, UdpSocket};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use tapestry_switch::offload;
-use tapestry_switch::stack::{FlowId, FlowInfo, HostIo, IcmpSocket, Stack, StackConfig};
+use tapestry_switch::stack::{Denial, FlowId, FlowInfo, HostIo, IcmpSocket, Stack, StackConfig};
 use tapestry_switch::wire::virtio_net;
 use tapestry_switch::{Counters, DropReason, FxHashMap, PortId, Tables};
 use tapestry_sys::hostsock;
@@ -53,7 +53,7 @@ pub(crate) enum StackMsg {
         reply: Sender<Result<()>>,
     },
     Flows {
-        reply: Sender<Vec<FlowInfo>>,
+        reply: Sender<(Vec<FlowInfo>, Vec<Denial>)>,
     },
 }
 
@@ -406,7 +406,7 @@ impl Driver {
                 let _ = reply.send(self.set_net_in(&rules));
             }
             StackMsg::Flows { reply } => {
-                let _ = reply.send(self.stack.flows());
+                let _ = reply.send((self.stack.flows(), self.stack.denials()));
             }
         }
     }

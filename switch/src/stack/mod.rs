@@ -109,6 +109,21 @@ pub struct Admitted {
     pub rule: usize,
 }
 
+/// A new flow the ASGs refused, kept for `tapestry cell status` (the last [`DENIALS_KEPT`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    pub port: PortId,
+    pub protocol: &'static str,
+    pub container: SocketAddrV4,
+    pub remote: SocketAddrV4,
+    /// `asg_no_rule` or `asg_deny_networks`.
+    pub reason: &'static str,
+    pub at: Instant,
+}
+
+/// Denials kept for status.
+pub const DENIALS_KEPT: usize = 64;
+
 /// What the stack carries now, for `tapestry cell status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowInfo {
@@ -150,7 +165,9 @@ type Key = (u8, Ipv4Addr, u16, Ipv4Addr, u16);
 enum Kind {
     Tcp(tcp::TcpFlow),
     /// Egress UDP; `replied` once the destination answered (then it idles longer).
-    Udp { replied: bool },
+    Udp {
+        replied: bool,
+    },
     /// Net-in UDP: datagrams from a client to a mapped host port, and the container's replies.
     UdpIn,
     Icmp {
@@ -182,6 +199,7 @@ pub struct Stack {
     by_key: FxHashMap<Key, FlowId>,
     out: VecDeque<Transmit>,
     admitted: VecDeque<Admitted>,
+    denials: VecDeque<Denial>,
     scratch: Vec<u8>,
     last_sweep: Instant,
     /// The `now` of the latest call that had one (for host events, which come without).
@@ -225,6 +243,7 @@ impl Stack {
             by_key: FxHashMap::default(),
             out: VecDeque::new(),
             admitted: VecDeque::new(),
+            denials: VecDeque::new(),
             scratch: vec![0u8; 65536],
             last_sweep: now,
             last_poll: now,
@@ -265,6 +284,11 @@ impl Stack {
                 }
             })
             .collect()
+    }
+
+    /// The latest denials, oldest first.
+    pub fn denials(&self) -> Vec<Denial> {
+        self.denials.iter().cloned().collect()
     }
 
     /// The next frame for a container.
@@ -399,11 +423,23 @@ impl Stack {
             EgressVerdict::Allow(m) => (m.group.to_string(), m.rule, m.log),
             EgressVerdict::Deny(reason) => {
                 self.reject(port, packet, GATEWAY, frame::CODE_PORT_UNREACHABLE);
-                return Err(match reason {
+                let r = match reason {
                     asg::DenyReason::DenyNetworks => DropReason::AsgDenyNetworks,
                     asg::DenyReason::NoRule => DropReason::AsgNoRule,
                     asg::DenyReason::UnknownPort => DropReason::UnknownPort,
+                };
+                if self.denials.len() == DENIALS_KEPT {
+                    self.denials.pop_front();
+                }
+                self.denials.push_back(Denial {
+                    port,
+                    protocol: protocol_name(f.proto),
+                    container: SocketAddrV4::new(f.src, key_port),
+                    remote: SocketAddrV4::new(f.dst, f.dport),
+                    reason: r.as_str(),
+                    at: now,
                 });
+                return Err(r);
             }
             EgressVerdict::Overlay => return Err(DropReason::NoLease),
         };
@@ -411,11 +447,7 @@ impl Stack {
             self.reject(port, packet, GATEWAY, frame::CODE_HOST_UNREACHABLE);
             return Err(DropReason::StackFlowsFull);
         }
-        let protocol = match f.proto {
-            ipv4::PROTO_TCP => "tcp",
-            ipv4::PROTO_UDP => "udp",
-            _ => "icmp",
-        };
+        let protocol = protocol_name(f.proto);
         if rule.2 && self.admitted.len() < ADMITTED_MAX {
             self.admitted.push_back(Admitted {
                 port,
@@ -871,6 +903,14 @@ impl Stack {
                 self.remove(FlowId(i as u32), io, false);
             }
         }
+    }
+}
+
+fn protocol_name(proto: u8) -> &'static str {
+    match proto {
+        ipv4::PROTO_TCP => "tcp",
+        ipv4::PROTO_UDP => "udp",
+        _ => "icmp",
     }
 }
 
