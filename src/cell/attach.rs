@@ -79,7 +79,7 @@ impl Cell {
             mtu: self.config.container_mtu(),
             ifname: rec.ifname.clone(),
             netns: rec.netns.clone(),
-            dns_servers: vec![],
+            dns_servers: vec![tapestry_switch::stack::DNS.to_string()],
             search_domains: vec![],
             port_mappings: rec.port_mappings.clone(),
         }

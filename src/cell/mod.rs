@@ -5,6 +5,7 @@
 pub mod api;
 mod attach;
 mod dataplane;
+mod dns;
 mod egress;
 mod net_in;
 pub mod state;
@@ -94,6 +95,14 @@ pub struct CellArgs {
     /// address of the host.
     #[arg(long, value_name = "IP")]
     net_in_address: Option<Ipv4Addr>,
+    /// Domains the cell's DNS responder (169.254.0.2) answers from internal routes, as a comma
+    /// list; an unknown name under one is NXDOMAIN. Other names are forwarded upstream.
+    #[arg(long, value_name = "DOMAIN,...", default_value = dns::DEFAULT_INTERNAL_DOMAINS)]
+    internal_domains: String,
+    /// Upstream resolvers for names outside the internal domains, as a comma list of IP or
+    /// IP:PORT. Default: the IPv4 nameservers of /etc/resolv.conf.
+    #[arg(long, value_name = "IP[:PORT],...")]
+    dns_upstream: Option<String>,
 }
 
 /// Link-local, which holds cloud metadata services (169.254.169.254).
@@ -148,6 +157,10 @@ pub struct CellConfig {
     pub deny_networks: Vec<ipnet::Ipv4Net>,
     /// Where the cell listens for net-in (mapped host ports).
     pub net_in_address: Ipv4Addr,
+    /// Domains answered from internal routes (`--internal-domains`).
+    pub internal_domains: Vec<String>,
+    /// Where other DNS queries go (`--dns-upstream`, else /etc/resolv.conf).
+    pub dns_upstreams: Vec<SocketAddrV4>,
 }
 
 impl CellConfig {
@@ -168,6 +181,8 @@ impl CellConfig {
             deny_networks: parse_deny_networks(DEFAULT_DENY_NETWORKS)
                 .expect("the default deny-networks parse"),
             net_in_address: underlay_ip,
+            internal_domains: vec![dns::DEFAULT_INTERNAL_DOMAINS.to_string()],
+            dns_upstreams: vec![],
         }
     }
 
@@ -250,6 +265,16 @@ pub fn run(args: CellArgs) -> Result<()> {
         );
     }
     let deny_networks = parse_deny_networks(&args.deny_networks)?;
+    let internal_domains = dns::parse_internal_domains(&args.internal_domains)?;
+    let dns_upstreams = match &args.dns_upstream {
+        Some(s) => dns::parse_upstreams(s)?,
+        None => dns::resolv_conf_upstreams(
+            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        ),
+    };
+    if dns_upstreams.is_empty() {
+        tracing::warn!("no upstream DNS resolver (--dns-upstream, /etc/resolv.conf): names outside {internal_domains:?} get SERVFAIL");
+    }
     if underlay_ip.is_unspecified() || underlay_ip.is_broadcast() || underlay_ip.is_multicast() {
         bail!("--underlay-ip {underlay_ip} is not a unicast address of this host");
     }
@@ -302,6 +327,8 @@ pub fn run(args: CellArgs) -> Result<()> {
             tap_txqueuelen: args.tap_txqueuelen,
             deny_networks,
             net_in_address,
+            internal_domains,
+            dns_upstreams,
         };
         let view = view::CellView::load(&state)?;
         let containers: Containers = state
@@ -328,6 +355,7 @@ pub fn run(args: CellArgs) -> Result<()> {
                 mtu: (config.underlay_mtu - ENCAP_OVERHEAD) as usize,
                 state_dir: state_dir.clone(),
                 busy_poll: std::time::Duration::from_micros(args.busy_poll_us),
+                dns_upstreams: config.dns_upstreams.clone(),
             },
             tables.clone(),
             conntrack.clone(),

@@ -17,7 +17,7 @@ use super::CellConfig;
 const VIEW_FILE: &str = "view.json";
 
 pub struct CellView {
-    view: View,
+    pub(super) view: View,
     tags: HashMap<String, u16>,
 }
 
@@ -141,6 +141,10 @@ pub fn build_snapshot(
         })
         .collect();
     Snapshot::new(cfg, ports, remotes, policies)
-        .map(|s| s.with_egress(egress).with_labels(labels))
+        .map(|s| {
+            s.with_egress(egress)
+                .with_labels(labels)
+                .with_dns(super::dns::table(view, &config.internal_domains))
+        })
         .map_err(|e| anyhow::anyhow!("building the switch tables: {e}"))
 }

@@ -114,6 +114,8 @@ pub struct StackOptions {
     pub state_dir: PathBuf,
     /// Keep polling this long after the last work before sleeping (as the workers do).
     pub busy_poll: Duration,
+    /// Upstream resolvers for names outside the internal domains.
+    pub dns_upstreams: Vec<SocketAddrV4>,
 }
 
 pub(crate) fn start(
@@ -134,6 +136,7 @@ pub(crate) fn start(
     let stack = Stack::new(
         StackConfig {
             mtu: opts.mtu,
+            dns_upstreams: opts.dns_upstreams.clone(),
             ..StackConfig::default()
         },
         counters.clone(),

@@ -23,7 +23,9 @@
 //! (the cell's driver with real sockets, tests with a simulated host side).
 
 mod device;
+pub mod dns;
 pub mod frame;
+mod resolver;
 mod tcp;
 
 use std::collections::VecDeque;
@@ -138,7 +140,7 @@ pub struct FlowInfo {
 }
 
 /// Settings of the local stack.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct StackConfig {
     /// The containers' MTU (underlay MTU minus the encapsulation).
     pub mtu: usize,
@@ -146,6 +148,8 @@ pub struct StackConfig {
     pub max_flows: usize,
     /// smoltcp's receive and send buffer per TCP flow, each.
     pub tcp_buffer: usize,
+    /// Where queries for names outside the internal domains go (none: SERVFAIL).
+    pub dns_upstreams: Vec<SocketAddrV4>,
 }
 
 impl Default for StackConfig {
@@ -154,6 +158,7 @@ impl Default for StackConfig {
             mtu: 1450,
             max_flows: 65_536,
             tcp_buffer: 512 << 10,
+            dns_upstreams: Vec::new(),
         }
     }
 }
@@ -170,6 +175,13 @@ enum Kind {
     },
     /// Net-in UDP: datagrams from a client to a mapped host port, and the container's replies.
     UdpIn,
+    /// A DNS query forwarded upstream, waiting for the answer.
+    DnsForward {
+        client: resolver::DnsClient,
+        query: Vec<u8>,
+    },
+    /// A DNS-over-TCP connection to 169.254.0.2:53.
+    DnsTcp(resolver::DnsTcp),
     Icmp {
         ident: u16,
         socket: IcmpSocket,
@@ -204,6 +216,9 @@ pub struct Stack {
     last_sweep: Instant,
     /// The `now` of the latest call that had one (for host events, which come without).
     last_poll: Instant,
+    dns_seed: u64,
+    dns_next: usize,
+    dns_seq: u16,
 }
 
 impl std::fmt::Debug for Stack {
@@ -219,6 +234,7 @@ const ADMITTED_MAX: usize = 4096;
 
 impl Stack {
     pub fn new(config: StackConfig, counters: Arc<Counters>, now: Instant) -> Stack {
+        let tcp_buffer = config.tcp_buffer;
         let mut dev = Pipe::default();
         let mut cfg = Config::new(HardwareAddress::Ip);
         cfg.random_seed = now.elapsed().as_nanos() as u64 ^ 0x7461_7065_7374_7279;
@@ -236,7 +252,7 @@ impl Stack {
             epoch: now,
             iface,
             sockets: SocketSet::new(Vec::new()),
-            pool: tcp::SocketPool::new(config.tcp_buffer),
+            pool: tcp::SocketPool::new(tcp_buffer),
             dev,
             flows: Vec::new(),
             free: Vec::new(),
@@ -247,6 +263,9 @@ impl Stack {
             scratch: vec![0u8; 65536],
             last_sweep: now,
             last_poll: now,
+            dns_seed: 0x9e37_79b9_7f4a_7c15 ^ now.elapsed().as_nanos() as u64,
+            dns_next: 0,
+            dns_seq: 0,
         }
     }
 
@@ -271,6 +290,8 @@ impl Stack {
                     Kind::Tcp(t) => ("tcp", t.state_name(&self.sockets), t.net_in),
                     Kind::Udp { .. } => ("udp", "open", false),
                     Kind::UdpIn => ("udp", "open", true),
+                    Kind::DnsForward { .. } => ("udp", "dns_forward", false),
+                    Kind::DnsTcp(_) => ("tcp", "dns", false),
                     Kind::Icmp { .. } => ("icmp", "open", false),
                 };
                 FlowInfo {
@@ -325,8 +346,10 @@ impl Stack {
             return;
         };
         self.by_key.remove(&e.key);
-        if let Kind::Tcp(t) = &e.kind {
-            t.release(&mut self.sockets, &mut self.pool);
+        match &e.kind {
+            Kind::Tcp(t) => t.release(&mut self.sockets, &mut self.pool),
+            Kind::DnsTcp(c) => self.pool.give(&mut self.sockets, Stack::dns_tcp_handle(c)),
+            _ => {}
         }
         io.close(id, abort);
         self.free.push(id.0);
@@ -373,6 +396,18 @@ impl Stack {
             return Err(DropReason::Fragment);
         }
         let packet = &packet[..ip.total_len() as usize];
+        if f.dst == DNS && f.dport == 53 && f.proto == ipv4::PROTO_UDP {
+            return self.dns_udp(snap, port, &ip, now, io);
+        }
+        if f.dst == DNS && f.dport == 53 && f.proto == ipv4::PROTO_TCP {
+            let key: Key = (f.proto, f.src, f.sport, f.dst, f.dport);
+            if let Some(&id) = self.by_key.get(&key) {
+                return self.existing(id, packet, udp_gso, now, io);
+            }
+            if f.tcp_flags & (tcpw::SYN | tcpw::ACK | tcpw::RST) == tcpw::SYN {
+                return self.dns_tcp_syn(port, packet, key, now);
+            }
+        }
         if f.dst == GATEWAY || f.dst == DNS {
             return self.gateway_service(port, &ip, packet);
         }
@@ -533,6 +568,14 @@ impl Stack {
         let ip = ipv4::Packet::new_unchecked(packet);
         let hl = ip.header_len();
         match &mut e.kind {
+            Kind::DnsTcp(_) => {
+                let mut b = self.dev.buffer();
+                b.clear();
+                b.extend_from_slice(packet);
+                self.dev.rx.push_back(b);
+                Ok(())
+            }
+            Kind::DnsForward { .. } => Err(DropReason::StackNoFlow),
             Kind::Tcp(t) => {
                 if t.handle.is_none() {
                     t.hold_syn(packet);
@@ -655,7 +698,15 @@ impl Stack {
                 t.host_writable |= writable;
             }
             Kind::Udp { .. } | Kind::Icmp { .. } if readable => self.datagrams_from_host(id, io),
-            Kind::UdpIn => {}
+            Kind::DnsForward { .. } if readable => {
+                let mut scratch = std::mem::take(&mut self.scratch);
+                match io.read(id, &mut scratch) {
+                    Ok(n) => self.forward_answer(id, &scratch[..n], io),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => self.forward_failed(id, io),
+                }
+                self.scratch = scratch;
+            }
             _ => {}
         }
     }
@@ -709,7 +760,7 @@ impl Stack {
                         true
                     })
                 }
-                Kind::Tcp(_) | Kind::UdpIn => break,
+                Kind::Tcp(_) | Kind::UdpIn | Kind::DnsForward { .. } | Kind::DnsTcp(_) => break,
             }
         }
         self.scratch = scratch;
@@ -815,6 +866,7 @@ impl Stack {
         let t = self.smol_now(now);
         self.iface.poll(t, &mut self.dev, &mut self.sockets);
         self.splice(io);
+        self.dns_tcp_poll(snap, now, io);
         self.iface.poll(t, &mut self.dev, &mut self.sockets);
         self.reap(io);
         while let Some(mut b) = self.dev.tx.pop_front() {
@@ -889,6 +941,20 @@ impl Stack {
             let idle = now.saturating_duration_since(e.last_seen);
             let gone = snap.port(e.port).is_none();
             let expire = match &mut e.kind {
+                Kind::DnsForward { .. } => {
+                    if idle >= resolver::FORWARD_TIMEOUT {
+                        self.forward_failed(FlowId(i as u32), io);
+                    }
+                    continue;
+                }
+                Kind::DnsTcp(c) => {
+                    if gone {
+                        self.sockets
+                            .get_mut::<smoltcp::socket::tcp::Socket>(Stack::dns_tcp_handle(c))
+                            .abort();
+                    }
+                    false
+                }
                 Kind::Udp { replied: false } => idle >= UDP_UNREPLIED_TIMEOUT,
                 Kind::Udp { replied: true } | Kind::UdpIn => idle >= UDP_TIMEOUT,
                 Kind::Icmp { .. } => idle >= ICMP_TIMEOUT,
@@ -899,7 +965,7 @@ impl Stack {
                     false
                 }
             };
-            if expire || (gone && !matches!(e.kind, Kind::Tcp(_))) {
+            if expire || (gone && !matches!(e.kind, Kind::Tcp(_) | Kind::DnsTcp(_))) {
                 self.remove(FlowId(i as u32), io, false);
             }
         }

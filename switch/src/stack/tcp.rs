@@ -65,7 +65,7 @@ impl SocketPool {
     }
 
     /// A closed socket with this pool's buffers.
-    fn take(&mut self, sockets: &mut SocketSet<'static>) -> SocketHandle {
+    pub(super) fn take(&mut self, sockets: &mut SocketSet<'static>) -> SocketHandle {
         if let Some(h) = self.spare.pop() {
             return h;
         }
@@ -81,7 +81,7 @@ impl SocketPool {
 
     /// Takes back a socket that is closed (or in TIME-WAIT, which a new `listen`/`connect`
     /// resets), or removes it from the set.
-    fn give(&mut self, sockets: &mut SocketSet<'static>, h: SocketHandle) {
+    pub(super) fn give(&mut self, sockets: &mut SocketSet<'static>, h: SocketHandle) {
         if !sockets.get::<Socket>(h).is_open() && self.spare.len() < SPARE_MAX {
             self.spare.push(h);
         } else {

@@ -216,6 +216,7 @@ pub struct Snapshot {
     policy: PolicyTable,
     egress: asg::Egress,
     labels: FxHashMap<PortId, PortLabel>,
+    dns: crate::stack::dns::DnsTable,
 }
 
 /// Who a port belongs to, for logs (the switch decides nothing by it).
@@ -268,6 +269,7 @@ impl Snapshot {
             policy,
             egress: asg::Egress::deny_only(asg::DenyNetworks::default()),
             labels: FxHashMap::default(),
+            dns: Default::default(),
         })
     }
 
@@ -283,6 +285,16 @@ impl Snapshot {
     pub fn with_labels(mut self, labels: FxHashMap<PortId, PortLabel>) -> Snapshot {
         self.labels = labels;
         self
+    }
+
+    /// The same snapshot with the internal DNS names the cell answers.
+    pub fn with_dns(mut self, dns: crate::stack::dns::DnsTable) -> Snapshot {
+        self.dns = dns;
+        self
+    }
+
+    pub fn dns(&self) -> &crate::stack::dns::DnsTable {
+        &self.dns
     }
 
     pub fn label(&self, port: PortId) -> Option<&PortLabel> {
