@@ -631,7 +631,7 @@ fn add_result(version: &str, a: &Attachment, prev: Option<&Value>) -> Value {
         result["portMappings"] = json!(a.port_mappings);
     }
     // Nor this: where the instance identity credentials are (CF_INSTANCE_CERT and
-    // CF_INSTANCE_KEY), for the runtime to mount or point the app at. See docs/cni.md.
+    // CF_INSTANCE_KEY), for the runtime to mount or point the app at (README, "Instance identity credentials").
     if let Some(id) = &a.instance_identity {
         result["tapestry"] = json!({"instance_cert": id.instance_cert,
             "instance_key": id.instance_key, "instance_ca": id.instance_ca});
