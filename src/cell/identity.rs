@@ -271,16 +271,16 @@ impl Cell {
     }
 
     /// At attach: asks for the credentials and waits up to [`ATTACH_WAIT`] when the control
-    /// plane is reachable; otherwise (or on failure) the renewal task keeps trying.
+    /// plane is reachable; otherwise (or on failure) the renewal task keeps trying. Either way
+    /// the task is woken: it schedules the renewal.
     pub(super) fn identity_at_attach(&self, rec: &ContainerRecord) {
         let connected = self.lock().control.connected;
         if connected && tokio::runtime::Handle::try_current().is_err() {
-            let r = self
-                .identity
-                .rt
-                .block_on(tokio::time::timeout(ATTACH_WAIT, self.issue_identity(rec)));
+            let r = self.identity.rt.block_on(async {
+                tokio::time::timeout(ATTACH_WAIT, self.issue_identity(rec)).await
+            });
             match r {
-                Ok(Ok(())) => return,
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     tracing::warn!(handle = %rec.handle, "instance identity: {e:#}; retrying in the background")
                 }
