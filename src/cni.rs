@@ -630,6 +630,12 @@ fn add_result(version: &str, a: &Attachment, prev: Option<&Value>) -> Value {
     if !a.port_mappings.is_empty() {
         result["portMappings"] = json!(a.port_mappings);
     }
+    // Nor this: where the instance identity credentials are (CF_INSTANCE_CERT and
+    // CF_INSTANCE_KEY), for the runtime to mount or point the app at (README, "Instance identity credentials").
+    if let Some(id) = &a.instance_identity {
+        result["tapestry"] = json!({"instance_cert": id.instance_cert,
+            "instance_key": id.instance_key, "instance_ca": id.instance_ca});
+    }
     result
 }
 
@@ -902,6 +908,7 @@ mod tests {
                     dns_servers: vec![],
                     search_domains: vec![],
                     port_mappings: vec![],
+                    instance_identity: None,
                 })?)
             }
         }
@@ -1225,8 +1232,10 @@ mod tests {
             dns_servers: vec![],
             search_domains: vec![],
             port_mappings: vec![],
+            instance_identity: None,
         };
         let v = add_result("1.0.0", &a, None);
+        assert!(v.get("tapestry").is_none(), "no credentials, no block");
         assert!(v.get("portMappings").is_none(), "none without mappings");
         assert_eq!(v["ips"][0]["address"], "10.255.7.3/32");
         assert_eq!(v["ips"][0]["gateway"], "169.254.0.1");
@@ -1267,5 +1276,18 @@ mod tests {
             add_result("1.1.0", &a, None)["portMappings"],
             json!([{"hostPort": 61004, "containerPort": 8080, "protocol": "udp"}])
         );
+        let a = Attachment {
+            instance_identity: Some(crate::cell::identity::IdentityPaths {
+                instance_cert: "/s/instances/c1/instance.crt".into(),
+                instance_key: "/s/instances/c1/instance.key".into(),
+                instance_ca: "/s/instances/c1/ca.crt".into(),
+                instance_identity_pending: true,
+            }),
+            ..a
+        };
+        let t = &add_result("1.1.0", &a, None)["tapestry"];
+        assert_eq!(t["instance_cert"], "/s/instances/c1/instance.crt");
+        assert_eq!(t["instance_key"], "/s/instances/c1/instance.key");
+        assert_eq!(t["instance_ca"], "/s/instances/c1/ca.crt");
     }
 }

@@ -131,7 +131,7 @@ fn up_output(a: &Attachment) -> serde_json::Value {
                 "Protocol": m.protocol.as_str()})
         })
         .collect();
-    json!({
+    let mut out = json!({
         "container_ip": a.container_ip.to_string(),
         "mtu": a.mtu,
         "dns_servers": a.dns_servers,
@@ -141,5 +141,15 @@ fn up_output(a: &Attachment) -> serde_json::Value {
             "garden.network.container-ip": a.container_ip.to_string(),
             "garden.network.mapped-ports": serde_json::Value::Array(garden).to_string(),
         },
-    })
+    });
+    // Instance identity: our names, and the environment CF gives the app (CF_INSTANCE_*).
+    if let Some(id) = &a.instance_identity {
+        out["instance_cert"] = json!(id.instance_cert);
+        out["instance_key"] = json!(id.instance_key);
+        out["instance_ca"] = json!(id.instance_ca);
+        out["instance_identity_pending"] = json!(id.instance_identity_pending);
+        out["env"] = json!({"CF_INSTANCE_CERT": id.instance_cert,
+            "CF_INSTANCE_KEY": id.instance_key, "CF_INSTANCE_CA_CERT": id.instance_ca});
+    }
+    out
 }

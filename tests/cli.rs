@@ -483,6 +483,7 @@ fn container_up_sends_the_lifecycle_and_net_in() {
                 dns_servers: vec![],
                 search_domains: vec![],
                 port_mappings,
+                instance_identity: None,
             })?)
         }
     }

@@ -20,7 +20,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::error::ControlError;
 
-fn tls_err(e: impl std::fmt::Display) -> ControlError {
+pub(crate) fn tls_err(e: impl std::fmt::Display) -> ControlError {
     ControlError::Tls(e.to_string())
 }
 
@@ -60,7 +60,7 @@ fn leaf_params(
     Ok(p)
 }
 
-fn write_file(path: &Path, data: &str, private: bool) -> Result<(), ControlError> {
+pub(crate) fn write_file(path: &Path, data: &str, private: bool) -> Result<(), ControlError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
@@ -77,7 +77,7 @@ fn write_file(path: &Path, data: &str, private: bool) -> Result<(), ControlError
     std::fs::rename(&tmp, path).map_err(ControlError::io(format!("writing {}", path.display())))
 }
 
-fn read(path: &Path) -> Result<String, ControlError> {
+pub(crate) fn read(path: &Path) -> Result<String, ControlError> {
     std::fs::read_to_string(path).map_err(ControlError::io(format!("reading {}", path.display())))
 }
 

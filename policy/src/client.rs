@@ -132,6 +132,19 @@ impl InternalClient {
         Ok(())
     }
 
+    /// Has the control plane sign a container's instance identity certificate
+    /// (`POST /internal/instance_identity`); 400 names the bad field.
+    pub async fn instance_identity(
+        &self,
+        req: &crate::identity::IdentityRequest,
+    ) -> Result<crate::identity::IssuedIdentity, ClientError> {
+        send(
+            self.req(Method::POST, "/internal/instance_identity")
+                .json(req),
+        )
+        .await
+    }
+
     /// Long-polls the feed: returns at once when there are changes after `since` (or a snapshot
     /// is due), else after `wait` with no changes.
     pub async fn feed(

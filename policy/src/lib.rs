@@ -8,6 +8,7 @@ pub mod certs;
 pub mod client;
 pub mod error;
 pub mod feed;
+pub mod identity;
 pub mod model;
 pub mod server;
 pub mod store;

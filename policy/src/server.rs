@@ -250,6 +250,7 @@ pub async fn start(config: ControlConfig) -> Result<RunningControl, ControlError
     let admin_token = ensure_admin_token(&config.data_dir, &store).await?;
     let ca = CellCa::ensure(&config.data_dir)?;
     let tls = Arc::new(ca.server_config()?);
+    let identity = Arc::new(crate::identity::InstanceCa::ensure(&config.data_dir)?);
     let ext = bind(config.listen, "--listen").await?;
     let int = bind(config.internal_listen, "--internal-listen").await?;
     let external_addr = ext
@@ -259,7 +260,7 @@ pub async fn start(config: ControlConfig) -> Result<RunningControl, ControlError
         .local_addr()
         .map_err(ControlError::io("local address"))?;
     let (shutdown, rx) = watch::channel(false);
-    let state = AppState::new(store.clone(), rx.clone());
+    let state = AppState::new(store.clone(), rx.clone()).with_identity(identity);
     let index_task = state.lists.spawn_updater(store.clone(), rx.clone());
     let mut stop = rx.clone();
     let ext_router = api::external::router(state.clone());

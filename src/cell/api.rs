@@ -241,6 +241,10 @@ pub struct Attachment {
     /// The attachment's net-in mappings, with the host ports the cell picked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub port_mappings: Vec<PortMapping>,
+    /// Where the container's instance identity credentials are (`instance_cert`,
+    /// `instance_key`, `instance_ca`, and `instance_identity_pending` until they exist).
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub instance_identity: Option<super::identity::IdentityPaths>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -553,6 +557,21 @@ mod tests {
             "search_domains":[]}"#;
         let a: Attachment = serde_json::from_str(old).unwrap();
         assert!(a.port_mappings.is_empty());
+        // ... nor credentials; a newer one has their paths at the top level.
+        assert!(a.instance_identity.is_none());
+        let new = old.replace(
+            '}',
+            r#","instance_cert":"/s/c","instance_key":"/s/k","instance_ca":"/s/a"}"#,
+        );
+        let a: Attachment = serde_json::from_str(&new).unwrap();
+        let id = a.instance_identity.clone().unwrap();
+        assert_eq!(
+            (id.instance_key.to_str(), id.instance_identity_pending),
+            (Some("/s/k"), false)
+        );
+        let v = serde_json::to_value(&a).unwrap();
+        assert_eq!(v["instance_cert"], "/s/c");
+        assert!(v.get("instance_identity").is_none());
     }
 
     #[test]

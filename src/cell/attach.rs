@@ -82,6 +82,7 @@ impl Cell {
             dns_servers: vec![tapestry_switch::stack::DNS.to_string()],
             search_domains: vec![],
             port_mappings: rec.port_mappings.clone(),
+            instance_identity: Some(self.identity_paths(rec)),
         }
     }
 
@@ -356,6 +357,8 @@ impl Cell {
         self.instances_dirty.notify_one();
         tracing::info!(handle = %rec.handle, ifname = %rec.ifname, app = %rec.app_id, ip = %rec.ip,
             lifecycle = rec.lifecycle.as_str(), net_in = %super::net_in::list(&rec.port_mappings), "container up");
+        drop(inner);
+        self.identity_at_attach(&rec);
         Ok(self.attachment(&rec))
     }
 
@@ -395,6 +398,7 @@ impl Cell {
             .with_context(|| format!("deleting {} in {}", rec.ifname, rec.netns.display()))?;
         inner.containers.containers.remove(key);
         inner.net_in_suspended.remove(key);
+        self.forget_identity(&rec);
         self.state.store("containers.json", &inner.containers)?;
         self.conntrack.remove_ip(rec.ip);
         self.publish(&inner)?;

@@ -7,6 +7,7 @@ mod attach;
 mod dataplane;
 mod dns;
 mod egress;
+pub mod identity;
 mod net_in;
 pub mod state;
 mod status;
@@ -103,6 +104,10 @@ pub struct CellArgs {
     /// IP:PORT. Default: the IPv4 nameservers of /etc/resolv.conf.
     #[arg(long, value_name = "IP[:PORT],...")]
     dns_upstream: Option<String>,
+    /// Lifetime (seconds, 10-86400) to ask for instance identity certificates; the control
+    /// plane's default (24 h) otherwise. They are renewed at two thirds of it. For tests.
+    #[arg(long, hide = true, value_name = "SECS")]
+    instance_cert_lifetime: Option<u64>,
 }
 
 /// Link-local, which holds cloud metadata services (169.254.169.254).
@@ -202,6 +207,8 @@ pub struct Cell {
     pub conntrack: Arc<Conntrack>,
     pub counters: Arc<Counters>,
     dataplane: dataplane::DataplaneHandle,
+    /// Instance identity credentials: the registry the 61443 terminator reads, renewal.
+    pub identity: identity::Identity,
     inner: Mutex<Inner>,
     /// Wakes the task that reports this cell's instances to the control plane.
     instances_dirty: tokio::sync::Notify,
@@ -275,6 +282,14 @@ pub fn run(args: CellArgs) -> Result<()> {
     if dns_upstreams.is_empty() {
         tracing::warn!("no upstream DNS resolver (--dns-upstream, /etc/resolv.conf): names outside {internal_domains:?} get SERVFAIL");
     }
+    if let Some(s) = args
+        .instance_cert_lifetime
+        .filter(|s| !(10..=86_400).contains(s))
+    {
+        bail!(
+            "--instance-cert-lifetime {s} is out of range: it must be between 10 and 86400 seconds"
+        );
+    }
     if underlay_ip.is_unspecified() || underlay_ip.is_broadcast() || underlay_ip.is_multicast() {
         bail!("--underlay-ip {underlay_ip} is not a unicast address of this host");
     }
@@ -341,6 +356,8 @@ pub fn run(args: CellArgs) -> Result<()> {
             &containers,
         )?));
         let conntrack = Arc::new(Conntrack::new(args.conntrack_max));
+        // Instance identity credentials by container IP: what the 61443 terminator serves.
+        let credentials = Arc::new(identity::CredentialRegistry::default());
         let counters = Arc::new(Counters::new());
         let dp = dataplane::start(
             udp,
@@ -368,6 +385,13 @@ pub fn run(args: CellArgs) -> Result<()> {
             conntrack,
             counters,
             dataplane: dp,
+            identity: identity::Identity::new(
+                credentials,
+                client.clone(),
+                args.instance_cert_lifetime
+                    .map(std::time::Duration::from_secs),
+                tokio::runtime::Handle::current(),
+            ),
             inner: Mutex::new(Inner {
                 containers,
                 view,
@@ -379,6 +403,7 @@ pub fn run(args: CellArgs) -> Result<()> {
             instances_dirty: tokio::sync::Notify::new(),
         });
         cell.reattach_all();
+        cell.load_identities();
         cell.finish_pending_dels();
         api::serve(&cell.state.socket_path(), cell.clone())?;
         tracing::info!(

@@ -152,6 +152,7 @@ pub async fn run(cell: Arc<Cell>, client: InternalClient, lease: CellLease) -> R
     let client = Arc::new(client);
     tokio::spawn(report_instances(cell.clone(), client.clone()));
     tokio::spawn(renew_lease(cell.clone(), client.clone(), lease.lease));
+    tokio::spawn(super::identity::run(cell.clone()));
     follow_feed(cell, client).await
 }
 

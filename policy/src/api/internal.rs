@@ -1,4 +1,5 @@
-//! The internal API for cells (served over mutual TLS): leases, instances and the change feed.
+//! The internal API for cells (served over mutual TLS): leases, instances, the change feed and
+//! instance identity certificates.
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{body, json, ApiError, ApiResult, AppState, MAX_BODY};
+use crate::identity::{IdentityError, IdentityRequest, IssuedIdentity};
 use crate::model::{FeedResponse, Instance, Lease};
 use crate::store::{ops, Mode};
 
@@ -28,6 +30,7 @@ pub fn router(state: AppState) -> Router {
         .route("/internal/instances/delete", post(instance_down))
         .route("/internal/cells/{underlay_ip}/instances", put(sync_cell))
         .route("/internal/feed", get(feed))
+        .route("/internal/instance_identity", post(instance_identity))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not found") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -195,6 +198,41 @@ async fn sync_cell(
         })
         .await?;
     Ok(Json(json!({})))
+}
+
+/// Signs a container's instance identity certificate from its cell's CSR; the DNS SANs get the
+/// app's internal routes.
+async fn instance_identity(
+    State(s): State<AppState>,
+    b: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<IssuedIdentity>> {
+    let req: IdentityRequest = json(&body(b)?)?;
+    let identity_err = |e: IdentityError| match e {
+        IdentityError::Invalid { .. } => ApiError::bad_request(e.to_string()),
+        IdentityError::Signing(_) => {
+            tracing::error!("{e}");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    };
+    crate::identity::check_request(&req).map_err(identity_err)?;
+    let Some(ca) = s.identity.clone() else {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this control plane has no instance identity CA",
+        ));
+    };
+    let app = req.app_id.clone();
+    let routes: Vec<String> = s
+        .store
+        .call(Mode::Read, ops::list_routes)
+        .await?
+        .into_iter()
+        .filter(|r| r.app_id == app)
+        .map(|r| r.host)
+        .collect();
+    ca.issue(&req, &routes, std::time::SystemTime::now())
+        .map(Json)
+        .map_err(identity_err)
 }
 
 #[derive(Deserialize)]

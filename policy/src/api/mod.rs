@@ -34,6 +34,8 @@ pub struct AppState {
     pub(crate) feed_cache: Arc<Mutex<HashMap<u64, FeedSlot>>>,
     started: std::time::Instant,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Signs instance identity certificates (`POST /internal/instance_identity`).
+    pub identity: Option<Arc<crate::identity::InstanceCa>>,
 }
 
 impl AppState {
@@ -45,7 +47,14 @@ impl AppState {
             feed_cache: Default::default(),
             started: std::time::Instant::now(),
             shutdown,
+            identity: None,
         }
+    }
+
+    /// Serves instance identity requests with `ca`.
+    pub fn with_identity(mut self, ca: Arc<crate::identity::InstanceCa>) -> AppState {
+        self.identity = Some(ca);
+        self
     }
 }
 
