@@ -365,7 +365,7 @@ impl Harness {
                 self.check_from_port(id, frame, v, buf.data());
                 let _ = segment_vxlan(buf.data(), &h, &mut scratch, |_| {});
             }
-            Verdict::ToStack => self.check_from_port(id, frame, v, buf.data()),
+            Verdict::ToStack | Verdict::ToService(_) => self.check_from_port(id, frame, v, buf.data()),
             Verdict::Drop(_) => {}
         }
         self.buf = Some(buf);
@@ -395,6 +395,12 @@ impl Harness {
             Verdict::Drop(_) => {}
             Verdict::ToStack => panic!("from the underlay to the local stack"),
             Verdict::ToUnderlay(to) => panic!("from the underlay back to the underlay ({to})"),
+            Verdict::ToService(PortId(q)) => {
+                let vx = vxlan_gbp::Packet::new_checked(payload).expect("VXLAN header");
+                let repr = vxlan_gbp::Repr::parse(&vx).expect("VXLAN header parses");
+                let (_, f) = parse_frame(inner).expect("inner IPv4");
+                self.serviced(q, repr.group_policy_id.unwrap_or(0), &f);
+            }
             Verdict::ToPort(PortId(q)) => {
                 let remotes: Vec<_> = REMOTES.iter().filter(|r| r.1 == ip).collect();
                 assert!(!remotes.is_empty(), "accepted from unknown VTEP {ip}");
@@ -471,6 +477,10 @@ impl Harness {
             Verdict::ToPort(PortId(q)) => {
                 self.delivered(q, p.tag, &f, frame, out);
             }
+            Verdict::ToService(PortId(q)) => {
+                self.serviced(q, p.tag, &f);
+                return;
+            }
             Verdict::ToUnderlay(to) => {
                 let remote = REMOTES
                     .iter()
@@ -519,6 +529,24 @@ impl Harness {
     }
 
     /// Checks a delivery of `input` (Ethernet/IPv4 as received) to port `q` as `out`.
+    /// A segment handed to port `q`'s TLS terminator (61443): admitted by policy like a
+    /// delivery, never anything but TCP to that port's address.
+    fn serviced(&mut self, q: u32, src_tag: u16, f: &flow::Flow) {
+        let port = local_by_id(q).unwrap_or_else(|| panic!("serviced for unknown port {q}"));
+        assert_eq!(f.dst, port.ip, "to the port that owns the address");
+        assert_eq!((f.proto, f.dport), (ipv4::PROTO_TCP, 61443), "only TCP 61443 is serviced");
+        let t = tuple(f);
+        let reply = self.origin.contains(&(q, rev(t)));
+        assert!(
+            reply || self.admitted.contains(&(q, t)) || self.allows(src_tag, port.tag, f.proto, f.dport),
+            "DENIED FLOW SERVICED: tag {src_tag} -> port {q} (tag {}) {t:?}",
+            port.tag
+        );
+        if !reply {
+            self.admitted.insert((q, t));
+        }
+    }
+
     fn delivered(&mut self, q: u32, src_tag: u16, f: &flow::Flow, input: &[u8], out: &[u8]) {
         let port = local_by_id(q).unwrap_or_else(|| panic!("delivered to unknown port {q}"));
         assert_eq!(

@@ -373,6 +373,7 @@ pub fn run(args: CellArgs) -> Result<()> {
                 state_dir: state_dir.clone(),
                 busy_poll: std::time::Duration::from_micros(args.busy_poll_us),
                 dns_upstreams: config.dns_upstreams.clone(),
+                credentials: credentials.clone(),
             },
             tables.clone(),
             conntrack.clone(),

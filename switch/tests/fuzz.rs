@@ -139,7 +139,7 @@ proptest! {
                 rx.flush(|_, _| {});
             }
             // The local stack has its own property test (switch/src/stack/tests.rs).
-            Verdict::ToStack | Verdict::Drop(_) => {}
+            Verdict::ToStack | Verdict::ToService(_) | Verdict::Drop(_) => {}
         }
     }
 }

@@ -188,11 +188,16 @@ pub(crate) type Ports = FxHashMap<PortId, Port>;
 
 /// Writes a plain Ethernet frame to a port (behind an empty virtio-net header if it has one).
 pub(crate) fn write_plain(port: &Port, frame: &[u8], counters: &Counters) {
+    write_plain_tap(&port.tap, port.vnet, frame, counters)
+}
+
+/// Writes a plain Ethernet frame to a TAP (behind an empty virtio-net header if `vnet`).
+pub(crate) fn write_plain_tap(tap: &Tap, vnet: bool, frame: &[u8], counters: &Counters) {
     const EMPTY: [u8; virtio_net::HEADER_LEN] = [0; virtio_net::HEADER_LEN];
-    let r = if port.vnet {
-        port.tap.write2(&EMPTY, frame)
+    let r = if vnet {
+        tap.write2(&EMPTY, frame)
     } else {
-        port.tap.write(frame)
+        tap.write(frame)
     };
     // A full TAP queue drops the frame, as a NIC would; TCP recovers.
     if r.is_err() {
@@ -239,7 +244,18 @@ pub fn start(
     counters: Arc<Counters>,
 ) -> Result<DataplaneHandle> {
     let offload = opts.offload;
-    let stack = stack::start(stack_opts, tables.clone(), counters.clone())?;
+    let underlay = socks
+        .first()
+        .context("no underlay socket")?
+        .try_clone()
+        .context("duplicating the underlay socket for the local stack")?;
+    let stack = stack::start(
+        stack_opts,
+        underlay,
+        tables.clone(),
+        conntrack.clone(),
+        counters.clone(),
+    )?;
     if !offload {
         tracing::info!("offloads off (--no-offload): plain frames, batched system calls");
     }
@@ -378,7 +394,9 @@ impl Dataplane {
             }
             self.again_work = work;
             if self.udp_again {
-                self.udp_again = self.rxq.drain(&mut self.switch, &self.ports, UDP_BUDGET);
+                self.udp_again =
+                    self.rxq
+                        .drain(&mut self.switch, &self.ports, &self.stack, UDP_BUDGET);
             }
             self.txq.flush();
             let now = Instant::now();
@@ -458,6 +476,11 @@ impl Dataplane {
                     }
                     Verdict::ToUnderlay(dst) => self.txq.push(dst, self.buf.data()),
                     Verdict::ToStack => self.hand_to_stack(id, virtio_net::Repr::default()),
+                    Verdict::ToService(to) => {
+                        if let Some(ip) = self.buf.data().get(ETH_HEADER_LEN..) {
+                            self.stack.service_packet(to, ip, &self.counters);
+                        }
+                    }
                     Verdict::Drop(_) => {}
                 }
             }
@@ -485,6 +508,13 @@ impl Dataplane {
         let r = match v {
             Verdict::ToStack => {
                 self.hand_to_stack(from, hdr);
+                Ok(())
+            }
+            Verdict::ToService(to) => {
+                // A TLS client's segment (61443): whole, the stack does not check checksums.
+                if let Some(ip) = self.buf.data().get(ETH_HEADER_LEN..) {
+                    self.stack.service_packet(to, ip, &self.counters);
+                }
                 Ok(())
             }
             Verdict::ToPort(to) => {

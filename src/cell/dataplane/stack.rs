@@ -43,6 +43,11 @@ pub(crate) enum StackMsg {
         buf: Vec<u8>,
         udp_gso: u16,
     },
+    /// A TLS client's packet to port `port`'s 61443.
+    Service {
+        port: PortId,
+        buf: Vec<u8>,
+    },
     AddPort {
         id: PortId,
         tap: Arc<Tap>,
@@ -86,6 +91,21 @@ impl StackLink {
         }
     }
 
+    /// A TLS client's IP packet to `port`:61443, admitted by the pipeline.
+    pub fn service_packet(&self, port: PortId, ip: &[u8], counters: &Counters) {
+        let mut buf = self.free.try_recv().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(ip);
+        match self.tx.try_send(StackMsg::Service { port, buf }) {
+            Ok(()) => {
+                if !self.awake.load(Ordering::SeqCst) {
+                    let _ = self.waker.wake();
+                }
+            }
+            Err(_) => counters.dropped(DropReason::StackQueueFull, Some(port), ip.len()),
+        }
+    }
+
     pub fn send(&self, msg: StackMsg) {
         if self.tx.send(msg).is_ok() {
             let _ = self.waker.wake();
@@ -102,7 +122,7 @@ impl StackLink {
 }
 
 /// Settings of the stack thread.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StackOptions {
     /// Egress flows leave from this address (CF's MASQUERADE to the cell's IP).
     pub egress_ip: Ipv4Addr,
@@ -116,11 +136,15 @@ pub struct StackOptions {
     pub busy_poll: Duration,
     /// Upstream resolvers for names outside the internal domains.
     pub dns_upstreams: Vec<SocketAddrV4>,
+    /// Instance identity credentials: the 61443 terminator of each container.
+    pub credentials: Arc<crate::cell::identity::CredentialRegistry>,
 }
 
 pub(crate) fn start(
     opts: StackOptions,
+    underlay: std::net::UdpSocket,
     tables: Arc<Tables>,
+    conntrack: Arc<tapestry_switch::Conntrack>,
     counters: Arc<Counters>,
 ) -> Result<StackLink> {
     let poll = Poll::new().context("creating the local stack's poller")?;
@@ -143,6 +167,7 @@ pub(crate) fn start(
         now,
     );
     let awake = Arc::new(AtomicBool::new(true));
+    let switch = tapestry_switch::Switch::new(tables.clone(), conntrack, counters.clone());
     let mut driver = Driver {
         awake: awake.clone(),
         busy_poll: opts.busy_poll,
@@ -164,6 +189,12 @@ pub(crate) fn start(
         counters,
         scratch: vec![0u8; (64 << 10) + 256].into_boxed_slice(),
         log,
+        switch,
+        pkt: tapestry_switch::PacketBuf::new(),
+        underlay,
+        credentials: opts.credentials.clone(),
+        tls_generation: u64::MAX,
+        tls: std::collections::HashMap::new(),
     };
     std::thread::Builder::new()
         .name("local-stack".into())
@@ -323,6 +354,20 @@ struct Driver {
     counters: Arc<Counters>,
     scratch: Box<[u8]>,
     log: AsgLog,
+    /// Frames the terminator sends to another cell go through a pipeline as the container's.
+    switch: tapestry_switch::Switch,
+    pkt: tapestry_switch::PacketBuf,
+    underlay: std::net::UdpSocket,
+    credentials: Arc<crate::cell::identity::CredentialRegistry>,
+    tls_generation: u64,
+    /// The credentials each terminator was built from, and the terminator.
+    tls: std::collections::HashMap<
+        Ipv4Addr,
+        (
+            Arc<crate::cell::identity::InstanceCredentials>,
+            Arc<tapestry_tls_proxy::TerminatorConfig>,
+        ),
+    >,
 }
 
 impl Driver {
@@ -361,6 +406,9 @@ impl Driver {
             }
             let snap = self.tables.load_full();
             let now = Instant::now();
+            if self.credentials.generation() != self.tls_generation {
+                self.sync_tls();
+            }
             for ev in events.iter() {
                 match ev.token() {
                     WAKER => {}
@@ -394,6 +442,12 @@ impl Driver {
                     .stack
                     .from_port(snap, port, &buf, udp_gso, now, &mut self.host)
                 {
+                    self.counters.dropped(r, Some(port), buf.len());
+                }
+                let _ = self.free_tx.try_send(buf);
+            }
+            StackMsg::Service { port, buf } => {
+                if let Err(r) = self.stack.to_service(snap, port, &buf, now) {
                     self.counters.dropped(r, Some(port), buf.len());
                 }
                 let _ = self.free_tx.try_send(buf);
@@ -577,9 +631,98 @@ impl Driver {
         Ok(())
     }
 
+    /// Builds, reloads or drops the 61443 terminators after the credentials changed.
+    fn sync_tls(&mut self) {
+        self.tls_generation = self.credentials.generation();
+        let current = self.credentials.snapshot();
+        self.tls.retain(|ip, _| current.contains_key(ip));
+        for ip in self.stack.tls_ips() {
+            if !current.contains_key(&ip) {
+                self.stack.set_tls(ip, None);
+            }
+        }
+        for (ip, cred) in current.iter() {
+            if self.tls.get(ip).is_some_and(|(c, _)| Arc::ptr_eq(c, cred)) {
+                continue;
+            }
+            let creds = match cred.tls_credentials() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("TLS on {ip}:61443: the instance credentials do not load: {e}");
+                    continue;
+                }
+            };
+            let config = match self.tls.get(ip) {
+                // Renewal: new handshakes use the new certificate, open sessions keep theirs.
+                Some((_, cfg)) => match cfg.reload(&creds) {
+                    Ok(()) => cfg.clone(),
+                    Err(e) => {
+                        tracing::warn!("TLS on {ip}:61443: reloading the credentials: {e}");
+                        continue;
+                    }
+                },
+                None => match tapestry_tls_proxy::TerminatorConfig::new(
+                    &creds,
+                    tapestry_tls_proxy::TerminatorOptions {
+                        alpn: vec![b"http/1.1".to_vec()],
+                        ..Default::default()
+                    },
+                ) {
+                    Ok(c) => Arc::new(c),
+                    Err(e) => {
+                        tracing::warn!("TLS on {ip}:61443: {e}");
+                        continue;
+                    }
+                },
+            };
+            self.stack.set_tls(*ip, Some(config.clone()));
+            self.tls.insert(*ip, (cred.clone(), config));
+        }
+    }
+
+    /// Sends a frame the terminator speaks as container `port` to another cell: through the
+    /// pipeline (routing, the container's tag, encapsulation), then the underlay.
+    fn via_pipeline(&mut self, port: PortId, hdr: &virtio_net::Repr, buf: &mut [u8]) {
+        let frame = &mut buf[virtio_net::HEADER_LEN..];
+        if offload::complete_checksum(frame, hdr).is_err()
+            || frame.len() > self.pkt.read_space().len()
+        {
+            return;
+        }
+        let Some(p) = self.tables.load().port(port).copied() else {
+            return;
+        };
+        {
+            let mut eth = tapestry_switch::wire::ethernet::Frame::new_unchecked(&mut frame[..]);
+            eth.set_src(p.mac);
+            eth.set_dst(p.gateway_mac);
+        }
+        self.pkt.read_space()[..frame.len()].copy_from_slice(frame);
+        self.pkt.set_len(frame.len());
+        match self.switch.from_port(port, &mut self.pkt, Instant::now()) {
+            tapestry_switch::Verdict::ToUnderlay(to)
+                if self.underlay.send_to(self.pkt.data(), to).is_err() =>
+            {
+                self.counters.port_tx_error();
+            }
+            tapestry_switch::Verdict::ToPort(to) => {
+                if let Some(q) = self.ports.get(&to) {
+                    super::write_plain_tap(&q.tap, q.vnet, self.pkt.data(), &self.counters);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Writes the stack's frames to the containers' TAPs.
     fn transmit(&mut self) {
         while let Some(mut t) = self.stack.poll_transmit() {
+            if t.via_pipeline {
+                let hdr = t.hdr;
+                self.via_pipeline(t.port, &hdr, &mut t.buf);
+                self.stack.recycle(t.buf);
+                continue;
+            }
             if let Some(p) = self.ports.get(&t.port) {
                 t.hdr.emit(&mut virtio_net::Packet::new_unchecked(
                     &mut t.buf[..virtio_net::HEADER_LEN],

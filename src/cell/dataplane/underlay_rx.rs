@@ -5,6 +5,8 @@
 //! header) decides what to write; this file only reads the socket and performs the writes.
 //! Pending super-frames are written at the end of each batch.
 
+const ETH_LEN: usize = tapestry_switch::wire::ethernet::HEADER_LEN;
+
 use std::io;
 use std::net::UdpSocket;
 use std::sync::Arc;
@@ -68,7 +70,13 @@ impl UnderlayRx {
 
     /// Receives up to `batches` recvmmsg batches and forwards them. Returns true if there may be
     /// more to read (the budget ran out before the socket was empty).
-    pub fn drain(&mut self, sw: &mut Switch, ports: &Ports, batches: usize) -> bool {
+    pub fn drain(
+        &mut self,
+        sw: &mut Switch,
+        ports: &Ports,
+        stack: &super::stack::StackLink,
+        batches: usize,
+    ) -> bool {
         for _ in 0..batches {
             let got = match udp::recv_batch(&self.sock, &mut self.bufs, &mut self.meta) {
                 Ok(n) => n,
@@ -106,14 +114,23 @@ impl UnderlayRx {
                 let pkt = &mut self.bufs[i].0;
                 for off in (0..m.len).step_by(seg) {
                     pkt.select(off, seg.min(m.len - off));
-                    if let Verdict::ToPort(p) = sw.from_underlay(m.src, pkt, now) {
-                        let Some(port) = ports.get(&p) else {
-                            continue;
-                        };
-                        let counters = &self.counters;
-                        self.rx.push(p, port.vnet, pkt.data(), |to, w| {
-                            write_port(ports, to, w, counters)
-                        });
+                    match sw.from_underlay(m.src, pkt, now) {
+                        Verdict::ToPort(p) => {
+                            let Some(port) = ports.get(&p) else {
+                                continue;
+                            };
+                            let counters = &self.counters;
+                            self.rx.push(p, port.vnet, pkt.data(), |to, w| {
+                                write_port(ports, to, w, counters)
+                            });
+                        }
+                        // TLS on 61443, admitted by policy: the local stack terminates it.
+                        Verdict::ToService(p) => {
+                            if let Some(ip) = pkt.data().get(ETH_LEN..) {
+                                stack.service_packet(p, ip, &self.counters);
+                            }
+                        }
+                        _ => {}
                     }
                 }
             }

@@ -30,6 +30,10 @@ pub enum Verdict {
     /// `pkt.data()[ethernet::HEADER_LEN..]` to the cell's local stack ([`crate::stack`]), which
     /// makes the egress (ASG) decision and answers.
     ToStack,
+    /// A TCP segment to port 61443 of this local port, admitted by policy: hand
+    /// `pkt.data()[ethernet::HEADER_LEN..]` to the local stack's TLS terminator for that port
+    /// ([`crate::stack::Stack::to_service`]).
+    ToService(PortId),
     /// Nothing to send; the reason has been counted.
     Drop(DropReason),
 }
@@ -179,7 +183,7 @@ impl Switch {
         match v {
             Verdict::ToPort(p) => self.counters.port_tx(p, out_len),
             Verdict::ToUnderlay(_) => self.counters.underlay_tx(out_len),
-            Verdict::ToStack => {}
+            Verdict::ToStack | Verdict::ToService(_) => {}
             Verdict::Drop(r) => {
                 tracing::trace!(reason = r.as_str(), "drop");
                 self.counters.dropped(r, drop_port, in_len)
@@ -233,6 +237,9 @@ fn from_port(cx: &mut Ctx<'_>, id: PortId, pkt: &mut PacketBuf) -> Result<Verdic
             // Ingress first, so a denied flow leaves no egress record behind.
             cx.ingress(&dst, port.tag, &f, ip.payload())?;
             cx.egress(&port, &f)?;
+            if is_tls(&f) {
+                return Ok(Verdict::ToService(dst.id));
+            }
             rewrite(pkt.data_mut(), dst.gateway_mac, dst.mac);
             Ok(Verdict::ToPort(dst.id))
         }
@@ -339,6 +346,16 @@ fn from_underlay(
     }
     let ip = ipv4::Packet::new_unchecked(&pkt.data()[ethernet::HEADER_LEN..]);
     cx.ingress(&dst, tag, &f, ip.payload())?;
+    if is_tls(&f) {
+        return Ok(Verdict::ToService(dst.id));
+    }
     rewrite(pkt.data_mut(), dst.gateway_mac, dst.mac);
     Ok(Verdict::ToPort(dst.id))
+}
+
+/// A segment to the TLS terminator's port, which the local stack serves for every container.
+fn is_tls(f: &flow::Flow) -> bool {
+    f.proto == ipv4::PROTO_TCP
+        && f.dport == crate::stack::tls::TLS_PORT
+        && f.frag != flow::Frag::Later
 }

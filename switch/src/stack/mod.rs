@@ -27,6 +27,7 @@ pub mod dns;
 pub mod frame;
 mod resolver;
 mod tcp;
+pub mod tls;
 
 use std::collections::VecDeque;
 use std::io;
@@ -97,6 +98,9 @@ pub struct Transmit {
     pub port: PortId,
     pub hdr: virtio_net::Repr,
     pub buf: Vec<u8>,
+    /// The frame is not for `port` but from it, to another cell: run it through the pipeline
+    /// as a frame `port` sent (the TLS terminator speaks as the container).
+    pub via_pipeline: bool,
 }
 
 /// A flow admitted by an ASG rule with `log: true` (CF's ASG logging).
@@ -182,6 +186,8 @@ enum Kind {
     },
     /// A DNS-over-TCP connection to 169.254.0.2:53.
     DnsTcp(resolver::DnsTcp),
+    /// A TLS connection to a container's 61443 (its app leg is keyed by `alt_key`).
+    Tls(Box<tls::TlsFlow>),
     Icmp {
         ident: u16,
         socket: IcmpSocket,
@@ -191,6 +197,8 @@ enum Kind {
 #[derive(Debug)]
 struct Entry {
     key: Key,
+    /// A second key of the same flow (the app leg of a TLS connection).
+    alt_key: Option<Key>,
     port: PortId,
     kind: Kind,
     last_seen: Instant,
@@ -219,6 +227,10 @@ pub struct Stack {
     dns_seed: u64,
     dns_next: usize,
     dns_seq: u16,
+    /// The TLS terminator of each container with instance credentials.
+    tls: FxHashMap<Ipv4Addr, Arc<tapestry_tls_proxy::TerminatorConfig>>,
+    /// The next local port (on 169.254.0.1) for a TLS connection's app leg.
+    tls_next_port: u16,
 }
 
 impl std::fmt::Debug for Stack {
@@ -266,6 +278,8 @@ impl Stack {
             dns_seed: 0x9e37_79b9_7f4a_7c15 ^ now.elapsed().as_nanos() as u64,
             dns_next: 0,
             dns_seq: 0,
+            tls: FxHashMap::default(),
+            tls_next_port: 0,
         }
     }
 
@@ -292,6 +306,7 @@ impl Stack {
                     Kind::UdpIn => ("udp", "open", true),
                     Kind::DnsForward { .. } => ("udp", "dns_forward", false),
                     Kind::DnsTcp(_) => ("tcp", "dns", false),
+                    Kind::Tls(t) => ("tcp", t.state_name(&self.sockets), false),
                     Kind::Icmp { .. } => ("icmp", "open", false),
                 };
                 FlowInfo {
@@ -346,9 +361,13 @@ impl Stack {
             return;
         };
         self.by_key.remove(&e.key);
+        if let Some(k) = e.alt_key {
+            self.by_key.remove(&k);
+        }
         match &e.kind {
             Kind::Tcp(t) => t.release(&mut self.sockets, &mut self.pool),
             Kind::DnsTcp(c) => self.pool.give(&mut self.sockets, Stack::dns_tcp_handle(c)),
+            Kind::Tls(t) => t.release(&mut self.sockets, &mut self.pool),
             _ => {}
         }
         io.close(id, abort);
@@ -365,7 +384,12 @@ impl Stack {
         let mut b = self.dev.buffer();
         if build(&mut b) {
             let hdr = frame::finish(&mut b, self.config.mtu, 0);
-            self.out.push_back(Transmit { port, hdr, buf: b });
+            self.out.push_back(Transmit {
+                port,
+                hdr,
+                buf: b,
+                via_pipeline: false,
+            });
         } else {
             self.dev.recycle(b);
         }
@@ -398,6 +422,13 @@ impl Stack {
         let packet = &packet[..ip.total_len() as usize];
         if f.dst == DNS && f.dport == 53 && f.proto == ipv4::PROTO_UDP {
             return self.dns_udp(snap, port, &ip, now, io);
+        }
+        if f.dst == GATEWAY && f.proto == ipv4::PROTO_TCP {
+            // The app's side of a TLS connection answering the terminator.
+            let key: Key = (f.proto, f.src, f.sport, f.dst, f.dport);
+            if let Some(&id) = self.by_key.get(&key) {
+                return self.existing(id, packet, udp_gso, now, io);
+            }
         }
         if f.dst == DNS && f.dport == 53 && f.proto == ipv4::PROTO_TCP {
             let key: Key = (f.proto, f.src, f.sport, f.dst, f.dport);
@@ -503,6 +534,7 @@ impl Stack {
         };
         let id = self.insert(Entry {
             key,
+            alt_key: None,
             port,
             kind,
             last_seen: now,
@@ -576,6 +608,13 @@ impl Stack {
                 Ok(())
             }
             Kind::DnsForward { .. } => Err(DropReason::StackNoFlow),
+            Kind::Tls(_) => {
+                let mut b = self.dev.buffer();
+                b.clear();
+                b.extend_from_slice(packet);
+                self.dev.rx.push_back(b);
+                Ok(())
+            }
             Kind::Tcp(t) => {
                 if t.handle.is_none() {
                     t.hold_syn(packet);
@@ -760,7 +799,11 @@ impl Stack {
                         true
                     })
                 }
-                Kind::Tcp(_) | Kind::UdpIn | Kind::DnsForward { .. } | Kind::DnsTcp(_) => break,
+                Kind::Tcp(_)
+                | Kind::UdpIn
+                | Kind::DnsForward { .. }
+                | Kind::DnsTcp(_)
+                | Kind::Tls(_) => break,
             }
         }
         self.scratch = scratch;
@@ -796,6 +839,7 @@ impl Stack {
         )?;
         let id = self.insert(Entry {
             key,
+            alt_key: None,
             port,
             kind: Kind::Tcp(t),
             last_seen: now,
@@ -803,6 +847,129 @@ impl Stack {
         });
         self.counters.stack_flow_opened();
         Some(id)
+    }
+
+    /// Sets (or, with `None`, removes) the TLS terminator of the container at `ip`.
+    pub fn set_tls(
+        &mut self,
+        ip: Ipv4Addr,
+        config: Option<Arc<tapestry_tls_proxy::TerminatorConfig>>,
+    ) {
+        match config {
+            Some(c) => {
+                self.tls.insert(ip, c);
+            }
+            None => {
+                self.tls.remove(&ip);
+            }
+        }
+    }
+
+    /// The containers with a TLS terminator.
+    pub fn tls_ips(&self) -> Vec<Ipv4Addr> {
+        self.tls.keys().copied().collect()
+    }
+
+    /// A TCP segment to `port`'s 61443 that the pipeline admitted ([`crate::Verdict::ToService`]).
+    pub fn to_service(
+        &mut self,
+        snap: &Snapshot,
+        port: PortId,
+        packet: &[u8],
+        now: Instant,
+    ) -> Result<(), DropReason> {
+        let ip = flow::check_ipv4(packet)?;
+        let f = flow::parse(&ip)?;
+        let packet = &packet[..ip.total_len() as usize];
+        let container = snap.port(port).ok_or(DropReason::NoSuchPort)?.ip;
+        if f.proto != ipv4::PROTO_TCP || f.dst != container || f.dport != tls::TLS_PORT {
+            return Err(DropReason::StackNoFlow);
+        }
+        let key: Key = (f.proto, f.dst, f.dport, f.src, f.sport);
+        if let Some(&id) = self.by_key.get(&key) {
+            if let Some(e) = self.entry(id) {
+                e.last_seen = now;
+            }
+            let mut b = self.dev.buffer();
+            b.clear();
+            b.extend_from_slice(packet);
+            self.dev.rx.push_back(b);
+            return Ok(());
+        }
+        let config = self.tls.get(&container).cloned();
+        let accepted = (f.tcp_flags & (tcpw::SYN | tcpw::ACK | tcpw::RST) == tcpw::SYN)
+            .then_some(config)
+            .flatten()
+            .and_then(|c| {
+                tls::TlsFlow::accept(
+                    &mut self.sockets,
+                    &mut self.pool,
+                    &c,
+                    container,
+                    tls::DEFAULT_APP_PORT,
+                )
+            });
+        let Some(t) = accepted else {
+            // No credentials (yet), or not the start of a connection: a closed port.
+            self.send_built(port, |b| frame::tcp_reset(b, packet));
+            return Err(DropReason::StackNoFlow);
+        };
+        self.insert(Entry {
+            key,
+            alt_key: None,
+            port,
+            kind: Kind::Tls(Box::new(t)),
+            last_seen: now,
+            rule: None,
+        });
+        self.counters.stack_flow_opened();
+        let mut b = self.dev.buffer();
+        b.clear();
+        b.extend_from_slice(packet);
+        self.dev.rx.push_back(b);
+        Ok(())
+    }
+
+    /// Connects the app legs of new TLS connections and moves their bytes.
+    fn tls_poll(&mut self) {
+        for i in 0..self.flows.len() {
+            let Some(Entry {
+                kind: Kind::Tls(t),
+                key,
+                alt_key,
+                ..
+            }) = self.flows[i].as_mut()
+            else {
+                continue;
+            };
+            if !t.has_back() {
+                // A free port on the gateway address for the app leg.
+                let container = key.1;
+                let mut local = None;
+                for _ in 0..1024 {
+                    self.tls_next_port = self.tls_next_port.wrapping_add(1);
+                    let p = 32768 + (self.tls_next_port % 28000);
+                    let k: Key = (ipv4::PROTO_TCP, container, t.back_key_port(), GATEWAY, p);
+                    if !self.by_key.contains_key(&k) {
+                        local = Some((p, k));
+                        break;
+                    }
+                }
+                if let Some((p, k)) = local {
+                    if t.connect_back(
+                        &mut self.iface,
+                        &mut self.sockets,
+                        &mut self.pool,
+                        container,
+                        p,
+                    ) {
+                        *alt_key = Some(k);
+                        self.by_key.insert(k, FlowId(i as u32));
+                    }
+                }
+            }
+            t.pump(&mut self.sockets);
+        }
     }
 
     /// Net-in UDP: a datagram from `client` to a mapped host port, for `container`. Returns the
@@ -837,6 +1004,7 @@ impl Stack {
                 self.counters.stack_flow_opened();
                 self.insert(Entry {
                     key,
+                    alt_key: None,
                     port,
                     kind: Kind::UdpIn,
                     last_seen: now,
@@ -867,12 +1035,28 @@ impl Stack {
         self.iface.poll(t, &mut self.dev, &mut self.sockets);
         self.splice(io);
         self.dns_tcp_poll(snap, now, io);
+        self.tls_poll();
         self.iface.poll(t, &mut self.dev, &mut self.sockets);
         self.reap(io);
         while let Some(mut b) = self.dev.tx.pop_front() {
-            let dst = ipv4::Packet::new_unchecked(&b[frame::IP_AT..]).dst();
+            let (src, dst) = {
+                let ip = ipv4::Packet::new_unchecked(&b[frame::IP_AT..]);
+                (ip.src(), ip.dst())
+            };
             let Some(p) = snap.port_by_ip(dst) else {
-                self.dev.recycle(b);
+                // The terminator answering a TLS client on another cell: the frame leaves as
+                // if the container sent it (the pipeline encapsulates it with its tag).
+                if let Some(from) = snap.port_by_ip(src) {
+                    let hdr = frame::finish(&mut b, self.config.mtu, 0);
+                    self.out.push_back(Transmit {
+                        port: from.id,
+                        hdr,
+                        buf: b,
+                        via_pipeline: true,
+                    });
+                } else {
+                    self.dev.recycle(b);
+                }
                 continue;
             };
             let mss = self
@@ -889,6 +1073,7 @@ impl Stack {
                 port: p.id,
                 hdr,
                 buf: b,
+                via_pipeline: false,
             });
         }
         if now.saturating_duration_since(self.last_sweep) >= Duration::from_secs(1) {
@@ -947,6 +1132,12 @@ impl Stack {
                     }
                     continue;
                 }
+                Kind::Tls(t) => {
+                    if gone {
+                        t.abort(&mut self.sockets);
+                    }
+                    false
+                }
                 Kind::DnsTcp(c) => {
                     if gone {
                         self.sockets
@@ -965,7 +1156,8 @@ impl Stack {
                     false
                 }
             };
-            if expire || (gone && !matches!(e.kind, Kind::Tcp(_) | Kind::DnsTcp(_))) {
+            if expire || (gone && !matches!(e.kind, Kind::Tcp(_) | Kind::DnsTcp(_) | Kind::Tls(_)))
+            {
                 self.remove(FlowId(i as u32), io, false);
             }
         }

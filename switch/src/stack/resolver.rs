@@ -84,6 +84,7 @@ impl Stack {
         }
         self.insert(Entry {
             key,
+            alt_key: None,
             port,
             kind: Kind::DnsTcp(DnsTcp {
                 handle: h,
@@ -212,6 +213,7 @@ impl Stack {
         }
         let id = self.insert(Entry {
             key,
+            alt_key: None,
             port,
             kind: Kind::DnsForward {
                 client,

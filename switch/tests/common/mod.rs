@@ -58,6 +58,8 @@ pub enum Outcome {
     Delivered(usize, PortId, Vec<u8>),
     /// Dropped at a cell.
     Dropped(usize, DropReason),
+    /// Admitted to a port's TLS terminator (61443): (cell, port).
+    Serviced(usize, PortId),
 }
 
 impl Outcome {
@@ -67,7 +69,7 @@ impl Outcome {
     pub fn frame(&self) -> &[u8] {
         match self {
             Outcome::Delivered(_, _, f) => f,
-            Outcome::Dropped(..) => &[],
+            Outcome::Dropped(..) | Outcome::Serviced(..) => &[],
         }
     }
     pub fn reason(&self) -> Option<DropReason> {
@@ -209,6 +211,8 @@ impl Net {
             Verdict::ToPort(p) => Outcome::Delivered(cell, p, buf.data().to_vec()),
             Verdict::Drop(r) => Outcome::Dropped(cell, r),
             Verdict::ToStack => unreachable!("only a frame from a port goes to the local stack"),
+            // This world has no TLS terminator: a 61443 segment admitted by policy ends here.
+            Verdict::ToService(p) => Outcome::Serviced(cell, p),
             Verdict::ToUnderlay(to) => {
                 self.last_underlay = Some((cell, to, buf.data().to_vec()));
                 let dst = self

@@ -1,0 +1,175 @@
+//! End-to-end tests (root) of TLS on port 61443: the cell terminates it with the instance
+//! identity certificate and forwards plaintext to the app on 8080, only where a policy allows
+//! tcp 61443. Clients are `curl` and `openssl s_client` in container namespaces on the same cell
+//! and on another cell. Namespaces are prefixed `tptl`; the testbed removes them.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tapestry::demo::overlay::{in_netns, Overlay};
+use tapestry::demo::testbed::is_root;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_tapestry"))
+}
+
+/// A minimal HTTP/1.1 server in `ns` on `ip`:8080 answering every request with `body` and the
+/// caller's address.
+fn serve_http(ns: &Path, ip: Ipv4Addr, body: &'static str) {
+    let l = in_netns(ns, move || {
+        Ok(TcpListener::bind(SocketAddrV4::new(ip, 8080))?)
+    })
+    .unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            std::thread::spawn(move || {
+                let peer = c
+                    .peer_addr()
+                    .map(|a| a.ip().to_string())
+                    .unwrap_or_default();
+                let mut req = Vec::new();
+                let mut b = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&b[..n]),
+                    }
+                }
+                let text = format!("{body} via {peer}");
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+            });
+        }
+    });
+}
+
+fn sh_in(ov: &Overlay, ns: &str, program: &str, args: &[&str]) -> (bool, String) {
+    let out = ov.tb.exec(ns, program, args).unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!err.contains("exec of"), "{program} could not run: {err}");
+    (
+        out.status.success(),
+        format!("{}{err}", String::from_utf8_lossy(&out.stdout)),
+    )
+}
+
+#[test]
+#[ignore = "needs root (network namespaces); scripts/test.sh runs it as root"]
+fn e2e_tls_on_61443() {
+    assert!(
+        is_root(),
+        "end-to-end tests need root: run scripts/test.sh as root"
+    );
+    let mut ov = Overlay::start("tptl", bin(), 2, &[]).unwrap();
+    let b = ov.add_container(0, "b", "app-b", "s").unwrap();
+    let _a1 = ov.add_container(0, "a1", "app-a", "s").unwrap();
+    let _a2 = ov.add_container(1, "a2", "app-a", "s").unwrap();
+    let _c = ov.add_container(0, "c", "app-c", "s").unwrap();
+    let b_ip = b.container_ip;
+    serve_http(&ov.tb.ns_path("b"), b_ip, "hello from b");
+    let dir: PathBuf = ov.tb.dir().join("cell1").join("instances").join("b");
+    let ca = dir.join("ca.crt");
+    let start = Instant::now();
+    while !ca.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no credentials in {}",
+            dir.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The certificate: CN, SANs and OUs as Diego issues them.
+    let out = std::process::Command::new("openssl")
+        .args([
+            "x509",
+            "-noout",
+            "-subject",
+            "-ext",
+            "subjectAltName,extendedKeyUsage",
+            "-in",
+        ])
+        .arg(dir.join("instance.crt"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "CN = b",
+        "OU = app:app-b",
+        "OU = space:s",
+        "OU = organization:org",
+        "DNS:b",
+        &format!("IP Address:{b_ip}"),
+        "TLS Web Server Authentication",
+        "TLS Web Client Authentication",
+    ] {
+        assert!(text.contains(want), "{want} not in {text}");
+    }
+    ov.allow("app-a", "app-b", "tcp", 61443, 61443).unwrap();
+    let ca_s = ca.display().to_string();
+    let url = format!("https://{b_ip}:61443/");
+    // Same cell and another cell, through curl verifying against the instance CA.
+    for ns in ["a1", "a2"] {
+        let mut last = String::new();
+        let ok = (0..100).any(|_| {
+            let (ok, out) = sh_in(
+                &ov,
+                ns,
+                "curl",
+                &["-sS", "--max-time", "5", "--cacert", &ca_s, &url],
+            );
+            last = out;
+            ok || {
+                std::thread::sleep(Duration::from_millis(50));
+                false
+            }
+        });
+        assert!(ok, "curl from {ns}: {last}");
+        assert!(
+            last.starts_with("hello from b via 169.254.0.1"),
+            "{ns}: {last}"
+        );
+    }
+    // openssl s_client verifies the chain and the address.
+    let target = format!("{b_ip}:61443");
+    let (ok, out) = sh_in(
+        &ov,
+        "a2",
+        "openssl",
+        &[
+            "s_client",
+            "-connect",
+            &target,
+            "-CAfile",
+            &ca_s,
+            "-verify_return_error",
+            "-verify_ip",
+            &b_ip.to_string(),
+            "-brief",
+        ],
+    );
+    assert!(ok && out.contains("Verification: OK"), "{out}");
+    // No policy for 61443: refused before any handshake (the SYN is dropped).
+    let (ok, out) = sh_in(
+        &ov,
+        "c",
+        "curl",
+        &["-sS", "--connect-timeout", "2", "--cacert", &ca_s, &url],
+    );
+    assert!(
+        !ok && (out.contains("timed out") || out.contains("Timeout")),
+        "{out}"
+    );
+    // Status shows the terminated connections as flows of the stack.
+    let st = ov.cell_status(0).unwrap();
+    assert!(
+        st["totals"]["stack_flows_opened"].as_u64().unwrap_or(0) >= 3,
+        "{}",
+        st["totals"]
+    );
+}
