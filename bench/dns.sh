@@ -77,6 +77,10 @@ done
 [[ $DUR =~ ^[1-9][0-9]*$ ]] || { echo "--duration must be a positive integer" >&2; exit 2; }
 TCP_DUR=$(( (DUR + 1) / 2 ))
 if [ $QUICK = 1 ]; then RR_COUNT=1000; else RR_COUNT=5000; fi
+# Lone queries take well under a second a run, so a passing slow phase of the machine (another
+# process, a CPU waking) would land on one side only: each run is LAT_ROUNDS rounds that alternate
+# the sides, and the figures are medians over all rounds.
+LAT_ROUNDS=5
 
 SHOWN=()
 [ $QUICK = 1 ] && SHOWN+=(--quick)
@@ -416,21 +420,22 @@ udp() { dnsperf_run "$1" udp udp "$2" "$DUR" "$CLIENTS" "$OUTSTANDING"; }
 lat() {
     local side=$1 run=$2 ns r
     if [ "$side" = t ]; then ns=$T_CNS; else ns=$K_CNS; fi
-    r=$(nsx "$ns" 120 python3 "$HERE/lib/dns_rr.py" "$DNS_IP" "$QUERIES" --count "$RR_COUNT" --timeout 1 2>&1) ||
+    r=$(nsx "$ns" 120 python3 "$HERE/lib/dns_rr.py" "$DNS_IP" "$QUERIES" --count $((RR_COUNT / LAT_ROUNDS)) --timeout 1 2>&1) ||
         { RUN_ERR="dns_rr.py: $(echo "$r" | tail -n 1 | cut -c1-200)"; return 1; }
     r=$(echo "$r" | python3 -c 'import json,sys; j=json.loads(sys.stdin.read().strip().splitlines()[-1]); print(j["median_us"], j["p99_us"], j["answered"], j["lost"])') ||
         { RUN_ERR="dns_rr.py printed no result"; return 1; }
     set -- $r
     [ $(($4 * 100)) -gt $(($3 + $4)) ] && { RUN_ERR="$4 of $(($3 + $4)) lone queries unanswered"; return 1; }
     add_val "$side" lat_med "$1"; add_val "$side" lat_p99 "$2"
-    log "  $side lat run $run: median $1 us, p99 $2 us ($3 answered, $4 lost)"
+    log "  $side lat round $run: median $1 us, p99 $2 us ($3 answered, $4 lost)"
 }
 tcp() { dnsperf_run "$1" tcp tcp "$2" "$TCP_DUR" "$CLIENTS" "$OUTSTANDING"; }
 
 # measure METRIC: RUNS runs of each side, interleaved; a Tapestry run that fails marks the metric n/a.
 measure() {
-    local m=$1 r side
-    for r in $(seq 1 "$RUNS"); do
+    local m=$1 r side n=$RUNS
+    [ "$m" = lat ] && n=$((RUNS * LAT_ROUNDS))
+    for r in $(seq 1 "$n"); do
         for side in "${SIDES[@]}"; do
             [ "$side" = t ] && ! tok "$m" && continue
             RUN_ERR=""
@@ -452,7 +457,7 @@ LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 for m in "${METRICS[@]}"; do
     case $m in
         udp) log "dnsperf over UDP, $DUR s, -c $CLIENTS -q $OUTSTANDING" ;;
-        lat) log "lone UDP queries, one at a time (bench/lib/dns_rr.py), $RR_COUNT per run" ;;
+        lat) log "lone UDP queries, one at a time (bench/lib/dns_rr.py), $RR_COUNT per run in $LAT_ROUNDS rounds of $((RR_COUNT / LAT_ROUNDS))" ;;
         tcp) log "dnsperf over TCP (-m tcp), $TCP_DUR s, -c $CLIENTS connections -q $OUTSTANDING" ;;
     esac
     d0=""; [ -z "${TF[all]:-}" ] && d0=$(cell_drops)
@@ -505,8 +510,8 @@ TABLE=$(
     row "CPU s per 100k UDP queries, server (unbound / cell process)" udp udp_cpu 3
     row "CPU s per 100k UDP queries, client (dnsperf)" udp udp_cpu_client 3
     row "CPU s per 100k UDP queries, whole machine" udp udp_cpu_all 3
-    row "UDP, one query at a time: round trip, median (us)" lat lat_med 0 latency
-    row "UDP, one query at a time: round trip, p99 (us)" lat lat_p99 0 latency
+    row "UDP, one query at a time: round trip, median (us)" lat lat_med 1 latency
+    row "UDP, one query at a time: round trip, p99 (us)" lat lat_p99 1 latency
     row "TCP queries per second ($CLIENTS connections)" tcp tcp_qps 0
     row "TCP average latency (us)" tcp tcp_lat 0 latency
     row "TCP queries lost (%)" tcp tcp_lost 3 pct
@@ -552,8 +557,10 @@ How it is measured (one run builds both sides; runs alternate unbound/Tapestry; 
 - Queries: dnsperf from a container namespace to $DNS_IP:53, cycling through \`$ROUTE_HOST A\` ($INSTANCES addresses), \`0.$ROUTE_HOST A\`,
   \`nope.apps.internal A\` (NXDOMAIN) and \`$ROUTE_HOST AAAA\` (NODATA) in equal shares; \`-c $CLIENTS -q $OUTSTANDING -T 1 -t 2\`, UDP for $DUR s,
   TCP (\`-m tcp\`: $CLIENTS persistent connections, queries pipelined on them) for $TCP_DUR s. Under that load the average latency is mostly
-  queueing (about outstanding / rate); "one query at a time" is bench/lib/dns_rr.py: $RR_COUNT queries from the same file, each sent when the
-  previous answer arrived, the round trip of each timed in Python (the same client overhead on both sides). Average request/response size: unbound ${SIZES[k]:-?} bytes,
+  queueing (about outstanding / rate); "one query at a time" is bench/lib/dns_rr.py: queries from the same file, each sent when the
+  previous answer arrived, the round trip of each timed in Python (the same client overhead on both sides); $RUNS x $LAT_ROUNDS rounds of
+  $((RR_COUNT / LAT_ROUNDS)) queries alternating the sides, the figures are the medians of the rounds' medians and p99s. These are a few
+  microseconds and move with the machine's state (whether the server's CPU sleeps between queries, what else runs). Average request/response size: unbound ${SIZES[k]:-?} bytes,
   Tapestry ${SIZES[t]:-n/a} bytes. A run counts only if every answer is NOERROR or NXDOMAIN. Before any number, dig checks each side's four answers.
 - Tapestry: \`tapestry control\`, one \`tapestry cell --dns-upstream 127.0.0.1:53\` (nothing is forwarded: every name is under apps.internal),
   \`tapestry route map $ROUTE_HOST $ROUTE_APP\`, $INSTANCES \`tapestry container up --app $ROUTE_APP --index N\` and a client container (app-client).
