@@ -173,3 +173,117 @@ fn e2e_tls_on_61443() {
         st["totals"]
     );
 }
+
+/// A TCP echo in `ns` on `ip`:8080.
+fn serve_echo(ns: &Path, ip: Ipv4Addr) {
+    let l = in_netns(ns, move || {
+        Ok(TcpListener::bind(SocketAddrV4::new(ip, 8080))?)
+    })
+    .unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            std::thread::spawn(move || {
+                let mut b = [0u8; 4096];
+                while let Ok(n) = c.read(&mut b) {
+                    if n == 0 || c.write_all(&b[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn serial(cert: &Path) -> String {
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(cert)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+#[ignore = "needs root (network namespaces); scripts/test.sh runs it as root"]
+fn e2e_tls_renewal_keeps_open_connections() {
+    use std::io::BufRead;
+    assert!(
+        is_root(),
+        "end-to-end tests need root: run scripts/test.sh as root"
+    );
+    // 12 s certificates: renewed after 8 s.
+    let mut ov = Overlay::start("tptr", bin(), 1, &["--instance-cert-lifetime=12"]).unwrap();
+    let b = ov.add_container(0, "b", "app-b", "s").unwrap();
+    let _a = ov.add_container(0, "a", "app-a", "s").unwrap();
+    serve_echo(&ov.tb.ns_path("b"), b.container_ip);
+    ov.allow("app-a", "app-b", "tcp", 61443, 61443).unwrap();
+    let dir = ov.tb.dir().join("cell1").join("instances").join("b");
+    let (ca, crt) = (dir.join("ca.crt"), dir.join("instance.crt"));
+    let start = Instant::now();
+    while !ca.exists() {
+        assert!(start.elapsed() < Duration::from_secs(10), "no credentials");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let first = serial(&crt);
+    let target = format!("{}:61443", b.container_ip);
+    let mut child = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ov.tb.ns_name("a"),
+            "openssl",
+            "s_client",
+            "-quiet",
+        ])
+        .args(["-connect", &target, "-CAfile"])
+        .arg(&ca)
+        .arg("-verify_return_error")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(l) = line else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let echo = |stdin: &mut std::process::ChildStdin, what: &str| {
+        writeln!(stdin, "{what}").unwrap();
+        stdin.flush().unwrap();
+        rx.recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no echo of {what:?} through 61443"))
+    };
+    assert_eq!(echo(&mut stdin, "before renewal"), "before renewal");
+    let t = Instant::now();
+    while serial(&crt) == first {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the certificate was not renewed"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The open connection survives the renewal; a new handshake gets the new certificate.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(echo(&mut stdin, "after renewal"), "after renewal");
+    let out = ov
+        .tb
+        .exec("a", "sh", &["-c", &format!("openssl s_client -connect {target} -CAfile {} -verify_return_error </dev/null 2>/dev/null | openssl x509 -noout -serial", ca.display())])
+        .unwrap();
+    let served = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(
+        served,
+        serial(&crt),
+        "a new handshake is served the renewed certificate"
+    );
+    assert_ne!(served, first);
+    let _ = child.kill();
+    let _ = child.wait();
+}
