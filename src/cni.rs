@@ -491,6 +491,8 @@ fn attach_request(inv: &Invocation, conf: &NetConf) -> Result<AttachRequest, Cni
         network: conf.name.clone(),
         ip: requested_ip(conf, &cni_args)?,
         port_mappings: port_mappings::port_mappings(conf.runtime_config.as_ref())?,
+        app_port: id.app_port,
+        tls_client_auth: id.tls_client_auth,
     })
 }
 

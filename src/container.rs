@@ -49,6 +49,12 @@ enum ContainerCommand {
         /// 61000-65535. Repeat for several mappings.
         #[arg(long = "net-in", value_name = "HOST:CONTAINER[/udp]", value_parser = api::parse_net_in)]
         net_in: Vec<PortMapping>,
+        /// The app's port behind the TLS terminator on 61443 (CF's app_port).
+        #[arg(long, value_name = "PORT", default_value = None)]
+        app_port: Option<u16>,
+        /// 61443 requires a client certificate from the instance identity CA (mTLS; not in CF).
+        #[arg(long)]
+        tls_client_auth: bool,
     },
     /// Detach a container (succeeds if it is already gone).
     Down {
@@ -72,6 +78,8 @@ pub fn run(args: ContainerArgs) -> Result<()> {
             ifname,
             lifecycle,
             net_in,
+            app_port,
+            tls_client_auth,
         } => {
             if let Err(e) = api::check_port_mappings(&net_in) {
                 bail!("--net-in: {e}");
@@ -90,6 +98,8 @@ pub fn run(args: ContainerArgs) -> Result<()> {
                 network: None,
                 ip: None,
                 port_mappings: net_in.clone(),
+                app_port,
+                tls_client_auth,
             };
             let v = api::call(&cell_socket, &req.into_request())?;
             let a: Attachment = serde_json::from_value(v)?;

@@ -707,6 +707,8 @@ pub mod cell {
             ifname: "eth0".into(),
             lifecycle: Default::default(),
             network: None,
+            app_port: None,
+            tls_client_auth: false,
             port_mappings: vec![],
         };
         let mut containers = BTreeMap::new();

@@ -89,6 +89,12 @@ pub struct AttachRequest {
     /// `container up --net-in`). A `host_port` of 0 asks the cell to pick a free one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub port_mappings: Vec<PortMapping>,
+    /// The app's port behind the TLS terminator on 61443 (CF's `app_port`; default 8080).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_port: Option<u16>,
+    /// 61443 requires a client certificate from the instance identity CA (mTLS; not in CF).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_client_auth: bool,
 }
 
 impl AttachRequest {
@@ -96,7 +102,11 @@ impl AttachRequest {
     /// every cell version), `attach` otherwise.
     pub fn into_request(self) -> Request {
         match (self.lifecycle, &self.network, self.ip) {
-            (Lifecycle::Running, None, None) if self.port_mappings.is_empty() => {
+            (Lifecycle::Running, None, None)
+                if self.port_mappings.is_empty()
+                    && self.app_port.is_none()
+                    && !self.tls_client_auth =>
+            {
                 Request::Up(self.up)
             }
             _ => Request::Attach(self),

@@ -216,7 +216,12 @@ impl Cell {
             network,
             ip: wanted,
             port_mappings,
+            app_port,
+            tls_client_auth,
         } = req;
+        if app_port == Some(0) || app_port == Some(tapestry_switch::stack::tls::TLS_PORT) {
+            bail!("app_port {}: must be a port from 1 to 65535 other than 61443 (the TLS terminator's)", app_port.unwrap_or(0));
+        }
         validate(&up)?;
         let mut inner = self.lock();
         // One container, one netns: its other attachments must be in the same one.
@@ -313,6 +318,8 @@ impl Cell {
             lifecycle,
             network,
             port_mappings,
+            app_port,
+            tls_client_auth,
         };
         // Host ports first: a port another process holds fails the attach before anything
         // else is made. On any later failure they are released again.

@@ -108,6 +108,8 @@ mod tests {
             lifecycle,
             network: None,
             port_mappings: vec![],
+            app_port: None,
+            tls_client_auth: false,
         }
     }
 

@@ -442,6 +442,8 @@ impl api::Handler for Cell {
                 network: None,
                 ip: None,
                 port_mappings: vec![],
+                app_port: None,
+                tls_client_auth: false,
             })?)?),
             api::Request::Attach(a) => Ok(serde_json::to_value(self.up(a)?)?),
             api::Request::Down { handle } => {

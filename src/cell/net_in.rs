@@ -244,6 +244,8 @@ mod tests {
                 ifname: "eth0".into(),
                 lifecycle: Default::default(),
                 network: None,
+                app_port: None,
+                tls_client_auth: false,
                 port_mappings: port_mappings.clone(),
             };
             c.containers.insert(rec.key(), rec);

@@ -36,6 +36,12 @@ pub struct ContainerRecord {
     /// for containers attached outside CNI (or by an older version): GC never touches them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// The app's port behind 61443 (None: 8080).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_port: Option<u16>,
+    /// 61443 requires a client certificate (mTLS).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls_client_auth: bool,
     /// Net-in: the cell's host ports forwarded to this attachment, with the real host ports
     /// (records written before net-in load with none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -231,6 +237,8 @@ mod tests {
                 ifname: "eth0".into(),
                 lifecycle: tapestry_switch::Lifecycle::Staging,
                 network: Some("net1".into()),
+                app_port: None,
+                tls_client_auth: false,
                 port_mappings: vec![
                     PortMapping {
                         host_port: 61000,

@@ -136,6 +136,8 @@ pub fn build_snapshot(
                     handle: c.handle.clone(),
                     app_id: c.app_id.clone(),
                     space_id: c.space_id.clone(),
+                    app_port: c.app_port.unwrap_or(0),
+                    tls_client_auth: c.tls_client_auth,
                 },
             )
         })

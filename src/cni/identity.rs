@@ -121,6 +121,10 @@ pub struct Identity {
     pub org_id: String,
     pub instance_index: u32,
     pub lifecycle: Lifecycle,
+    /// The app's port behind 61443 (`app_port`).
+    pub app_port: Option<u16>,
+    /// 61443 requires a client certificate (`tls_client_auth`).
+    pub tls_client_auth: bool,
 }
 
 /// Gathers the identity from `runtimeConfig`, the parsed `CNI_ARGS`, `args` and `metadata`.
@@ -200,7 +204,30 @@ pub fn identity(
             .and_then(Lifecycle::parse)
             .ok_or_else(|| s.error(f, "must be \"running\" or \"staging\"", v))?,
     };
+    let app_port = match find(&sources, &["app_port"]) {
+        None => None,
+        Some((s, f, v)) => Some(
+            v.as_u64()
+                .or_else(|| v.as_str().and_then(|t| t.parse().ok()))
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|p| *p != 0 && *p != 61443)
+                .ok_or_else(|| s.error(f, "must be a port from 1 to 65535 other than 61443", v))?,
+        ),
+    };
+    let tls_client_auth = match find(&sources, &["tls_client_auth"]) {
+        None => false,
+        Some((s, f, v)) => v
+            .as_bool()
+            .or_else(|| match v.as_str() {
+                Some("true") => Some(true),
+                Some("false") => Some(false),
+                _ => None,
+            })
+            .ok_or_else(|| s.error(f, "must be true or false", v))?,
+    };
     Ok(Identity {
+        app_port,
+        tls_client_auth,
         app_id,
         space_id: string(&["space_id"])?.unwrap_or_default(),
         org_id: string(&["org_id"])?.unwrap_or_default(),
@@ -254,6 +281,8 @@ mod tests {
         assert_eq!(
             only_md,
             Identity {
+                app_port: None,
+                tls_client_auth: false,
                 app_id: "md-app".into(),
                 space_id: "md-space".into(),
                 org_id: "md-org".into(),
@@ -295,6 +324,8 @@ mod tests {
         assert_eq!(
             id,
             Identity {
+                app_port: None,
+                tls_client_auth: false,
                 app_id: "r".into(),
                 space_id: String::new(),
                 org_id: String::new(),

@@ -194,6 +194,7 @@ pub(crate) fn start(
         underlay,
         credentials: opts.credentials.clone(),
         tls_generation: u64::MAX,
+        tls_tables_generation: u64::MAX,
         tls: std::collections::HashMap::new(),
     };
     std::thread::Builder::new()
@@ -360,6 +361,7 @@ struct Driver {
     underlay: std::net::UdpSocket,
     credentials: Arc<crate::cell::identity::CredentialRegistry>,
     tls_generation: u64,
+    tls_tables_generation: u64,
     /// The credentials each terminator was built from, and the terminator.
     tls: std::collections::HashMap<
         Ipv4Addr,
@@ -406,8 +408,10 @@ impl Driver {
             }
             let snap = self.tables.load_full();
             let now = Instant::now();
-            if self.credentials.generation() != self.tls_generation {
-                self.sync_tls();
+            if self.credentials.generation() != self.tls_generation
+                || snap.generation() != self.tls_tables_generation
+            {
+                self.sync_tls(&snap);
             }
             for ev in events.iter() {
                 match ev.token() {
@@ -632,8 +636,9 @@ impl Driver {
     }
 
     /// Builds, reloads or drops the 61443 terminators after the credentials changed.
-    fn sync_tls(&mut self) {
+    fn sync_tls(&mut self, snap: &tapestry_switch::Snapshot) {
         self.tls_generation = self.credentials.generation();
+        self.tls_tables_generation = snap.generation();
         let current = self.credentials.snapshot();
         self.tls.retain(|ip, _| current.contains_key(ip));
         for ip in self.stack.tls_ips() {
@@ -642,7 +647,18 @@ impl Driver {
             }
         }
         for (ip, cred) in current.iter() {
-            if self.tls.get(ip).is_some_and(|(c, _)| Arc::ptr_eq(c, cred)) {
+            let client_auth = snap
+                .port_by_ip(*ip)
+                .and_then(|p| snap.label(p.id))
+                .is_some_and(|l| l.tls_client_auth);
+            let same_options = |cfg: &tapestry_tls_proxy::TerminatorConfig| {
+                cfg.options().require_client_cert == client_auth
+            };
+            if self
+                .tls
+                .get(ip)
+                .is_some_and(|(c, cfg)| Arc::ptr_eq(c, cred) && same_options(cfg))
+            {
                 continue;
             }
             let creds = match cred.tls_credentials() {
@@ -652,7 +668,7 @@ impl Driver {
                     continue;
                 }
             };
-            let config = match self.tls.get(ip) {
+            let config = match self.tls.get(ip).filter(|(_, cfg)| same_options(cfg)) {
                 // Renewal: new handshakes use the new certificate, open sessions keep theirs.
                 Some((_, cfg)) => match cfg.reload(&creds) {
                     Ok(()) => cfg.clone(),
@@ -665,6 +681,7 @@ impl Driver {
                     &creds,
                     tapestry_tls_proxy::TerminatorOptions {
                         alpn: vec![b"http/1.1".to_vec()],
+                        require_client_cert: client_auth,
                         ..Default::default()
                     },
                 ) {

@@ -901,13 +901,12 @@ impl Stack {
             .then_some(config)
             .flatten()
             .and_then(|c| {
-                tls::TlsFlow::accept(
-                    &mut self.sockets,
-                    &mut self.pool,
-                    &c,
-                    container,
-                    tls::DEFAULT_APP_PORT,
-                )
+                let app_port = snap
+                    .label(port)
+                    .map(|l| l.app_port)
+                    .filter(|p| *p != 0)
+                    .unwrap_or(tls::DEFAULT_APP_PORT);
+                tls::TlsFlow::accept(&mut self.sockets, &mut self.pool, &c, container, app_port)
             });
         let Some(t) = accepted else {
             // No credentials (yet), or not the start of a connection: a closed port.

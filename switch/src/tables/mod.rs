@@ -225,6 +225,10 @@ pub struct PortLabel {
     pub handle: String,
     pub app_id: String,
     pub space_id: String,
+    /// The app's port behind the TLS terminator on 61443 (0: the default, 8080).
+    pub app_port: u16,
+    /// 61443 requires a client certificate from the instance identity CA.
+    pub tls_client_auth: bool,
 }
 
 impl Snapshot {
