@@ -172,6 +172,99 @@ fn e2e_tls_on_61443() {
         "{}",
         st["totals"]
     );
+
+    // Per app: another app port, and client certificates required (mTLS; not in CF).
+    let m_ns = ov.tb.add_namespace("m").unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["container", "up", "--cell-socket"])
+        .arg(ov.cell_socket(0))
+        .args([
+            "--handle",
+            "m",
+            "--app",
+            "app-m",
+            "--space",
+            "s",
+            "--app-port",
+            "9090",
+        ])
+        .args(["--tls-client-auth", "--netns"])
+        .arg(&m_ns)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let m_ip: Ipv4Addr = v["container_ip"].as_str().unwrap().parse().unwrap();
+    let l = in_netns(&m_ns, move || {
+        Ok(TcpListener::bind(SocketAddrV4::new(m_ip, 9090))?)
+    })
+    .unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let mut b = [0u8; 1024];
+            let _ = c.read(&mut b);
+            let _ = c.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\nmtls ok",
+            );
+        }
+    });
+    ov.allow("app-a", "app-m", "tcp", 61443, 61443).unwrap();
+    let m_dir = ov.tb.dir().join("cell1").join("instances").join("m");
+    let a_dir = ov.tb.dir().join("cell1").join("instances").join("a1");
+    let start = Instant::now();
+    while !m_dir.join("ca.crt").exists() || !a_dir.join("instance.key").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no credentials for m or a1"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let murl = format!("https://{m_ip}:61443/");
+    let m_ca = m_dir.join("ca.crt").display().to_string();
+    let (a_crt, a_key) = (
+        a_dir.join("instance.crt").display().to_string(),
+        a_dir.join("instance.key").display().to_string(),
+    );
+    let mut last = String::new();
+    let ok = (0..100).any(|_| {
+        let args = [
+            "-sS",
+            "--max-time",
+            "5",
+            "--cacert",
+            &m_ca,
+            "--cert",
+            &a_crt,
+            "--key",
+            &a_key,
+            &murl,
+        ];
+        let (ok, out) = sh_in(&ov, "a1", "curl", &args);
+        last = out;
+        ok || {
+            std::thread::sleep(Duration::from_millis(50));
+            false
+        }
+    });
+    assert!(
+        ok && last.starts_with("mtls ok"),
+        "with a client certificate: {last}"
+    );
+    let (ok, out) = sh_in(
+        &ov,
+        "a1",
+        "curl",
+        &["-sS", "--max-time", "5", "--cacert", &m_ca, &murl],
+    );
+    assert!(
+        !ok,
+        "without a client certificate the handshake must fail: {out}"
+    );
 }
 
 /// A TCP echo in `ns` on `ip`:8080.
