@@ -265,6 +265,49 @@ fn e2e_tls_on_61443() {
         !ok,
         "without a client certificate the handshake must fail: {out}"
     );
+    // A certificate from another CA (self-signed) is refused too.
+    let bad = ov.tb.dir().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    let (bad_key, bad_crt) = (bad.join("k.pem"), bad.join("c.pem"));
+    let st = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args(["-days", "1", "-subj", "/CN=a1", "-keyout"])
+        .arg(&bad_key)
+        .arg("-out")
+        .arg(&bad_crt)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    let (bk, bc) = (bad_key.display().to_string(), bad_crt.display().to_string());
+    let args = [
+        "-sS",
+        "--max-time",
+        "5",
+        "--cacert",
+        &m_ca,
+        "--cert",
+        &bc,
+        "--key",
+        &bk,
+        &murl,
+    ];
+    let (ok, out) = sh_in(&ov, "a1", "curl", &args);
+    assert!(
+        !ok,
+        "a client certificate from another CA must be refused: {out}"
+    );
 }
 
 /// A TCP echo in `ns` on `ip`:8080.
