@@ -111,3 +111,22 @@ ratio() {
         printf 'n/a'
     fi
 }
+
+# write_section FILE TITLE SECTION: replaces the "## TITLE" section of the markdown FILE (up to
+# the next "## " heading) with SECTION, or appends SECTION when there is none.
+write_section() {
+    python3 - "$1" "$2" "$3" <<'PY'
+import os, re, sys
+path, title, section = sys.argv[1], sys.argv[2], sys.argv[3].rstrip() + "\n"
+text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
+m = re.search(r"^## " + re.escape(title) + r"[^\n]*\n", text, re.M)
+if m:
+    nxt = re.search(r"^## ", text[m.end():], re.M)
+    end = m.end() + nxt.start() if nxt else len(text)
+    text = text[:m.start()] + section + ("\n" if nxt else "") + text[end:]
+else:
+    text = text.rstrip() + "\n\n" + section
+open(path, "w").write(text)
+PY
+    log "wrote the $2 section of $1"
+}
