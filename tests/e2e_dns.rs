@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 use tapestry::demo::overlay::{in_netns, Overlay};
 use tapestry::demo::testbed::is_root;
 
@@ -91,38 +91,12 @@ fn dig(ov: &Overlay, ns: &str, args: &[&str]) -> (String, Vec<String>, String) {
 }
 
 fn container(ov: &mut Overlay, cell: usize, name: &str, app: &str, index: u32) -> Ipv4Addr {
-    let netns = ov.tb.add_namespace(name).unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["container", "up", "--cell-socket"])
-        .arg(ov.cell_socket(cell))
-        .args(["--handle", name, "--app", app, "--space", "s", "--index"])
-        .arg(index.to_string())
-        .arg("--netns")
-        .arg(&netns)
-        .output()
+    let index = index.to_string();
+    let v = ov
+        .container_up(cell, name, app, &["--space", "s", "--index", &index])
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["dns_servers"], json!(["169.254.0.2"]), "{v}");
     v["container_ip"].as_str().unwrap().parse().unwrap()
-}
-
-fn down(ov: &Overlay, cell: usize, name: &str) {
-    let out = std::process::Command::new(bin())
-        .args(["container", "down", "--cell-socket"])
-        .arg(ov.cell_socket(cell))
-        .args(["--handle", name])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Polls `dig` until its answers are `want`; returns how long it took.
@@ -202,8 +176,8 @@ fn e2e_dns_service_discovery() {
     assert_eq!(status, "NXDOMAIN");
     let (status, _, _) = dig(&ov, "client", &["9.web.apps.internal", "A"]);
     assert_eq!(status, "NXDOMAIN");
-    down(&ov, 1, "w1");
-    down(&ov, 0, "w2");
+    ov.container_down(1, "w1").unwrap();
+    ov.container_down(0, "w2").unwrap();
     let took = wait_answers(&ov, "client", "web.apps.internal", &[w0]);
     eprintln!("scale-down visible after {took:?} (polled)");
 

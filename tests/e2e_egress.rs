@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{json, Value};
-use tapestry::demo::overlay::{in_netns, Overlay};
+use tapestry::demo::overlay::{in_netns, serve_echo, Overlay};
 use tapestry::demo::testbed::{is_root, underlay_ip};
 
 const EXT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
@@ -330,20 +330,7 @@ fn e2e_egress_under_asgs() {
     let _ = b;
 
     // An established connection survives the unbinding; new ones are refused.
-    let echo = in_netns(&ext, || Ok(TcpListener::bind("0.0.0.0:7002")?)).unwrap();
-    std::thread::spawn(move || {
-        for c in echo.incoming() {
-            let Ok(mut c) = c else { continue };
-            std::thread::spawn(move || {
-                let mut b = [0u8; 1024];
-                while let Ok(n) = c.read(&mut b) {
-                    if n == 0 || c.write_all(&b[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    serve_echo(&ext, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 7002)).unwrap();
     let mut s = in_netns(&a_ns, || {
         TcpStream::connect_timeout(
             &SocketAddr::V4(SocketAddrV4::new(EXT, 7002)),
@@ -386,33 +373,9 @@ fn container_up(ov: &mut Overlay, name: &str, app: &str, net_in: &[&str]) -> Val
     container_up_with(ov, name, app, &extra)
 }
 
-/// `tapestry container up` with extra arguments; returns its JSON output.
+/// `tapestry container up` on the only cell with extra arguments; returns its JSON output.
 fn container_up_with(ov: &mut Overlay, name: &str, app: &str, extra: &[&str]) -> Value {
-    let netns = ov.tb.add_namespace(name).unwrap();
-    let sock = ov.cell_socket(0);
-    let mut args = vec![
-        "container".to_string(),
-        "up".into(),
-        "--cell-socket".into(),
-        sock.display().to_string(),
-        "--handle".into(),
-        name.into(),
-        "--app".into(),
-        app.into(),
-        "--netns".into(),
-        netns.display().to_string(),
-    ];
-    args.extend(extra.iter().map(|a| a.to_string()));
-    let out = std::process::Command::new(bin())
-        .args(&args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "container up: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    ov.container_up(0, name, app, extra).unwrap()
 }
 
 #[test]
@@ -482,18 +445,7 @@ fn e2e_net_in() {
     assert!(ok, "net-in after a cell restart");
 
     // Released on down.
-    let sock = ov.cell_socket(0);
-    let out = std::process::Command::new(bin())
-        .args(["container", "down", "--cell-socket"])
-        .arg(&sock)
-        .args(["--handle", "web"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ov.container_down(0, "web").unwrap();
     assert_eq!(
         tcp_read(&ext, SocketAddrV4::new(cell, 61001)),
         Err(std::io::ErrorKind::ConnectionRefused)

@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use tapestry::demo::overlay::{in_netns, Overlay};
+use tapestry::demo::overlay::{in_netns, serve_echo, Overlay};
 use tapestry::demo::testbed::is_root;
 
 fn bin() -> &'static Path {
@@ -174,30 +174,9 @@ fn e2e_tls_on_61443() {
     );
 
     // Per app: another app port, and client certificates required (mTLS; not in CF).
-    let m_ns = ov.tb.add_namespace("m").unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["container", "up", "--cell-socket"])
-        .arg(ov.cell_socket(0))
-        .args([
-            "--handle",
-            "m",
-            "--app",
-            "app-m",
-            "--space",
-            "s",
-            "--app-port",
-            "9090",
-        ])
-        .args(["--tls-client-auth", "--netns"])
-        .arg(&m_ns)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let extra = ["--space", "s", "--app-port", "9090", "--tls-client-auth"];
+    let v = ov.container_up(0, "m", "app-m", &extra).unwrap();
+    let m_ns = ov.tb.ns_path("m");
     let m_ip: Ipv4Addr = v["container_ip"].as_str().unwrap().parse().unwrap();
     let l = in_netns(&m_ns, move || {
         Ok(TcpListener::bind(SocketAddrV4::new(m_ip, 9090))?)
@@ -310,27 +289,6 @@ fn e2e_tls_on_61443() {
     );
 }
 
-/// A TCP echo in `ns` on `ip`:8080.
-fn serve_echo(ns: &Path, ip: Ipv4Addr) {
-    let l = in_netns(ns, move || {
-        Ok(TcpListener::bind(SocketAddrV4::new(ip, 8080))?)
-    })
-    .unwrap();
-    std::thread::spawn(move || {
-        for c in l.incoming() {
-            let Ok(mut c) = c else { continue };
-            std::thread::spawn(move || {
-                let mut b = [0u8; 4096];
-                while let Ok(n) = c.read(&mut b) {
-                    if n == 0 || c.write_all(&b[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-}
-
 fn serial(cert: &Path) -> String {
     let out = std::process::Command::new("openssl")
         .args(["x509", "-noout", "-serial", "-in"])
@@ -352,7 +310,7 @@ fn e2e_tls_renewal_keeps_open_connections() {
     let mut ov = Overlay::start("tptr", bin(), 1, &["--instance-cert-lifetime=12"]).unwrap();
     let b = ov.add_container(0, "b", "app-b", "s").unwrap();
     let _a = ov.add_container(0, "a", "app-a", "s").unwrap();
-    serve_echo(&ov.tb.ns_path("b"), b.container_ip);
+    serve_echo(&ov.tb.ns_path("b"), SocketAddrV4::new(b.container_ip, 8080)).unwrap();
     ov.allow("app-a", "app-b", "tcp", 61443, 61443).unwrap();
     let dir = ov.tb.dir().join("cell1").join("instances").join("b");
     let (ca, crt) = (dir.join("ca.crt"), dir.join("instance.crt"));

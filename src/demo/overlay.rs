@@ -186,6 +186,49 @@ impl Overlay {
         Ok(serde_json::from_value(v)?)
     }
 
+    /// Creates namespace `name` and attaches it to cell `cell` with `tapestry container up`
+    /// (as a user would: `extra` are its further flags, e.g. `--net-in`, `--index`,
+    /// `--lifecycle`); returns what it printed.
+    pub fn container_up(
+        &mut self,
+        cell: usize,
+        name: &str,
+        app: &str,
+        extra: &[&str],
+    ) -> Result<Value> {
+        let netns = self.tb.add_namespace(name)?;
+        let out = std::process::Command::new(self.tb.bin())
+            .args(["container", "up", "--cell-socket"])
+            .arg(self.cell_socket(cell))
+            .args(["--handle", name, "--app", app, "--netns"])
+            .arg(&netns)
+            .args(extra)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "container up {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// `tapestry container down` of `name` on cell `cell`.
+    pub fn container_down(&self, cell: usize, name: &str) -> Result<()> {
+        let out = std::process::Command::new(self.tb.bin())
+            .args(["container", "down", "--cell-socket"])
+            .arg(self.cell_socket(cell))
+            .args(["--handle", name])
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "container down {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// One request to the external API from inside the control plane's namespace.
     pub fn http(
         ctl_ns: &Path,
@@ -275,6 +318,25 @@ pub fn serve_tcp(ns: &Path, port: u16, greeting: &str) -> Result<()> {
                 let _ = conn.write_all(
                     format!("{greeting} {}", String::from_utf8_lossy(&buf[..n])).as_bytes(),
                 );
+            });
+        }
+    });
+    Ok(())
+}
+
+/// A TCP echo server inside namespace `ns` on `at`. Runs until the process ends.
+pub fn serve_echo(ns: &Path, at: SocketAddrV4) -> Result<()> {
+    let listener = in_netns(ns, move || Ok(TcpListener::bind(at)?))?;
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut c) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut b = [0u8; 4096];
+                while let Ok(n) = c.read(&mut b) {
+                    if n == 0 || c.write_all(&b[..n]).is_err() {
+                        break;
+                    }
+                }
             });
         }
     });

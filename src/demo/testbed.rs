@@ -75,6 +75,11 @@ impl Testbed {
         }
     }
 
+    /// The tapestry binary the testbed runs.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
