@@ -232,8 +232,8 @@ pub struct Stack {
     dns_seq: u16,
     /// The TLS terminator of each container with instance credentials.
     tls: FxHashMap<Ipv4Addr, Arc<tapestry_tls_proxy::TerminatorConfig>>,
-    /// The next local port (on 169.254.0.1) for a TLS connection's app leg.
-    tls_next_port: u16,
+    /// Counts TLS connections' app legs (see [`tls::app_leg_source`]).
+    tls_next_port: u32,
 }
 
 impl std::fmt::Debug for Stack {

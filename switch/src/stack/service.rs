@@ -102,20 +102,20 @@ impl Stack {
                 let mut local = None;
                 for _ in 0..1024 {
                     self.tls_next_port = self.tls_next_port.wrapping_add(1);
-                    let p = 32768 + (self.tls_next_port % 28000);
-                    let k: Key = (ipv4::PROTO_TCP, container, t.back_key_port(), GATEWAY, p);
+                    let (a, p) = tls::app_leg_source(self.tls_next_port);
+                    let k: Key = (ipv4::PROTO_TCP, container, t.back_key_port(), a, p);
                     if !self.by_key.contains_key(&k) {
-                        local = Some((p, k));
+                        local = Some((a, p, k));
                         break;
                     }
                 }
-                if let Some((p, k)) = local {
+                if let Some((a, p, k)) = local {
                     if t.connect_back(
                         &mut self.iface,
                         &mut self.sockets,
                         &mut self.pool,
                         container,
-                        p,
+                        (a, p),
                     ) {
                         *alt_key = Some(k);
                         self.by_key.insert(k, FlowId(i as u32));

@@ -4,8 +4,8 @@
 //! ([`crate::Verdict::ToService`]). A smoltcp socket terminates the TCP connection as the
 //! container's address, a [`tapestry_tls_proxy::Session`] with the instance's identity
 //! certificate terminates TLS, and the plaintext goes to CONTAINER_IP:APP_PORT over a second
-//! smoltcp connection from the gateway (169.254.0.1), so the app's replies come back to the
-//! stack.
+//! smoltcp connection from a link-local address of the cell ([`app_leg_source`]), so the app's
+//! replies come back to the stack.
 
 use std::sync::Arc;
 
@@ -15,12 +15,25 @@ use smoltcp::wire::{IpEndpoint, IpListenEndpoint};
 use tapestry_tls_proxy::{Plaintext, Session, TerminatorConfig};
 
 use super::tcp::SocketPool;
-use super::GATEWAY;
 
 /// The port the terminator serves on every container.
 pub const TLS_PORT: u16 = tapestry_tls_proxy::TLS_PORT;
 /// The app's port when the attachment names none (CF's default).
 pub const DEFAULT_APP_PORT: u16 = 8080;
+
+/// Link-local addresses the app legs come from: 169.254.1.0 to 169.254.254.255 (outside the
+/// overlay, so the app's answers route to the stack; never the gateway services).
+const APP_LEG_FIRST: u32 = 0xa9fe_0100;
+const APP_LEG_ADDRS: u32 = 254 * 256;
+
+/// The source (address, port) of the `n`th app leg. Every connection comes from another address
+/// before a port repeats, so the app's TIME-WAIT (it usually closes first) never meets a reused
+/// 4-tuple: 65,024 addresses before the port changes.
+pub fn app_leg_source(n: u32) -> (std::net::Ipv4Addr, u16) {
+    let addr = std::net::Ipv4Addr::from(APP_LEG_FIRST + n % APP_LEG_ADDRS);
+    let port = 32768 + ((n / APP_LEG_ADDRS) % 28000) as u16;
+    (addr, port)
+}
 
 /// One TLS connection: the client's leg (`front`), the app's leg (`back`, once the client's
 /// handshake has started) and the TLS state between them.
@@ -77,7 +90,7 @@ impl TlsFlow {
         })
     }
 
-    /// The app's leg: `local_port` on the gateway address to `container`:app port.
+    /// The app's port, which the app leg connects to.
     pub fn back_key_port(&self) -> u16 {
         self.app_port
     }
@@ -93,7 +106,7 @@ impl TlsFlow {
         sockets: &mut SocketSet<'static>,
         pool: &mut SocketPool,
         container: std::net::Ipv4Addr,
-        local_port: u16,
+        local: (std::net::Ipv4Addr, u16),
     ) -> bool {
         if self.back.is_some() || sockets.get::<Socket>(self.front).state() != State::Established {
             return false;
@@ -105,8 +118,8 @@ impl TlsFlow {
                 iface.context(),
                 IpEndpoint::new(container.into(), self.app_port),
                 IpListenEndpoint {
-                    addr: Some(GATEWAY.into()),
-                    port: local_port,
+                    addr: Some(local.0.into()),
+                    port: local.1,
                 },
             )
             .is_ok();
@@ -130,6 +143,36 @@ impl TlsFlow {
     /// Moves bytes: client ciphertext into the session, plaintext to the app and back, the
     /// session's ciphertext to the client; passes each side's end of stream on.
     pub fn pump(&mut self, sockets: &mut SocketSet<'static>) {
+        // The session holds a bounded amount of plaintext, so one pass may stop with ciphertext
+        // still waiting in the client's socket: go round while anything moves.
+        for _ in 0..32 {
+            let before = self.queues(sockets);
+            self.pump_once(sockets);
+            if self.failed || self.queues(sockets) == before {
+                break;
+            }
+        }
+    }
+
+    /// How much each socket holds and what the session has to send: unchanged after a pass
+    /// means nothing moved.
+    fn queues(&self, sockets: &SocketSet<'static>) -> (usize, usize, usize, usize, usize, bool) {
+        let f = sockets.get::<Socket>(self.front);
+        let (bs, br) = self.back.map_or((0, 0), |b| {
+            let b = sockets.get::<Socket>(b);
+            (b.send_queue(), b.recv_queue())
+        });
+        (
+            f.recv_queue(),
+            f.send_queue(),
+            bs,
+            br,
+            self.to_client.len(),
+            self.session.has_tls_to_send(),
+        )
+    }
+
+    fn pump_once(&mut self, sockets: &mut SocketSet<'static>) {
         if self.failed {
             return;
         }
