@@ -337,6 +337,14 @@ if [ -z "${TF[all]:-}" ]; then
 fi
 [ -n "${TF[all]:-}" ] && SIDES=(k)
 
+# The clients open tens of thousands of connections and close first (TIME_WAIT on their side):
+# with the default port range the kernel's search for a free port soon costs more than the
+# handshake, so both client namespaces get the whole range and TIME_WAIT reuse, as load generators do.
+for ns in "$K_CNS" $([ -z "${TF[all]:-}" ] && echo "$T_CNS"); do
+    ip netns exec "$ns" sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1 ||
+        die "could not set the client's port range in $ns"
+done
+
 HZ=$(getconf CLK_TCK)
 declare -A VALS   # "side.metric" -> space-separated samples
 declare -A NEGO   # side -> "suite group"
@@ -616,6 +624,8 @@ How it is measured (one run builds both sides; runs alternate nginx/Tapestry; ea
   last packet unless told otherwise); on the nginx side the veths' packet work is kernel softirq charged to no process, so the
   terminator rows favour nginx and the whole-machine rows (user+nice+system+irq+softirq of all CPUs) are the even comparison.
   "client" = tls-bench's user+system time; "app" = the backend's.
+- Both client namespaces have \`net.ipv4.ip_local_port_range = 1024 65535\` and \`net.ipv4.tcp_tw_reuse = 1\`: the client closes first, and
+  without them the TIME_WAIT sockets of earlier runs make the kernel's search for a free port the bottleneck (seen: 1500/s falling to 200/s).
 - Bulk runs first, then handshakes: the handshake runs leave thousands of closed connections behind, which must not weigh on bulk.
   The cell's counters (\`tapestry cell status --json\` totals and drops) that changed: bulk: ${COUNTERS[bulk]:-not read}; handshakes: ${COUNTERS[hs]:-not read}.
 MD
