@@ -339,8 +339,9 @@ fi
 
 # The clients open tens of thousands of connections and close first (TIME_WAIT on their side):
 # with the default port range the kernel's search for a free port soon costs more than the
-# handshake, so both client namespaces get the whole range and TIME_WAIT reuse, as load generators do.
-for ns in "$K_CNS" $([ -z "${TF[all]:-}" ] && echo "$T_CNS"); do
+# handshake, so both client namespaces get the whole range and TIME_WAIT reuse, as load generators do;
+# so does nginx's namespace, whose connections to the app are in the same position (nginx closes them).
+for ns in "$K_CNS" "$PREFIX-k1" $([ -z "${TF[all]:-}" ] && echo "$T_CNS"); do
     ip netns exec "$ns" sysctl -qw net.ipv4.ip_local_port_range="1024 65535" net.ipv4.tcp_tw_reuse=1 ||
         die "could not set the client's port range in $ns"
 done
@@ -624,8 +625,9 @@ How it is measured (one run builds both sides; runs alternate nginx/Tapestry; ea
   last packet unless told otherwise); on the nginx side the veths' packet work is kernel softirq charged to no process, so the
   terminator rows favour nginx and the whole-machine rows (user+nice+system+irq+softirq of all CPUs) are the even comparison.
   "client" = tls-bench's user+system time; "app" = the backend's.
-- Both client namespaces have \`net.ipv4.ip_local_port_range = 1024 65535\` and \`net.ipv4.tcp_tw_reuse = 1\`: the client closes first, and
-  without them the TIME_WAIT sockets of earlier runs make the kernel's search for a free port the bottleneck (seen: 1500/s falling to 200/s).
+- Both client namespaces and nginx's have \`net.ipv4.ip_local_port_range = 1024 65535\` and \`net.ipv4.tcp_tw_reuse = 1\` (the usual proxy
+  tuning): the client closes first and nginx closes its connection to the app, and without them the TIME_WAIT sockets of earlier runs
+  make the kernel's search for a free port the bottleneck (seen: 1500/s falling to 200/s). The cell's stack picks its own ports.
 - Bulk runs first, then handshakes: the handshake runs leave thousands of closed connections behind, which must not weigh on bulk.
   The cell's counters (\`tapestry cell status --json\` totals and drops) that changed: bulk: ${COUNTERS[bulk]:-not read}; handshakes: ${COUNTERS[hs]:-not read}.
 MD
