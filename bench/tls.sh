@@ -644,20 +644,7 @@ done
 if [ $WRITE = 1 ] && [ ${#FAILS[@]} -gt 0 ]; then
     log "not writing BENCHMARKS.md: the Tapestry side is incomplete"
 elif [ $WRITE = 1 ]; then
-    python3 - "$ROOT/BENCHMARKS.md" "$SECTION" <<'PY'
-import os, re, sys
-path, section = sys.argv[1], sys.argv[2].rstrip() + "\n"
-text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-m = re.search(r"^## TLS on 61443[^\n]*\n", text, re.M)
-if m:
-    nxt = re.search(r"^## ", text[m.end():], re.M)
-    end = m.end() + nxt.start() if nxt else len(text)
-    text = text[:m.start()] + section + ("\n" if nxt else "") + text[end:]
-else:
-    text = text.rstrip() + "\n\n" + section
-open(path, "w").write(text)
-PY
-    log "wrote the TLS section of $ROOT/BENCHMARKS.md"
+    write_section "$ROOT/BENCHMARKS.md" "TLS on 61443" "$SECTION"
 fi
 if [ ${#FAILS[@]} -gt 0 ]; then
     for f in "${FAILS[@]}"; do log "tapestry: $f"; done
