@@ -286,6 +286,19 @@ impl Stack {
         }
     }
 
+    /// Hands smoltcp every queued packet now. Called before a listening socket is made for a
+    /// new connection, and again with its SYN queued: smoltcp gives a SYN to the first listening
+    /// socket of the endpoint, so two SYNs waiting together could each land in the other flow's
+    /// socket.
+    fn ingest(&mut self, now: Instant) {
+        let t = self.smol_now(now);
+        while !self.dev.rx.is_empty() {
+            let _ = self
+                .iface
+                .poll_ingress_single(t, &mut self.dev, &mut self.sockets);
+        }
+    }
+
     fn smol_now(&self, now: Instant) -> smoltcp::time::Instant {
         smoltcp::time::Instant::from_micros(
             now.saturating_duration_since(self.epoch).as_micros() as i64
@@ -717,8 +730,17 @@ impl Stack {
         }
         match result {
             Ok(()) => {
+                let now = self.last_poll;
+                self.ingest(now);
+                let Some(Entry {
+                    kind: Kind::Tcp(t), ..
+                }) = self.flows.get_mut(id.0 as usize).and_then(Option::as_mut)
+                else {
+                    return;
+                };
                 if let Some(syn) = t.accept(&mut self.sockets, &mut self.pool, &mut self.dev) {
                     self.dev.rx.push_back(syn);
+                    self.ingest(now);
                 }
             }
             Err(err) => {

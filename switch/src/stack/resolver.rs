@@ -73,6 +73,7 @@ impl Stack {
         key: Key,
         now: Instant,
     ) -> Result<(), DropReason> {
+        self.ingest(now);
         let h = self.pool.take(&mut self.sockets);
         let listening = self.sockets.get_mut::<Socket>(h).listen(IpListenEndpoint {
             addr: Some(DNS.into()),
@@ -98,6 +99,7 @@ impl Stack {
         b.clear();
         b.extend_from_slice(packet);
         self.dev.rx.push_back(b);
+        self.ingest(now);
         Ok(())
     }
 

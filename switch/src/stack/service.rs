@@ -52,17 +52,18 @@ impl Stack {
             return Ok(());
         }
         let config = self.tls.get(&container).cloned();
-        let accepted = (f.tcp_flags & (tcpw::SYN | tcpw::ACK | tcpw::RST) == tcpw::SYN)
-            .then_some(config)
-            .flatten()
-            .and_then(|c| {
-                let app_port = snap
-                    .label(port)
-                    .map(|l| l.app_port)
-                    .filter(|p| *p != 0)
-                    .unwrap_or(tls::DEFAULT_APP_PORT);
-                tls::TlsFlow::accept(&mut self.sockets, &mut self.pool, &c, container, app_port)
-            });
+        let is_syn = f.tcp_flags & (tcpw::SYN | tcpw::ACK | tcpw::RST) == tcpw::SYN;
+        if is_syn {
+            self.ingest(now);
+        }
+        let accepted = is_syn.then_some(config).flatten().and_then(|c| {
+            let app_port = snap
+                .label(port)
+                .map(|l| l.app_port)
+                .filter(|p| *p != 0)
+                .unwrap_or(tls::DEFAULT_APP_PORT);
+            tls::TlsFlow::accept(&mut self.sockets, &mut self.pool, &c, container, app_port)
+        });
         let Some(t) = accepted else {
             // No credentials (yet), or not the start of a connection: a closed port.
             self.send_built(port, |b| frame::tcp_reset(b, packet));
@@ -81,6 +82,7 @@ impl Stack {
         b.clear();
         b.extend_from_slice(packet);
         self.dev.rx.push_back(b);
+        self.ingest(now);
         Ok(())
     }
 

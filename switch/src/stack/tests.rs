@@ -236,6 +236,10 @@ impl World {
     }
 
     fn connect(&mut self, port: u16) -> smoltcp::iface::SocketHandle {
+        self.connect_from(port, 40000)
+    }
+
+    fn connect_from(&mut self, port: u16, local: u16) -> smoltcp::iface::SocketHandle {
         let mut s = TcpSocket::new(
             SocketBuffer::new(vec![0u8; 256 << 10]),
             SocketBuffer::new(vec![0u8; 256 << 10]),
@@ -243,7 +247,7 @@ impl World {
         s.connect(
             self.c_iface.context(),
             IpEndpoint::new(WEB.into(), port),
-            (IpAddress::from(C_IP), 40000),
+            (IpAddress::from(C_IP), local),
         )
         .unwrap();
         self.c_sockets.add(s)
@@ -354,6 +358,50 @@ fn the_syn_waits_for_the_host_then_bytes_flow_both_ways_and_close() {
     );
     assert_eq!(w.host.closed, vec![(flow, false)], "closed gracefully");
     assert_eq!(w.stack.flow_count(), 0);
+}
+
+#[test]
+fn syns_waiting_together_each_get_their_own_socket() {
+    // Two connections to the same destination whose host sides come up together: each SYN must
+    // land in its own flow's listening socket, or the bytes of one go to the other's host.
+    let mut w = World::new(vec![rule("tcp", "203.0.113.5", Some("443"), false)]);
+    // Two earlier connections leave two sockets in the pool, handed out last-in first-out:
+    // the new flows' sockets are then in the reverse of the set's order.
+    let (e1, e2) = (w.connect_from(443, 39001), w.connect_from(443, 39002));
+    w.run();
+    let early: Vec<FlowId> = w.host.connects.iter().map(|c| c.0).collect();
+    for f in &early {
+        w.stack.host_connected(*f, Ok(()), &mut w.host);
+    }
+    w.run();
+    w.sock(e1).abort();
+    w.sock(e2).abort();
+    w.run();
+    assert_eq!(w.stack.flow_count(), 0);
+    w.host.connects.clear();
+    let h1 = w.connect_from(443, 40001);
+    let h2 = w.connect_from(443, 40002);
+    w.run();
+    assert_eq!(w.host.connects.len(), 2);
+    let flows: Vec<FlowId> = w.host.connects.iter().map(|c| c.0).collect();
+    for f in &flows {
+        w.stack.host_connected(*f, Ok(()), &mut w.host);
+    }
+    w.run();
+    assert_eq!(w.sock(h1).state(), State::Established);
+    assert_eq!(w.sock(h2).state(), State::Established);
+    w.sock(h1).send_slice(b"one").unwrap();
+    w.sock(h2).send_slice(b"two").unwrap();
+    for f in &flows {
+        w.stack.host_ready(*f, false, true, &mut w.host);
+    }
+    w.run();
+    let got: Vec<&[u8]> = flows.iter().map(|f| w.host.written[f].as_slice()).collect();
+    assert_eq!(
+        got,
+        vec![&b"one"[..], &b"two"[..]],
+        "each flow's bytes reach its own host socket"
+    );
 }
 
 #[test]
