@@ -172,6 +172,17 @@ fn e2e_tls_on_61443() {
         "{}",
         st["totals"]
     );
+    // ... and releases them once both legs are closed.
+    let t = Instant::now();
+    while ov.cell_status(0).unwrap()["totals"]["stack_flows"].as_u64() != Some(0) {
+        let st = ov.cell_status(0).unwrap();
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "TLS flows never released: {}",
+            st["stack_flows"]
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     // Per app: another app port, and client certificates required (mTLS; not in CF).
     let extra = ["--space", "s", "--app-port", "9090", "--tls-client-auth"];

@@ -857,6 +857,9 @@ impl Stack {
                 Some(Entry {
                     kind: Kind::Tcp(t), ..
                 }) => t.finished(&self.sockets),
+                Some(Entry {
+                    kind: Kind::Tls(t), ..
+                }) => t.finished(&self.sockets).then_some(false),
                 _ => None,
             };
             if let Some(abort) = done {
