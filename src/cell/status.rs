@@ -64,7 +64,7 @@ impl Cell {
                             "protocol": f.protocol,
                             "container": f.container.to_string(),
                             "remote": f.remote.to_string(),
-                            "direction": if f.net_in { "net-in" } else { "egress" },
+                            "direction": f.direction,
                             "state": f.state,
                             "asg_group": f.rule.as_ref().map(|r| r.0.clone()),
                             "asg_rule": f.rule.as_ref().map(|r| r.1),

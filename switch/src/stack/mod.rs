@@ -140,7 +140,9 @@ pub struct FlowInfo {
     pub protocol: &'static str,
     pub container: SocketAddrV4,
     pub remote: SocketAddrV4,
-    pub net_in: bool,
+    /// What the flow is: "egress", "net-in", "dns" (to 169.254.0.2, or forwarded for it) or
+    /// "tls" (a connection to the container's 61443).
+    pub direction: &'static str,
     pub state: &'static str,
     /// The ASG group and rule index that admitted an egress flow.
     pub rule: Option<(String, usize)>,
@@ -252,7 +254,8 @@ impl Stack {
         let tcp_buffer = config.tcp_buffer;
         let mut dev = Pipe::default();
         let mut cfg = Config::new(HardwareAddress::Ip);
-        cfg.random_seed = now.elapsed().as_nanos() as u64 ^ 0x7461_7065_7374_7279;
+        // smoltcp draws initial sequence numbers from this: a seed of its own per process.
+        cfg.random_seed = random_seed();
         let mut iface = Interface::new(cfg, &mut dev, smoltcp::time::Instant::ZERO);
         iface.update_ip_addrs(|a| {
             let _ = a.push(IpCidr::new(GATEWAY.into(), 32));
@@ -278,7 +281,7 @@ impl Stack {
             scratch: vec![0u8; 65536],
             last_sweep: now,
             last_poll: now,
-            dns_seed: 0x9e37_79b9_7f4a_7c15 ^ now.elapsed().as_nanos() as u64,
+            dns_seed: random_seed() | 1,
             dns_next: 0,
             dns_seq: 0,
             tls: FxHashMap::default(),
@@ -316,21 +319,25 @@ impl Stack {
             .iter()
             .flatten()
             .map(|e| {
-                let (protocol, state, net_in) = match &e.kind {
-                    Kind::Tcp(t) => ("tcp", t.state_name(&self.sockets), t.net_in),
-                    Kind::Udp { .. } => ("udp", "open", false),
-                    Kind::UdpIn => ("udp", "open", true),
-                    Kind::DnsForward { .. } => ("udp", "dns_forward", false),
-                    Kind::DnsTcp(_) => ("tcp", "dns", false),
-                    Kind::Tls(t) => ("tcp", t.state_name(&self.sockets), false),
-                    Kind::Icmp { .. } => ("icmp", "open", false),
+                let (protocol, state, direction) = match &e.kind {
+                    Kind::Tcp(t) => (
+                        "tcp",
+                        t.state_name(&self.sockets),
+                        if t.net_in { "net-in" } else { "egress" },
+                    ),
+                    Kind::Udp { .. } => ("udp", "open", "egress"),
+                    Kind::UdpIn => ("udp", "open", "net-in"),
+                    Kind::DnsForward { .. } => ("udp", "forwarded", "dns"),
+                    Kind::DnsTcp(_) => ("tcp", "open", "dns"),
+                    Kind::Tls(t) => ("tcp", t.state_name(&self.sockets), "tls"),
+                    Kind::Icmp { .. } => ("icmp", "open", "egress"),
                 };
                 FlowInfo {
                     port: e.port,
                     protocol,
                     container: SocketAddrV4::new(e.key.1, e.key.2),
                     remote: SocketAddrV4::new(e.key.3, e.key.4),
-                    net_in,
+                    direction,
                     state,
                     rule: e.rule.clone(),
                 }
@@ -438,13 +445,6 @@ impl Stack {
         let packet = &packet[..ip.total_len() as usize];
         if f.dst == DNS && f.dport == 53 && f.proto == ipv4::PROTO_UDP {
             return self.dns_udp(snap, port, &ip, now, io);
-        }
-        if f.dst == GATEWAY && f.proto == ipv4::PROTO_TCP {
-            // The app's side of a TLS connection answering the terminator.
-            let key: Key = (f.proto, f.src, f.sport, f.dst, f.dport);
-            if let Some(&id) = self.by_key.get(&key) {
-                return self.existing(id, packet, udp_gso, now, io);
-            }
         }
         if f.dst == DNS && f.dport == 53 && f.proto == ipv4::PROTO_TCP {
             let key: Key = (f.proto, f.src, f.sport, f.dst, f.dport);
@@ -913,6 +913,14 @@ impl Stack {
             }
         }
     }
+}
+
+/// 64 random bits from the standard library's per-process hash keys (no RNG dependency).
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 fn protocol_name(proto: u8) -> &'static str {
