@@ -26,8 +26,13 @@ enum Command {
     Cell(cell::CellArgs),
     /// Attach or detach a container (Garden external networker style).
     Container(container::ContainerArgs),
-    /// Build a small overlay in network namespaces and show policy at work (root).
+    /// Build a small overlay in network namespaces and show policy at work. Without root it
+    /// runs in an unprivileged sandbox (see `tapestry sandbox`).
     Demo(demo::DemoArgs),
+    /// Run a command as root of a new user + network + mount namespace, with no privilege on
+    /// the host: a whole overlay (`ip netns`, cells, containers on veth pairs read through
+    /// AF_PACKET) fits inside, e.g. `tapestry sandbox -- cargo test`.
+    Sandbox(demo::sandbox::SandboxArgs),
 }
 
 fn main() {
@@ -39,6 +44,16 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // A user namespace must be entered while the process still has one thread.
+    let sandboxed = match &cli.command {
+        Command::Demo(_) if !demo::sandbox::privileged() => demo::sandbox::enter("tapestry demo"),
+        Command::Sandbox(_) => demo::sandbox::enter("tapestry sandbox"),
+        _ => Ok(()),
+    };
+    if let Err(e) = sandboxed {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
     let result = match cli.command {
         Command::Control(a) => control::run(a),
         Command::Policy(a) => cli::run_policy(a),
@@ -48,6 +63,7 @@ fn main() {
         Command::Cell(a) => cell::run(a),
         Command::Container(a) => container::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Sandbox(a) => demo::sandbox::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

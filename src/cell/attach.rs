@@ -1,27 +1,17 @@
-//! Attaching and detaching containers: a persistent TAP device per container inside its network
-//! namespace, configured over netlink, registered as a switch port.
+//! Attaching and detaching containers: a port device per container (a TAP, or a veth pair read
+//! through AF_PACKET: `port_dev.rs`), configured over netlink, registered as a switch port.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-pub use tapestry_switch::tables::{container_mac, gateway_mac};
+pub use tapestry_switch::tables::container_mac;
 use tapestry_switch::PortId;
-use tapestry_sys::netlink::{self, IfaceConfig};
-use tapestry_sys::tap::{self, Tap, TapOptions};
+use tapestry_sys::netlink;
 
 use super::api::{AttachRequest, Attachment, AttachmentKey, UpRequest};
 use super::state::{allocate_ip, attachment_key, port_id_for, ContainerRecord};
 use super::{Cell, GATEWAY};
-
-/// TUNSETOFFLOAD sets tried in order; the first the kernel accepts is used.
-const OFFLOAD_CANDIDATES: [u32; 4] = [
-    tap::TUN_F_CSUM | tap::TUN_F_TSO4 | tap::TUN_F_TSO6 | tap::TUN_F_USO4 | tap::TUN_F_USO6,
-    tap::TUN_F_CSUM | tap::TUN_F_TSO4 | tap::TUN_F_TSO6,
-    tap::TUN_F_CSUM | tap::TUN_F_TSO4,
-    tap::TUN_F_CSUM,
-];
 
 pub fn mac_string(mac: [u8; 6]) -> String {
     mac.iter()
@@ -84,109 +74,6 @@ impl Cell {
             port_mappings: rec.port_mappings.clone(),
             instance_identity: Some(self.identity_paths(rec)),
         }
-    }
-
-    /// Opens the container's TAP. With offloads on: IFF_VNET_HDR and the richest TUNSETOFFLOAD
-    /// set the kernel accepts (checksum, TSO4/6 and, on kernels that have it, USO4/6), so
-    /// the container's stack hands over 64 KiB TCP super-frames. If the header cannot be had the
-    /// TAP is opened plain. With `--no-offload`, or on a re-opened persistent TAP that had
-    /// offloads, all offloads are cleared: frames must arrive whole and checksummed.
-    ///
-    /// With several dataplane workers the TAP is multiqueue, one queue per worker. The kernel
-    /// allocates a multiqueue TAP with 256 transmit queues whatever we ask (TUNSETIFF has no
-    /// queue count, and tun refuses creation over rtnetlink); only as many are in use as there
-    /// are workers, and with the `noqueue` root (see [`Cell::plumb`]) the unused ones cost no
-    /// rings. With one worker the TAP is single-queue. A persistent
-    /// TAP made by a cell with another worker setting keeps its kind (the kernel does not let a
-    /// device change it): a single-queue TAP is then served by worker 0 alone.
-    fn open_tap(&self, rec: &ContainerRecord) -> Result<Vec<Tap>> {
-        let workers = self.dataplane.workers();
-        let open = |vnet_hdr| -> Result<Vec<Tap>> {
-            let open1 = |multi_queue| {
-                Tap::open_in_netns(
-                    &rec.netns,
-                    &rec.ifname,
-                    TapOptions {
-                        vnet_hdr,
-                        multi_queue,
-                    },
-                )
-            };
-            // A persistent TAP keeps the kind it was made with: try the other one on failure.
-            let first = open1(workers > 1)
-                .or_else(|_| open1(workers <= 1))
-                .with_context(|| {
-                    format!("creating TAP {} in {}", rec.ifname, rec.netns.display())
-                })?;
-            let mut queues = vec![first];
-            let extra = if queues[0].options().multi_queue {
-                workers - 1
-            } else {
-                0
-            };
-            for i in 1..=extra {
-                let q = queues[0].open_queue().with_context(|| {
-                    format!(
-                        "opening queue {i} of TAP {} in {}",
-                        rec.ifname,
-                        rec.netns.display()
-                    )
-                })?;
-                queues.push(q);
-            }
-            Ok(queues)
-        };
-        if self.config.offload {
-            match open(true) {
-                Ok(queues) => {
-                    let tap = &queues[0];
-                    let mut accepted = 0;
-                    for flags in OFFLOAD_CANDIDATES {
-                        match tap.set_offload(flags) {
-                            Ok(()) => {
-                                accepted = flags;
-                                break;
-                            }
-                            Err(e) => tracing::debug!("{e}; trying fewer offloads"),
-                        }
-                    }
-                    if accepted == 0 {
-                        let _ = tap.set_offload(0);
-                    }
-                    tracing::debug!(ifname = %rec.ifname, offloads = format!("{accepted:#x}"), queues = queues.len(), "TAP with virtio-net header");
-                    return Ok(queues);
-                }
-                Err(e) => tracing::warn!("{e:#}; opening it without offloads"),
-            }
-        }
-        let queues = open(false)?;
-        queues[0]
-            .set_offload(0)
-            .with_context(|| format!("clearing offloads of {}", rec.ifname))?;
-        Ok(queues)
-    }
-
-    /// Creates (or re-opens) the container's TAP and configures its side of the link. The root
-    /// qdisc is `noqueue`, set before the device comes up; a persistent TAP made by an older
-    /// version (with the default `mq` root and a `pfifo_fast` per transmit queue) has its root
-    /// replaced when it is re-opened, which frees those queues' rings.
-    fn plumb(&self, rec: &ContainerRecord) -> Result<Vec<Arc<Tap>>> {
-        let queues = self.open_tap(rec)?;
-        netlink::configure_container_iface(
-            &rec.netns,
-            &IfaceConfig {
-                name: rec.ifname.clone(),
-                mac: container_mac(rec.ip),
-                mtu: self.config.container_mtu(),
-                ip: rec.ip,
-                gateway: GATEWAY,
-                gateway_mac: Some(gateway_mac(rec.ip)),
-                txqueuelen: Some(self.config.tap_txqueuelen),
-                noqueue: true,
-            },
-        )
-        .with_context(|| format!("configuring {} in {}", rec.ifname, rec.netns.display()))?;
-        Ok(queues.into_iter().map(Arc::new).collect())
     }
 
     /// A requested address must be a host address of this cell's subnet (not the network

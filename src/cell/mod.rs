@@ -9,6 +9,7 @@ mod dns;
 mod egress;
 pub mod identity;
 mod net_in;
+mod port_dev;
 pub mod state;
 mod status;
 mod sync;
@@ -108,6 +109,12 @@ pub struct CellArgs {
     /// plane's default (24 h) otherwise. They are renewed at two thirds of it. For tests.
     #[arg(long, hide = true, value_name = "SECS")]
     instance_cert_lifetime: Option<u64>,
+    /// How containers get their interface: `tap` (a TAP device in the container's namespace,
+    /// through /dev/net/tun) or `packet` (a veth pair whose host end the cell reads through
+    /// AF_PACKET with the virtio-net header, for hosts or user namespaces where /dev/net/tun
+    /// cannot be opened). Default: tap where /dev/net/tun opens, packet otherwise.
+    #[arg(long, value_name = "tap|packet")]
+    port_kind: Option<tapestry_sys::port::PortKind>,
 }
 
 /// Link-local, which holds cloud metadata services (169.254.169.254).
@@ -166,6 +173,8 @@ pub struct CellConfig {
     pub internal_domains: Vec<String>,
     /// Where other DNS queries go (`--dns-upstream`, else /etc/resolv.conf).
     pub dns_upstreams: Vec<SocketAddrV4>,
+    /// TAP or veth + AF_PACKET container ports (`--port-kind`).
+    pub port_kind: tapestry_sys::port::PortKind,
 }
 
 impl CellConfig {
@@ -188,6 +197,7 @@ impl CellConfig {
             net_in_address: underlay_ip,
             internal_domains: vec![dns::DEFAULT_INTERNAL_DOMAINS.to_string()],
             dns_upstreams: vec![],
+            port_kind: tapestry_sys::port::PortKind::Tap,
         }
     }
 
@@ -218,7 +228,7 @@ struct Inner {
     containers: Containers,
     view: view::CellView,
     /// Each attachment's TAP queues (one per worker, or one), by attachment key.
-    taps: std::collections::HashMap<String, Vec<Arc<tapestry_sys::tap::Tap>>>,
+    taps: std::collections::HashMap<String, Vec<Arc<tapestry_sys::port::PortDev>>>,
     control: sync::ControlStatus,
     /// Attachments whose net-in mappings could not be bound at start (see
     /// [`Cell::restore_net_in`]): reserved, not in force.
@@ -294,6 +304,16 @@ pub fn run(args: CellArgs) -> Result<()> {
         bail!("--underlay-ip {underlay_ip} is not a unicast address of this host");
     }
     let net_in_address = args.net_in_address.unwrap_or(underlay_ip);
+    let port_kind = match args.port_kind {
+        Some(k) => k,
+        None => {
+            let k = tapestry_sys::port::PortKind::detect();
+            if k == tapestry_sys::port::PortKind::Packet {
+                tracing::info!("/dev/net/tun cannot be opened: containers get veth pairs read through AF_PACKET (--port-kind packet)");
+            }
+            k
+        }
+    };
     if net_in_address.is_broadcast() || net_in_address.is_multicast() {
         bail!(
             "--net-in-address {net_in_address} is not a unicast address of this host (or 0.0.0.0)"
@@ -344,6 +364,7 @@ pub fn run(args: CellArgs) -> Result<()> {
             net_in_address,
             internal_domains,
             dns_upstreams,
+            port_kind,
         };
         let view = view::CellView::load(&state)?;
         let containers: Containers = state

@@ -135,6 +135,7 @@ impl Cell {
             "net_in": self.net_in_status(&inner),
             "max_containers": self.config.max_containers,
             "tap_txqueuelen": self.config.tap_txqueuelen,
+            "port_kind": self.config.port_kind.as_str(),
             "drops": drops,
             "stack_flows": flows,
             "asg_denials": denials,

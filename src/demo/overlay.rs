@@ -124,6 +124,12 @@ impl Overlay {
                 underlay_mtu.to_string(),
             ];
             args.extend(cell_args.iter().map(|s| s.to_string()));
+            // TAPESTRY_PORT_KIND=tap|packet runs a whole suite with one port kind.
+            if let Ok(kind) = std::env::var("TAPESTRY_PORT_KIND") {
+                if !cell_args.contains(&"--port-kind") && !kind.is_empty() {
+                    args.extend(["--port-kind".to_string(), kind]);
+                }
+            }
             ov.cells.push(CellInfo {
                 ns,
                 underlay: ip,

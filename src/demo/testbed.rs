@@ -47,7 +47,7 @@ impl Testbed {
     /// run with the same prefix are removed first.
     pub fn new(prefix: &str, bin: &Path) -> Result<Testbed> {
         if !is_root() {
-            bail!("network namespaces need root: run this as root (sudo)");
+            bail!("network namespaces need root: run this as root, or inside `tapestry sandbox -- ...` (an unprivileged user namespace)");
         }
         let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);

@@ -14,6 +14,9 @@
 //! - [`vnet`]: the virtio-net header.
 //! - [`hostsock`]: the local stack's host sockets (TCP connect from the cell's address,
 //!   connected UDP, ping or raw ICMP, net-in listeners).
+//! - [`packet`]: AF_PACKET ports on a veth's host end (`PACKET_VNET_HDR`, fanout), for hosts
+//!   where /dev/net/tun cannot be opened; [`port::PortDev`] is either kind.
+//! - [`userns`]: the unprivileged sandbox (user + network + mount namespace).
 //! - [`sched`]: the calling thread's nice value (`--dataplane-nice`).
 //!
 //! Errors ([`Error`]) name the operation and the device or namespace, e.g.
@@ -26,9 +29,12 @@ mod error;
 pub mod hostsock;
 pub mod netlink;
 pub mod netns;
+pub mod packet;
+pub mod port;
 pub mod sched;
 pub mod tap;
 pub mod udp;
+pub mod userns;
 pub mod vnet;
 
 pub use error::{Error, Result};

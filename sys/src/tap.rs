@@ -183,22 +183,8 @@ impl Tap {
 
     /// Sets or clears O_NONBLOCK on the fd.
     pub fn set_nonblocking(&self, nonblocking: bool) -> Result<()> {
-        let fd = self.fd.as_raw_fd();
-        // SAFETY: F_GETFL on an fd we own takes no pointer.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        if flags < 0 {
-            return Err(Error::last_os(self.what("F_GETFL")));
-        }
-        let new = if nonblocking {
-            flags | libc::O_NONBLOCK
-        } else {
-            flags & !libc::O_NONBLOCK
-        };
-        // SAFETY: F_SETFL with an int flag set on an fd we own takes no pointer.
-        if new != flags && unsafe { libc::fcntl(fd, libc::F_SETFL, new) } < 0 {
-            return Err(Error::last_os(self.what("F_SETFL O_NONBLOCK")));
-        }
-        Ok(())
+        set_fd_nonblocking(self.fd.as_raw_fd(), nonblocking)
+            .map_err(|e| Error::io(self.what("O_NONBLOCK"), e))
     }
 
     /// Reads one frame (with its virtio-net header if `vnet_hdr`).
@@ -224,23 +210,7 @@ impl Tap {
     /// Writes one frame given in two parts (a virtio-net header and the frame after it) with a
     /// single writev, so the caller need not copy them together.
     pub fn write2(&self, head: &[u8], body: &[u8]) -> io::Result<usize> {
-        let iov = [
-            libc::iovec {
-                iov_base: head.as_ptr() as *mut libc::c_void,
-                iov_len: head.len(),
-            },
-            libc::iovec {
-                iov_base: body.as_ptr() as *mut libc::c_void,
-                iov_len: body.len(),
-            },
-        ];
-        // SAFETY: both iovecs point at live slices valid for reads of their lengths for the
-        // duration of the call; writev only reads through them.
-        let n = unsafe { libc::writev(self.fd.as_raw_fd(), iov.as_ptr(), 2) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+        writev2(self.fd.as_raw_fd(), head, body)
     }
 
     /// TUNSETOFFLOAD with `flags` (TUN_F_*). Offloads need a TAP opened with `vnet_hdr`.
@@ -337,6 +307,46 @@ impl AsFd for Tap {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// Sets or clears O_NONBLOCK on `fd`.
+pub(crate) fn set_fd_nonblocking(fd: RawFd, nonblocking: bool) -> io::Result<()> {
+    // SAFETY: F_GETFL on an fd the caller owns takes no pointer.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let new = if nonblocking {
+        flags | libc::O_NONBLOCK
+    } else {
+        flags & !libc::O_NONBLOCK
+    };
+    // SAFETY: F_SETFL with an int flag set on an fd the caller owns takes no pointer.
+    if new != flags && unsafe { libc::fcntl(fd, libc::F_SETFL, new) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// One writev of two parts (a virtio-net header and the frame after it) to `fd`.
+pub(crate) fn writev2(fd: RawFd, head: &[u8], body: &[u8]) -> io::Result<usize> {
+    let iov = [
+        libc::iovec {
+            iov_base: head.as_ptr() as *mut libc::c_void,
+            iov_len: head.len(),
+        },
+        libc::iovec {
+            iov_base: body.as_ptr() as *mut libc::c_void,
+            iov_len: body.len(),
+        },
+    ];
+    // SAFETY: both iovecs point at live slices valid for reads of their lengths for the
+    // duration of the call; writev only reads through them.
+    let n = unsafe { libc::writev(fd, iov.as_ptr(), 2) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 /// Removes a persistent TAP inside the namespace at `netns` (RTM_DELLINK; if the kernel refuses

@@ -38,7 +38,7 @@ use tapestry_switch::wire::virtio_net;
 use tapestry_switch::{
     Conntrack, Counters, DropReason, FxHashMap, PacketBuf, PortId, Switch, Tables, Verdict,
 };
-use tapestry_sys::tap::Tap;
+use tapestry_sys::port::PortDev;
 
 use underlay_rx::UnderlayRx;
 use underlay_tx::UnderlayTx;
@@ -60,7 +60,7 @@ enum PortCommand {
     /// The worker writes to `tap`, and reads from it too if `read` (its own queue).
     Add {
         id: PortId,
-        tap: Arc<Tap>,
+        tap: Arc<PortDev>,
         read: bool,
     },
     Remove(PortId),
@@ -130,7 +130,7 @@ impl DataplaneHandle {
     /// Adds (or replaces) a port. `queues` are the TAP's queues: worker `i` reads and writes
     /// queue `i`; workers beyond the last queue (a TAP that could not be opened multiqueue) only
     /// write, to queue 0.
-    pub fn add_port(&self, id: PortId, queues: &[Arc<Tap>]) {
+    pub fn add_port(&self, id: PortId, queues: &[Arc<PortDev>]) {
         let Some(first) = queues.first() else {
             return;
         };
@@ -176,7 +176,7 @@ impl DataplaneHandle {
 
 /// A port as the dataplane sees it.
 pub(crate) struct Port {
-    tap: Arc<Tap>,
+    tap: Arc<PortDev>,
     /// Frames on this TAP carry the virtio-net header.
     vnet: bool,
     /// This worker polls the TAP (it is the worker's queue).
@@ -192,7 +192,7 @@ pub(crate) fn write_plain(port: &Port, frame: &[u8], counters: &Counters) {
 }
 
 /// Writes a plain Ethernet frame to a TAP (behind an empty virtio-net header if `vnet`).
-pub(crate) fn write_plain_tap(tap: &Tap, vnet: bool, frame: &[u8], counters: &Counters) {
+pub(crate) fn write_plain_tap(tap: &PortDev, vnet: bool, frame: &[u8], counters: &Counters) {
     const EMPTY: [u8; virtio_net::HEADER_LEN] = [0; virtio_net::HEADER_LEN];
     let r = if vnet {
         tap.write2(&EMPTY, frame)
@@ -422,7 +422,7 @@ impl Dataplane {
                             Interest::READABLE,
                         )?;
                     }
-                    let vnet = tap.options().vnet_hdr;
+                    let vnet = tap.vnet_hdr();
                     self.ports.insert(id, Port { tap, vnet, read });
                     if read {
                         // Frames may have queued before registration; edge-triggered polling

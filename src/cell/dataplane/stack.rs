@@ -23,7 +23,7 @@ use tapestry_switch::stack::{Denial, FlowId, FlowInfo, HostIo, IcmpSocket, Stack
 use tapestry_switch::wire::virtio_net;
 use tapestry_switch::{Counters, DropReason, FxHashMap, PortId, Tables};
 use tapestry_sys::hostsock;
-use tapestry_sys::tap::Tap;
+use tapestry_sys::port::PortDev;
 
 use super::asg_log::AsgLog;
 use super::net_in::{NetInProtocol, NetInRule};
@@ -50,7 +50,7 @@ pub(crate) enum StackMsg {
     },
     AddPort {
         id: PortId,
-        tap: Arc<Tap>,
+        tap: Arc<PortDev>,
     },
     RemovePort(PortId),
     SetNetIn {
@@ -334,7 +334,7 @@ impl HostIo for Host {
 }
 
 struct Port {
-    tap: Arc<Tap>,
+    tap: Arc<PortDev>,
     vnet: bool,
 }
 
@@ -457,7 +457,7 @@ impl Driver {
                 let _ = self.free_tx.try_send(buf);
             }
             StackMsg::AddPort { id, tap } => {
-                let vnet = tap.options().vnet_hdr;
+                let vnet = tap.vnet_hdr();
                 self.ports.insert(id, Port { tap, vnet });
             }
             StackMsg::RemovePort(id) => {

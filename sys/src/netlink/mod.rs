@@ -135,7 +135,7 @@ impl Netlink {
 
     /// Sends a request with NLM_F_ACK and waits for its ack; a negative errno becomes an error
     /// naming `what`.
-    fn request(&mut self, build: impl FnOnce(u32) -> Vec<u8>, what: &str) -> Result<()> {
+    pub(crate) fn request(&mut self, build: impl FnOnce(u32) -> Vec<u8>, what: &str) -> Result<()> {
         let seq = self.next_seq();
         self.send(&build(seq), what)?;
         let mut buf = [0u8; 8192];

@@ -36,6 +36,14 @@ pub const IFLA_ADDRESS: u16 = 1;
 pub const IFLA_IFNAME: u16 = 3;
 pub const IFLA_MTU: u16 = 4;
 pub const IFLA_TXQLEN: u16 = 13;
+pub const IFLA_LINKINFO: u16 = 18;
+pub const IFLA_NET_NS_FD: u16 = 28;
+pub const IFLA_INFO_KIND: u16 = 1;
+pub const IFLA_INFO_DATA: u16 = 2;
+pub const VETH_INFO_PEER: u16 = 1;
+/// NLA_F_NESTED: the attribute holds attributes.
+pub const NLA_F_NESTED: u16 = 0x8000;
+pub const NLM_F_EXCL: u16 = 0x200;
 pub const IFA_ADDRESS: u16 = 1;
 pub const IFA_LOCAL: u16 = 2;
 pub const RTA_DST: u16 = 1;
@@ -220,6 +228,58 @@ pub fn link_get(seq: u32, name: &str) -> Vec<u8> {
         .finish()
 }
 
+/// One attribute on its own (rta_len, rta_type, payload, padding): for nesting.
+pub fn nla(ty: u16, data: &[u8]) -> Vec<u8> {
+    let len = u16::try_from(4 + data.len()).expect("netlink attribute over 64 KiB");
+    let mut v = Vec::with_capacity(align(4 + data.len()));
+    v.extend_from_slice(&len.to_ne_bytes());
+    v.extend_from_slice(&ty.to_ne_bytes());
+    v.extend_from_slice(data);
+    v.resize(align(v.len()), 0);
+    v
+}
+
+fn nla_str(ty: u16, s: &str) -> Vec<u8> {
+    let mut z = s.as_bytes().to_vec();
+    z.push(0);
+    nla(ty, &z)
+}
+
+/// A veth pair to create with [`veth_new`].
+#[derive(Debug, Clone, Copy)]
+pub struct Veth<'a> {
+    /// The end that stays in the caller's namespace.
+    pub name: &'a str,
+    /// The other end's name, in the namespace behind `peer_netns_fd`.
+    pub peer: &'a str,
+    /// An open fd of the peer's network namespace.
+    pub peer_netns_fd: i32,
+    /// Both ends' MTU.
+    pub mtu: u32,
+}
+
+/// RTM_NEWLINK CREATE|EXCL of a veth pair: `ip link add NAME mtu M type veth peer name PEER
+/// mtu M netns FD`.
+pub fn veth_new(seq: u32, v: &Veth<'_>) -> Vec<u8> {
+    let mut peer = ifinfomsg(0, 0, 0).to_vec();
+    peer.extend(nla_str(IFLA_IFNAME, v.peer));
+    peer.extend(nla(IFLA_MTU, &v.mtu.to_ne_bytes()));
+    peer.extend(nla(IFLA_NET_NS_FD, &v.peer_netns_fd.to_ne_bytes()));
+    let data = nla(VETH_INFO_PEER | NLA_F_NESTED, &peer);
+    let mut info = nla_str(IFLA_INFO_KIND, "veth");
+    info.extend(nla(IFLA_INFO_DATA | NLA_F_NESTED, &data));
+    Msg::new(
+        RTM_NEWLINK,
+        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        seq,
+    )
+    .header(&ifinfomsg(0, 0, 0))
+    .attr_str(IFLA_IFNAME, v.name)
+    .attr_u32(IFLA_MTU, v.mtu)
+    .attr(IFLA_LINKINFO | NLA_F_NESTED, &info)
+    .finish()
+}
+
 /// RTM_DELLINK by name.
 pub fn link_del(seq: u32, name: &str) -> Vec<u8> {
     Msg::new(RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, seq)
@@ -376,6 +436,41 @@ pub fn link_index(r: &Reply<'_>) -> Option<i32> {
 #[cfg(all(test, target_endian = "little"))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn veth_pair_request_bytes() {
+        // ip link add a mtu 1450 type veth peer name b mtu 1450 netns FD(7), checked by hand:
+        // 16 nlmsghdr + 16 ifinfomsg + 8 IFNAME + 8 MTU + 64 LINKINFO = 112 bytes.
+        let m = veth_new(
+            1,
+            &Veth {
+                name: "a",
+                peer: "b",
+                peer_netns_fd: 7,
+                mtu: 1450,
+            },
+        );
+        let u16_at = |o: usize| u16::from_ne_bytes([m[o], m[o + 1]]);
+        let u32_at = |o: usize| u32::from_ne_bytes([m[o], m[o + 1], m[o + 2], m[o + 3]]);
+        assert_eq!(m.len(), 112);
+        assert_eq!(u32_at(0), 112);
+        assert_eq!(u16_at(4), RTM_NEWLINK);
+        assert_eq!(u16_at(6), 0x605, "REQUEST|ACK|EXCL|CREATE");
+        assert_eq!(&m[32..40], &[6, 0, 3, 0, b'a', 0, 0, 0]);
+        assert_eq!((u16_at(40), u16_at(42), u32_at(44)), (8, 4, 1450));
+        // IFLA_LINKINFO (nested): INFO_KIND "veth", then INFO_DATA { VETH_INFO_PEER { ... } }.
+        assert_eq!((u16_at(48), u16_at(50)), (64, 0x8012));
+        assert_eq!(
+            &m[52..64],
+            &[9, 0, 1, 0, b'v', b'e', b't', b'h', 0, 0, 0, 0]
+        );
+        assert_eq!((u16_at(64), u16_at(66)), (48, 0x8002));
+        assert_eq!((u16_at(68), u16_at(70)), (44, 0x8001));
+        assert_eq!(&m[72..88], &[0u8; 16], "the peer's ifinfomsg");
+        assert_eq!(&m[88..96], &[6, 0, 3, 0, b'b', 0, 0, 0]);
+        assert_eq!((u16_at(96), u16_at(98), u32_at(100)), (8, 4, 1450));
+        assert_eq!((u16_at(104), u16_at(106), u32_at(108)), (8, 28, 7));
+    }
 
     #[test]
     fn alignment() {
