@@ -2,11 +2,13 @@
 # Dataplane benchmark (issue 4): the Linux kernel VXLAN-GBP dataplane as Silk builds it and
 # Tapestry's userspace dataplane, on the same topology in one run, with the ratio printed.
 #
-#   sudo bench/dataplane.sh [--quick] [--tapestry PATH] [--no-offload] [--cell-arg A]... [--runs N] [--no-write]
+#   sudo bench/dataplane.sh [--quick] [--tapestry PATH] [--no-offload] [--port-kind tap|packet] [--cell-arg A]... [--runs N] [--no-write]
 #
 #   --quick        3 s per throughput run instead of 10 s, fewer latency samples
 #   --tapestry P   use this tapestry binary (default: cargo build --release, then target/release/tapestry)
 #   --no-offload   start the cells with --no-offload
+#   --port-kind K  container ports of kind K (tap, the default, or packet: veth + AF_PACKET); the
+#                  result goes to the section "Dataplane" or "Dataplane (packet ports)"
 #   --cell-arg A   pass A to both `tapestry cell` processes (repeatable), e.g. --cell-arg --busy-poll-us=0
 #   --runs N       runs per measurement (default 3); the median is reported
 #   --no-write     print the table but leave BENCHMARKS.md alone
@@ -27,12 +29,15 @@ set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 
-QUICK=0; TAPESTRY=""; RUNS=3; WRITE=1; CELL_ARGS=(); NOTE=""; ONLY=""
+QUICK=0; TAPESTRY=""; RUNS=3; WRITE=1; CELL_ARGS=(); NOTE=""; ONLY=""; PORT_KIND=tap
 while [ $# -gt 0 ]; do
     case $1 in
         --quick) QUICK=1 ;;
         --tapestry) TAPESTRY=${2:?--tapestry needs a path}; shift ;;
         --no-offload) CELL_ARGS+=(--no-offload) ;;
+        --port-kind) PORT_KIND=${2:?--port-kind needs tap or packet}; shift
+            case $PORT_KIND in tap|packet) ;; *) echo "--port-kind $PORT_KIND: not tap or packet" >&2; exit 2 ;; esac
+            CELL_ARGS+=(--port-kind "$PORT_KIND") ;;
         --cell-arg) CELL_ARGS+=("${2:?--cell-arg needs a value}"); shift ;;
         --runs) RUNS=${2:?--runs needs a number}; shift ;;
         --no-write) WRITE=0 ;;
@@ -48,7 +53,10 @@ SHOWN=()
 [ $QUICK = 1 ] && SHOWN+=(--quick)
 [ -n "$TAPESTRY" ] && SHOWN+=(--tapestry "$TAPESTRY")
 for a in ${CELL_ARGS[@]+"${CELL_ARGS[@]}"}; do
-    if [ "$a" = --no-offload ]; then SHOWN+=(--no-offload); else SHOWN+=(--cell-arg "$a"); fi
+    case $a in
+        --no-offload|--port-kind|tap|packet) SHOWN+=("$a") ;;
+        *) SHOWN+=(--cell-arg "$a") ;;
+    esac
 done
 [ "$RUNS" != 3 ] && SHOWN+=(--runs "$RUNS")
 CMDLINE="bench/dataplane.sh${SHOWN[*]:+ ${SHOWN[*]}}"
@@ -234,8 +242,10 @@ DATE=$(date -u '+%Y-%m-%d %H:%M UTC')
 REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 DIRTY=$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -qv '^??' && echo "+uncommitted" || true)
 
+TITLE="Dataplane"
+[ "$PORT_KIND" = packet ] && TITLE="Dataplane (packet ports)"
 SECTION=$(cat <<MD
-## Dataplane
+## $TITLE
 
 Produced by \`sudo $CMDLINE\` on $DATE: Linux $KERNEL, $CPU, $NCPU CPUs, checkout $REV$DIRTY
 (\`${TAPESTRY:-not built}\`${CELL_ARGS[*]:+ ${CELL_ARGS[*]}}). Load average at start / end of the measurements: $LOADAVG_START / $LOADAVG_END.$NOTE_LINE$BUSY_NOTE
@@ -262,5 +272,5 @@ echo
 echo "$SECTION"
 
 if [ $WRITE = 1 ]; then
-    write_section "$ROOT/BENCHMARKS.md" "Dataplane" "$SECTION"
+    write_section "$ROOT/BENCHMARKS.md" "$TITLE" "$SECTION"
 fi

@@ -7,3 +7,4 @@ pub mod cni;
 pub mod container;
 pub mod control;
 pub mod demo;
+pub mod lab;

@@ -1,6 +1,6 @@
 use clap::{Parser, Subcommand};
 
-use tapestry::{cell, cli, container, control, demo};
+use tapestry::{cell, cli, container, control, demo, lab};
 
 /// Tapestry: container-to-container overlay networking with a userspace VXLAN-GBP dataplane.
 #[derive(Parser)]
@@ -33,6 +33,9 @@ enum Command {
     /// the host: a whole overlay (`ip netns`, cells, containers on veth pairs read through
     /// AF_PACKET) fits inside, e.g. `tapestry sandbox -- cargo test`.
     Sandbox(demo::sandbox::SandboxArgs),
+    /// Start N cells and M containers in this process, unprivileged, and report the time
+    /// until every container is reachable by its allowed peers and the memory used.
+    Lab(lab::LabArgs),
 }
 
 fn main() {
@@ -64,6 +67,7 @@ fn main() {
         Command::Container(a) => container::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Sandbox(a) => demo::sandbox::run(a),
+        Command::Lab(a) => lab::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

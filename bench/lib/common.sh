@@ -119,7 +119,8 @@ write_section() {
 import os, re, sys
 path, title, section = sys.argv[1], sys.argv[2], sys.argv[3].rstrip() + "\n"
 text = open(path).read() if os.path.exists(path) else "# Benchmarks\n"
-m = re.search(r"^## " + re.escape(title) + r"[^\n]*\n", text, re.M)
+# The title alone on its line, or followed by ": ..." ("Dataplane" is not "Dataplane (packet ports)").
+m = re.search(r"^## " + re.escape(title) + r"(?::[^\n]*)?[ \t]*\n", text, re.M)
 if m:
     nxt = re.search(r"^## ", text[m.end():], re.M)
     end = m.end() + nxt.start() if nxt else len(text)

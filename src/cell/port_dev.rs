@@ -140,6 +140,12 @@ impl Cell {
                     )
                 })?;
         }
+        if !self.config.offload {
+            // Without the virtio-net header the switch must get whole frames with complete
+            // checksums, as TUNSETOFFLOAD 0 gives on a TAP.
+            tapestry_sys::ethtool::disable_offloads_in_netns(&rec.netns, &rec.ifname)
+                .with_context(|| format!("turning off offloads of {}", rec.ifname))?;
+        }
         let workers = self.dataplane.workers();
         let index =
             netlink::ifindex(&host)?.with_context(|| format!("veth host end {host} vanished"))?;

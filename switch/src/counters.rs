@@ -58,6 +58,7 @@ drop_reasons! {
     WrongVtepMac => "wrong_vtep_mac", "Inner destination MAC is not this cell's VTEP MAC.";
     SpoofedRemoteIp => "spoofed_remote_ip", "Inner source IP is not in the sending cell's subnet.";
     PolicyDenied => "policy_denied", "No policy admits the new flow (default deny).";
+    IngressStep => "ingress_step", "An ingress step installed with Switch::set_ingress_step refused the new flow.";
     PolicyRevoked => "policy_revoked", "The policy that admitted the flow was removed.";
     IcmpDenied => "icmp_denied", "ICMP that is not an error message (echo is not a policy protocol).";
     IcmpUnrelated => "icmp_unrelated", "ICMP error whose embedded header matches no tracked flow.";

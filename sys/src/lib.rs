@@ -26,6 +26,7 @@
 //! denied, `clippy::undocumented_unsafe_blocks` warned (an error under `clippy -D warnings`).
 
 mod error;
+pub mod ethtool;
 pub mod hostsock;
 pub mod netlink;
 pub mod netns;

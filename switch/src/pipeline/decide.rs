@@ -8,6 +8,7 @@
 
 use std::time::Instant;
 
+use super::extension::{IngressStep, NewFlow};
 use super::flow::{icmp_embedded, Flow, Frag};
 use super::frag::{FragKey, FragTable};
 use crate::counters::{Counters, DropReason};
@@ -22,6 +23,8 @@ pub struct Ctx<'a> {
     pub counters: &'a Counters,
     pub frags: &'a mut FragTable,
     pub now: Instant,
+    /// A replaced step of the ingress decision for new flows, if any.
+    pub ingress_step: Option<&'a dyn IngressStep>,
 }
 
 fn key(zone: &Port, f: &Flow) -> FlowKey {
@@ -201,9 +204,26 @@ impl Ctx<'_> {
             Some(Found::Untracked) | None => {}
         }
         let proto = Proto::from_ip_proto(f.proto).ok_or(DropReason::ProtocolDenied)?;
-        if !self.snap.policy_allows(src_tag, dst.tag, proto, f.dport) {
-            return Err(DropReason::PolicyDenied);
+        let mut verdict = if self.snap.policy_allows(src_tag, dst.tag, proto, f.dport) {
+            Ok(())
+        } else {
+            Err(DropReason::PolicyDenied)
+        };
+        if let Some(step) = self.ingress_step {
+            let flow = NewFlow {
+                src_tag,
+                dst_tag: dst.tag,
+                dst_port: dst.id,
+                proto,
+                src: f.src,
+                dst: f.dst,
+                sport: f.sport,
+                dport: f.dport,
+                now,
+            };
+            verdict = step.new_flow(&flow, verdict);
         }
+        verdict?;
         self.record(k, Origin::Ingress { src_tag }, f.tcp_flags)
     }
 

@@ -2,6 +2,7 @@
 //! the caller's [`PacketBuf`].
 
 mod decide;
+pub mod extension;
 pub mod flow;
 pub mod frag;
 
@@ -45,6 +46,7 @@ pub struct Switch {
     conntrack: Arc<Conntrack>,
     counters: Arc<Counters>,
     frags: FragTable,
+    ingress_step: Option<Arc<dyn extension::IngressStep>>,
 }
 
 impl Switch {
@@ -54,7 +56,14 @@ impl Switch {
             conntrack,
             counters,
             frags: FragTable::default(),
+            ingress_step: None,
         }
+    }
+
+    /// Replaces the ingress decision's step for new flows with `step` (see
+    /// [`extension::IngressStep`]); `None` restores the policy alone.
+    pub fn set_ingress_step(&mut self, step: Option<Arc<dyn extension::IngressStep>>) {
+        self.ingress_step = step;
     }
 
     /// The context of one decision: this worker's fragment table, the shared tracker and counters.
@@ -65,6 +74,7 @@ impl Switch {
             counters: &self.counters,
             frags: &mut self.frags,
             now,
+            ingress_step: self.ingress_step.as_deref(),
         }
     }
 
