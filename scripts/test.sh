@@ -139,3 +139,11 @@ if [ "$skipped" != 0 ] && { [ "$TAPESTRY_REQUIRE_ROOT" = 1 ] || [ "$TAPESTRY_REQ
   echo "note: $skipped tests skipped by the filters given on the command line ($*)"
 fi
 
+
+# Both port kinds pass the overlay suite: the run above used the default (TAP as root), this one
+# veth pairs read through AF_PACKET (tests/e2e_unpriv.rs covers packet ports without root).
+if [ $# -eq 0 ] && [ $have_root = 1 ] && [ -z "${TAPESTRY_PORT_KIND:-}" ]; then
+  echo "== the overlay and offload suites again with packet ports (TAPESTRY_PORT_KIND=packet)"
+  TAPESTRY_PORT_KIND=packet cargo nextest run --workspace --no-fail-fast --run-ignored all \
+    -E 'binary(e2e_overlay) | binary(e2e_offload)'
+fi

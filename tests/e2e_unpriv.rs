@@ -167,7 +167,7 @@ fn unpriv_overlay_scenarios() {
         );
     }
     let mut ov = Overlay::start("tpup", &bin(), 2, &["--port-kind", "packet"]).unwrap();
-    let a = ov.add_container(0, "a", "app-A", "space-1").unwrap();
+    let _a = ov.add_container(0, "a", "app-A", "space-1").unwrap();
     let b = ov.add_container(1, "b", "app-B", "space-1").unwrap();
     let c = ov.add_container(0, "c", "app-C", "space-1").unwrap();
     let (na, nb, nc) = (ov.tb.ns_path("a"), ov.tb.ns_path("b"), ov.tb.ns_path("c"));
