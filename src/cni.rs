@@ -44,8 +44,9 @@ const E_IO: u32 = 5;
 const E_DECODE: u32 = 6;
 const E_INVALID_CONFIG: u32 = 7;
 const E_TRY_LATER: u32 = 11;
-/// CHECK: the attachment differs from prevResult (a plugin-specific code, 100 and up).
-const E_CHECK_FAILED: u32 = 100;
+/// CHECK: the attachment differs from prevResult or from what ADD set up (a plugin-specific
+/// code, 100 and up; the cell answers with it too).
+const E_CHECK_FAILED: u32 = api::E_CHECK_FAILED;
 /// STATUS: "The plugin is not available (i.e. cannot service ADD requests)".
 const E_NOT_AVAILABLE: u32 = 50;
 
@@ -174,6 +175,15 @@ pub fn execute(inv: &Invocation, stdin: &str) -> Result<Option<Value>, CniError>
     };
     let call = |req: Request| {
         api::call(&parsed.socket, &req).map_err(|e| {
+            // CHECK's findings come with the code to answer (3: no such attachment; 100: it
+            // differs from what ADD set up) and say what differs.
+            if let Some(c) = e.downcast_ref::<api::CodedError>() {
+                return CniError::new(
+                    c.code,
+                    c.msg.clone(),
+                    format!("checked by the cell at {}", parsed.socket.display()),
+                );
+            }
             let msg = format!("{e:#}");
             if msg.contains("connecting to the cell") {
                 CniError::new(E_TRY_LATER, "the cell is not reachable", msg)
