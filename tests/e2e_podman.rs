@@ -11,13 +11,14 @@
 //! containers by [`Podman`]'s Drop (`podman rm -af`, then any mount left under its directory),
 //! the cell, control plane and their namespaces (prefixed `tppod`) by the testbed's.
 
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tapestry::demo::overlay::Overlay;
-use tapestry::demo::testbed::is_root;
+use tapestry::demo::overlay::{wait_tcp, Overlay};
+use tapestry::demo::testbed::{is_root, underlay_ip};
 
 /// Where Debian's `containernetworking-plugins` puts the standard plugins.
 const STANDARD_PLUGINS: &str = "/usr/lib/cni";
@@ -188,18 +189,13 @@ impl Podman {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Starts a sleeping busybox container `name` on `networks` with `CNI_ARGS`.
-    fn run(&self, name: &str, networks: &str, cni_args: &str, cmd: &[&str]) {
+    /// Starts busybox container `name` on `networks` with `CNI_ARGS`, podman run's `options`,
+    /// running `cmd`.
+    fn run(&self, name: &str, networks: &str, cni_args: &str, options: &[&str], cmd: &[&str]) {
         let rootfs = self.rootfs();
-        let mut args = vec![
-            "run",
-            "-d",
-            "--name",
-            name,
-            "--network",
-            networks,
-            "--rootfs",
-        ];
+        let mut args = vec!["run", "-d", "--name", name, "--network", networks];
+        args.extend_from_slice(options);
+        args.push("--rootfs");
         args.push(rootfs.to_str().unwrap());
         args.extend_from_slice(cmd);
         self.ok_with(&args, Some(cni_args));
@@ -295,21 +291,36 @@ fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 #[ignore = "needs root (Podman, network namespaces); scripts/test.sh runs it as root"]
 fn e2e_podman_cni() {
     assert!(is_root(), "end-to-end tests need root");
-    let ov = Overlay::start("tppod", bin(), 1, &[]).expect("overlay starts");
+    let mut ov = Overlay::start("tppod", bin(), 1, &[]).expect("overlay starts");
+    // A host on the underlay, outside the overlay, for net-in (`-p`).
+    let ext = ov
+        .tb
+        .add_host("ext", Ipv4Addr::new(198, 18, 0, 200), 1500)
+        .unwrap();
+    let subnet: ipnet::Ipv4Net = ov.cell_status(0).unwrap()["lease"]["overlay_subnet"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let wanted_b = Ipv4Addr::from(u32::from(subnet.network()) + 40).to_string();
     let podman = Podman::new(&ov.cell_socket(0));
 
     // Two containers of two apps on one Tapestry network: the app from CNI_ARGS, the space and
     // org from the README's metadata. b serves on 8080.
+    // b asks for an address (--ip: the ips capability) and a host port (-p: portMappings,
+    // served by the cell's net-in).
     podman.run(
         "a",
         "tapestry",
         "APP_ID=app-a;INSTANCE_INDEX=0",
+        &[],
         &["sleep", "600"],
     );
     podman.run(
         "b",
         "tapestry",
         "APP_ID=app-b;INSTANCE_INDEX=1",
+        &["--ip", &wanted_b, "-p", "61080:8080"],
         &["nc", "-ll", "-p", "8080", "-e", "echo", "hello-from-b"],
     );
     let id = |name: &str| podman.inspect(name)["Id"].as_str().unwrap().to_string();
@@ -335,6 +346,10 @@ fn e2e_podman_cni() {
     let ip_a = podman.ip("a", "tapestry");
     let ip_b = podman.ip("b", "tapestry");
     assert_ne!(ip_a, ip_b);
+    assert_eq!(ip_b, wanted_b, "--ip reached the cell");
+    let net_in = SocketAddrV4::new(underlay_ip(1), 61080);
+    let (got, _) = wait_tcp(&ext, net_in, Duration::from_secs(20)).expect("-p 61080:8080 serves b");
+    assert_eq!(got.trim(), "hello-from-b");
 
     // Policy: denied until app-a may reach app-b on 8080, then allowed.
     assert_eq!(
@@ -380,6 +395,8 @@ fn e2e_podman_cni() {
         ip_b,
         "podman restart keeps the IP"
     );
+    let (got, _) = wait_tcp(&ext, net_in, Duration::from_secs(20)).expect("-p after the restart");
+    assert_eq!(got.trim(), "hello-from-b");
     assert!(
         eventually(Duration::from_secs(20), || podman
             .nc("a", &ip_b, 8080)
@@ -390,7 +407,13 @@ fn e2e_podman_cni() {
 
     // A container on two networks: the README's and the chained one (tapestry, tuning,
     // portmap). Both attachments are the cell's; tuning's sysctl was applied.
-    podman.run("c", "tapestry,chained", "APP_ID=app-c", &["sleep", "600"]);
+    podman.run(
+        "c",
+        "tapestry,chained",
+        "APP_ID=app-c",
+        &[],
+        &["sleep", "600"],
+    );
     let id_c = id("c");
     let ip_c1 = podman.ip("c", "tapestry");
     let ip_c2 = podman.ip("c", "chained");
