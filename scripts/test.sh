@@ -43,6 +43,15 @@ for pair in socat:socat iperf3:iperf3 tshark:tshark ip:iproute2 ping:iputils-pin
   bin=${pair%%:*}; pkg=${pair#*:}
   command -v "$bin" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done
+# tests/e2e_podman.rs: Podman with its CNI backend (Debian's standard plugins in /usr/lib/cni),
+# runc, and busybox for the containers' root filesystem.
+if [ $is_root = 1 ]; then
+  for pair in podman:podman runc:runc busybox:busybox-static; do
+    bin=${pair%%:*}; pkg=${pair#*:}
+    command -v "$bin" >/dev/null 2>&1 || need_pkgs+=("$pkg")
+  done
+  [ -x /usr/lib/cni/tuning ] || need_pkgs+=(containernetworking-plugins)
+fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ $is_root = 1 ]; then
     echo "installing: ${need_pkgs[*]}"

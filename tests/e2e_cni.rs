@@ -158,7 +158,8 @@ fn e2e_cni_1_1_status_gc_version() {
         .map(|p| p["handle"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(handles, ["c1", "c3"]);
-    assert!(cni.run(&attach_env("CHECK", "c1", ns_a, "eth0"), &net1).0);
+    let (ok, v) = cni.run(&attach_env("CHECK", "c1", ns_a, "eth0"), &net1);
+    assert!(ok, "{v}");
     // GC without the list is refused and releases nothing.
     let (ok, v) = cni.run(&[("CNI_COMMAND", "GC")], &net1);
     assert!(!ok);
@@ -270,7 +271,8 @@ fn e2e_cni_one_container_two_networks() {
         v["details"].as_str().unwrap().contains("already attached"),
         "{v}"
     );
-    assert!(cni.run(&attach_env("CHECK", "c1", ns, "eth0"), &net1).0);
+    let (ok, v) = cni.run(&attach_env("CHECK", "c1", ns, "eth0"), &net1);
+    assert!(ok, "{v}");
     assert!(cni.run(&attach_env("CHECK", "c1", ns, "net2"), &net2).0);
     assert!(!cni.run(&attach_env("CHECK", "c1", ns, "eth9"), &net2).0);
     // DEL removes only the named attachment.
@@ -388,10 +390,8 @@ fn e2e_cni_chaining_and_check() {
         &cni.conf("1.0.0", "net1", json!({"prevResult": wrong_ip})),
     );
     assert!(!ok, "{v}");
-    assert!(
-        v["details"].as_str().unwrap().contains("10.255.250.250"),
-        "{v}"
-    );
+    assert_eq!(v["code"], 100, "{v}");
+    assert!(v["msg"].as_str().unwrap().contains("10.255.250.250"), "{v}");
     // The address removed inside the container: CHECK fails; the interface is still there.
     let out = ov
         .tb
@@ -400,11 +400,9 @@ fn e2e_cni_chaining_and_check() {
     assert!(out.status.success());
     let (ok, v) = cni.run(&attach_env("CHECK", "c1", ns, "eth0"), &check);
     assert!(!ok, "{v}");
+    assert_eq!(v["code"], 100, "{v}");
     assert!(
-        v["details"]
-            .as_str()
-            .unwrap()
-            .contains("no longer configured"),
+        v["msg"].as_str().unwrap().contains("no longer configured"),
         "{v}"
     );
     assert!(cni.run(&attach_env("DEL", "c1", ns, "eth0"), &check).0);
@@ -520,4 +518,126 @@ fn e2e_cni_port_mappings() {
     let (ok, v) = cni.run(&attach_env("ADD", "c2", ns_b, "eth0"), &b);
     assert!(ok, "{v}");
     assert_eq!(v["portMappings"][0]["hostPort"], 5300);
+}
+
+/// Runs `ip ARGS` in testbed namespace `ns` and insists it succeeds.
+fn ip(ov: &Overlay, ns: &str, args: &[&str]) -> String {
+    let out = ov.tb.exec(ns, "ip", args).unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+#[ignore = "needs root (network namespaces); scripts/test.sh runs it as root"]
+fn e2e_cni_check_reads_the_interface_back() {
+    let (ov, cni, ns_paths) = setup("tpcni8", &["a"]);
+    let ns = ns_paths[0].as_str();
+    let conf = cni.conf("1.1.0", "net1", json!({}));
+    let (ok, res) = cni.run(&attach_env("ADD", "c1", ns, "eth0"), &conf);
+    assert!(ok, "{res}");
+    let mut check_conf = conf.clone();
+    check_conf["prevResult"] = res.clone();
+    let check = || cni.run(&attach_env("CHECK", "c1", ns, "eth0"), &check_conf);
+    let (ok, v) = check();
+    assert!(ok, "{v}");
+    let fails_with = |what: &str| {
+        let (ok, v) = check();
+        assert!(!ok, "CHECK passed with {what} changed");
+        assert_eq!(v["code"], 100, "{v}");
+        let msg = v["msg"].as_str().unwrap();
+        assert!(msg.contains(what), "{what}: {v}");
+        assert!(msg.contains("differs from what ADD set up"), "{v}");
+    };
+    // Each thing ADD set up, changed inside the container and put back: CHECK fails naming it,
+    // then passes again.
+    let mac = res["interfaces"][0]["mac"].as_str().unwrap().to_string();
+    ip(
+        &ov,
+        "a",
+        &["link", "set", "eth0", "address", "02:00:00:00:00:01"],
+    );
+    fails_with("MAC 02:00:00:00:00:01");
+    ip(&ov, "a", &["link", "set", "eth0", "address", &mac]);
+    assert!(check().0);
+    let shown = ip(&ov, "a", &["-o", "link", "show", "eth0"]);
+    let mtu = shown
+        .split_whitespace()
+        .skip_while(|w| *w != "mtu")
+        .nth(1)
+        .unwrap()
+        .to_string();
+    ip(&ov, "a", &["link", "set", "eth0", "mtu", "1280"]);
+    fails_with("MTU 1280");
+    ip(&ov, "a", &["link", "set", "eth0", "mtu", &mtu]);
+    assert!(check().0);
+    ip(&ov, "a", &["route", "del", "default"]);
+    fails_with("default route via 169.254.0.1");
+    ip(
+        &ov,
+        "a",
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.0.1",
+            "dev",
+            "eth0",
+            "onlink",
+        ],
+    );
+    let (ok, v) = check();
+    assert!(ok, "{v}");
+    ip(&ov, "a", &["link", "set", "eth0", "down"]);
+    fails_with("eth0 is down");
+    ip(&ov, "a", &["link", "set", "eth0", "up"]);
+    // Bringing it down dropped its routes: CHECK still fails, naming them.
+    fails_with("169.254.0.1/32");
+    ip(
+        &ov,
+        "a",
+        &[
+            "route",
+            "add",
+            "169.254.0.1/32",
+            "dev",
+            "eth0",
+            "scope",
+            "link",
+        ],
+    );
+    ip(
+        &ov,
+        "a",
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            "169.254.0.1",
+            "dev",
+            "eth0",
+            "onlink",
+        ],
+    );
+    let (ok, v) = check();
+    assert!(ok, "{v}");
+    // Renamed away: the interface named by CNI_IFNAME is missing.
+    ip(&ov, "a", &["link", "set", "eth0", "down"]);
+    ip(&ov, "a", &["link", "set", "eth0", "name", "eth9"]);
+    let (ok, v) = check();
+    assert!(!ok);
+    assert_eq!(v["code"], 100, "{v}");
+    assert!(v["msg"].as_str().unwrap().contains("missing"), "{v}");
+    ip(&ov, "a", &["link", "set", "eth9", "name", "eth0"]);
+    // An attachment the cell does not have: "container unknown" (3).
+    let (ok, v) = cni.run(&attach_env("CHECK", "c2", ns, "eth0"), &conf);
+    assert!(!ok);
+    assert_eq!(v["code"], 3, "{v}");
+    assert!(cni.run(&attach_env("DEL", "c1", ns, "eth0"), &conf).0);
+    assert!(!link_exists(&ov, "a", "eth0"));
 }

@@ -262,9 +262,35 @@ pub struct Response {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// With `error`: the CNI error code the cell picked (CNI CHECK's failures), for the plugin
+    /// to answer with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
 }
+
+/// CNI's "container unknown or does not exist": CHECK of an attachment the cell does not have.
+pub const E_UNKNOWN_CONTAINER: u32 = 3;
+/// CHECK: the attachment differs from what ADD set up (a plugin-specific code; the CNI
+/// specification leaves 100 and up to plugins).
+pub const E_CHECK_FAILED: u32 = 100;
+
+/// An error that carries a CNI error code across the socket: the cell returns it, [`call`]
+/// gives it back (`anyhow::Error::downcast_ref`), and the plugin answers with its code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodedError {
+    pub code: u32,
+    pub msg: String,
+}
+
+impl std::fmt::Display for CodedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for CodedError {}
 
 /// What serves requests (the running cell).
 pub trait Handler: Send + Sync + 'static {
@@ -315,17 +341,20 @@ fn serve_conn(conn: UnixStream, handler: Arc<dyn Handler>) {
                 Ok(v) => Response {
                     ok: true,
                     error: None,
+                    code: None,
                     result: Some(v),
                 },
                 Err(e) => Response {
                     ok: false,
                     error: Some(format!("{e:#}")),
+                    code: e.downcast_ref::<CodedError>().map(|c| c.code),
                     result: None,
                 },
             },
             Err(e) => Response {
                 ok: false,
                 error: Some(format!("invalid request: {e}")),
+                code: None,
                 result: None,
             },
         };
@@ -425,11 +454,12 @@ pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
     let resp: Response = serde_json::from_str(&resp)
         .with_context(|| format!("malformed response from the cell: {resp:?}"))?;
     if resp.ok {
-        Ok(resp.result.unwrap_or(serde_json::Value::Null))
-    } else {
-        Err(anyhow!(resp
-            .error
-            .unwrap_or_else(|| "unknown error".into())))
+        return Ok(resp.result.unwrap_or(serde_json::Value::Null));
+    }
+    let msg = resp.error.unwrap_or_else(|| "unknown error".into());
+    match resp.code {
+        Some(code) => Err(CodedError { code, msg }.into()),
+        None => Err(anyhow!(msg)),
     }
 }
 

@@ -2,7 +2,6 @@
 //! through AF_PACKET: `port_dev.rs`), configured over netlink, registered as a switch port.
 
 use std::net::Ipv4Addr;
-use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 pub use tapestry_switch::tables::container_mac;
@@ -292,40 +291,26 @@ impl Cell {
             .with_context(|| format!("deleting {} in {}", rec.ifname, rec.netns.display()))?;
         inner.containers.containers.remove(key);
         inner.net_in_suspended.remove(key);
+        // The namespace's routes to the gateway and its default route went through the last
+        // attachment made there (each ADD replaces them), maybe this one: another attachment in
+        // the same netns takes them back.
+        if let Some(other) = inner
+            .containers
+            .containers
+            .values()
+            .find(|r| r.netns == rec.netns)
+        {
+            if let Err(e) = self.configure_iface(other) {
+                tracing::error!(handle = %rec.handle, ifname = %other.ifname,
+                    "restoring the routes after detaching {}: {e:#}", rec.ifname);
+            }
+        }
         self.forget_identity(&rec);
         self.state.store("containers.json", &inner.containers)?;
         self.conntrack.remove_ip(rec.ip);
         self.publish(&inner)?;
         self.instances_dirty.notify_one();
         tracing::info!(handle = %rec.handle, ifname = %rec.ifname, ip = %rec.ip, "container down");
-        Ok(())
-    }
-
-    /// Checks every attachment of `handle` (at least one), or only the one named `ifname`.
-    pub fn check(&self, handle: &str, ifname: Option<&str>) -> Result<()> {
-        let inner = self.lock();
-        let recs: Vec<&ContainerRecord> = inner
-            .containers
-            .of_handle(handle)
-            .filter(|r| ifname.is_none_or(|i| r.ifname == i))
-            .collect();
-        if recs.is_empty() {
-            match ifname {
-                Some(i) => bail!("container {handle} has no attachment {i} on this cell"),
-                None => bail!("container {handle} is not attached to this cell"),
-            }
-        }
-        for rec in recs {
-            if !Path::new(&rec.netns).exists() {
-                bail!(
-                    "netns {} of container {handle} is gone",
-                    rec.netns.display()
-                );
-            }
-            if !netlink::link_exists(&rec.netns, &rec.ifname)? {
-                bail!("interface {} of container {handle} is missing", rec.ifname);
-            }
-        }
         Ok(())
     }
 
@@ -352,51 +337,6 @@ impl Cell {
                 Err(e) => tracing::error!("pending DEL {}: {e:#}", path.display()),
             }
         }
-    }
-
-    /// CNI CHECK of one attachment: [`Cell::check`], then that it is in `netns` with address
-    /// `ip` (when given) and that the address is still configured in the netns (binding a socket
-    /// to it there succeeds only while it is).
-    pub fn check_attachment(
-        &self,
-        handle: &str,
-        ifname: &str,
-        netns: Option<&Path>,
-        ip: Option<Ipv4Addr>,
-    ) -> Result<()> {
-        self.check(handle, Some(ifname))?;
-        let rec = self
-            .lock()
-            .containers
-            .containers
-            .get(&attachment_key(handle, ifname))
-            .cloned()
-            .with_context(|| format!("container {handle} has no attachment {ifname}"))?;
-        if let Some(ns) = netns.filter(|ns| *ns != rec.netns) {
-            bail!(
-                "attachment {ifname} of container {handle} is in netns {}, not {}",
-                rec.netns.display(),
-                ns.display()
-            );
-        }
-        if let Some(ip) = ip.filter(|ip| *ip != rec.ip) {
-            bail!(
-                "attachment {ifname} of container {handle} has address {}, not {ip}",
-                rec.ip
-            );
-        }
-        let addr = rec.ip;
-        let configured = tapestry_sys::netns::run_in_netns(&rec.netns, move || {
-            Ok(std::net::UdpSocket::bind((addr, 0)).is_ok())
-        })
-        .with_context(|| format!("entering netns {}", rec.netns.display()))?;
-        if !configured {
-            bail!(
-                "address {addr} of container {handle} is no longer configured in {}",
-                rec.netns.display()
-            );
-        }
-        Ok(())
     }
 
     /// CNI GC: detaches every container attached through CNI network `network` whose (handle,

@@ -4,6 +4,7 @@
 
 pub mod api;
 mod attach;
+mod check;
 mod dataplane;
 mod dns;
 mod egress;

@@ -182,6 +182,13 @@ impl Cell {
             }
             PortKind::Packet => self.open_veth(rec)?,
         };
+        self.configure_iface(rec)?;
+        Ok(queues.into_iter().map(Arc::new).collect())
+    }
+
+    /// Configures the container side of `rec`'s port (idempotent): MAC, MTU, txqueuelen, the
+    /// `noqueue` root, up, its address, the link route to the gateway and the default route.
+    pub(super) fn configure_iface(&self, rec: &ContainerRecord) -> Result<()> {
         netlink::configure_container_iface(
             &rec.netns,
             &IfaceConfig {
@@ -195,7 +202,6 @@ impl Cell {
                 noqueue: true,
             },
         )
-        .with_context(|| format!("configuring {} in {}", rec.ifname, rec.netns.display()))?;
-        Ok(queues.into_iter().map(Arc::new).collect())
+        .with_context(|| format!("configuring {} in {}", rec.ifname, rec.netns.display()))
     }
 }

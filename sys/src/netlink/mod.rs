@@ -1,7 +1,11 @@
 //! rtnetlink over a raw `NETLINK_ROUTE` socket: configure a container's interface (MAC, MTU,
-//! txqueuelen, up, address, routes, neighbour), look links up, delete them.
+//! txqueuelen, up, address, routes, neighbour), look links up and read them back (name, MAC,
+//! MTU, addresses, routes; [`inspect_link`]), delete them.
 
+mod inspect;
 pub(crate) mod msg;
+
+pub use inspect::{inspect_link, LinkState, RouteState};
 
 use std::io;
 use std::net::Ipv4Addr;
