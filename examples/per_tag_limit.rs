@@ -51,7 +51,7 @@ fn run(step: Option<Arc<dyn IngressStep>>) -> Report {
 fn show(name: &str, r: &Report) {
     let limited = r.drops.iter().find(|(d, _)| *d == DropReason::IngressStep);
     println!(
-        "{name:>12}: {}/{} allowed probes answered, all after {:.0} ms (virtual), {} SYNs refused by the step",
+        "{name:>12}: {}/{} allowed probes answered, all after {:.1} ms (virtual), {} SYNs refused by the step",
         r.allowed_answered,
         r.allowed,
         r.ready_after.as_secs_f64() * 1e3,

@@ -20,8 +20,6 @@ use tapestry_switch::PortId;
 pub const TCP_ECHO: u16 = 8080;
 /// The port of every host's UDP echo service.
 pub const UDP_ECHO: u16 = 8081;
-/// Listening sockets of the TCP echo service (connections served at once).
-const LISTENERS: usize = 4;
 const TCP_BUFFER: usize = 4096;
 
 const ETH_HEADER: usize = 14;
@@ -158,8 +156,16 @@ fn udp_socket() -> udp::Socket<'static> {
 }
 
 impl Host {
-    /// A host at `ip` on `cell`'s port `port`.
-    pub fn new(ip: Ipv4Addr, cell: usize, port: PortId, tag: u16, seed: u64) -> Host {
+    /// A host at `ip` on `cell`'s port `port`, whose TCP echo service serves `listeners`
+    /// connections at once (a SYN beyond them is answered with a RST, as by a full backlog).
+    pub fn new(
+        ip: Ipv4Addr,
+        cell: usize,
+        port: PortId,
+        tag: u16,
+        seed: u64,
+        listeners: usize,
+    ) -> Host {
         let mut wire = Wire::new(ip);
         let mut cfg = Config::new(HardwareAddress::Ip);
         cfg.random_seed = seed;
@@ -171,7 +177,7 @@ impl Host {
             .routes_mut()
             .add_default_ipv4_route(Ipv4Addr::new(169, 254, 0, 1));
         let mut sockets = SocketSet::new(vec![]);
-        let listeners = (0..LISTENERS)
+        let listeners = (0..listeners.max(1))
             .map(|_| {
                 let mut s = tcp_socket();
                 let _ = s.listen(TCP_ECHO);

@@ -37,6 +37,9 @@ pub use underlay::UnderlayKind;
 
 /// The overlay the lab's cells share (as Cloud Foundry's default).
 pub const OVERLAY: (Ipv4Addr, u8) = (Ipv4Addr::new(10, 255, 0, 0), 16);
+/// The virtual time one round (one hop: host to switch to underlay to switch to host) takes on
+/// the memory underlay, in microseconds.
+pub const MEMORY_HOP_US: u64 = 50;
 /// Most containers on one cell (a /24 without its network and broadcast addresses).
 pub const MAX_PER_CELL: usize = 253;
 
@@ -204,7 +207,9 @@ impl Lab {
             });
             cells[cell].hosts[n as usize] = Some(i);
             let seed = cfg.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ (i as u64 + 1);
-            hosts.push(Host::new(ip, cell, port, tag, seed));
+            // Room for every connection its allowed client opens, and the denied one.
+            let listeners = cfg.flows_per_container + 2;
+            hosts.push(Host::new(ip, cell, port, tag, seed, listeners));
         }
         let m = cfg.containers;
         let mut policies = Vec::with_capacity(2 * m);
@@ -273,9 +278,14 @@ impl Lab {
         self.started + std::time::Duration::from_micros(self.now.total_micros() as u64)
     }
 
+    /// Real time on loopback; on the memory underlay every round is one hop and advances the
+    /// virtual clock by [`MEMORY_HOP_US`].
     fn tick(&mut self) {
-        if self.cfg.underlay == UnderlayKind::Loopback {
-            self.now = SmolInstant::from_micros(self.started.elapsed().as_micros() as i64);
+        match self.cfg.underlay {
+            UnderlayKind::Loopback => {
+                self.now = SmolInstant::from_micros(self.started.elapsed().as_micros() as i64)
+            }
+            UnderlayKind::Memory => self.now += SmolDuration::from_micros(MEMORY_HOP_US),
         }
     }
 
