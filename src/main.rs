@@ -28,6 +28,9 @@ enum Command {
     Container(container::ContainerArgs),
     /// Build a small overlay in network namespaces and show policy at work (root).
     Demo(demo::DemoArgs),
+    /// Show what a running cell's pipeline does with one packet, stage by stage (a dry run:
+    /// nothing is sent, connection tracking is not changed).
+    Trace(cell::observe::TraceArgs),
 }
 
 fn main() {
@@ -48,6 +51,7 @@ fn main() {
         Command::Cell(a) => cell::run(a),
         Command::Container(a) => container::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Trace(a) => cell::observe::run_trace(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
