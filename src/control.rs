@@ -31,6 +31,10 @@ pub struct ControlArgs {
     /// Most policies one source app may have.
     #[arg(long, default_value_t = 150)]
     max_policies_per_source: usize,
+    /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR/metrics: API request and
+    /// database transaction latency histograms.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -111,8 +115,13 @@ pub fn run(args: ControlArgs) -> Result<()> {
     config.subnet_prefix = args.subnet_prefix;
     config.max_policies_per_source = args.max_policies_per_source;
     config.check()?;
+    let metrics_listen = args.metrics_listen;
     runtime()?.block_on(async move {
         let running = tapestry_policy::start(config.clone()).await.context("starting the control plane")?;
+        if let Some(addr) = metrics_listen {
+            crate::cell::metrics::serve(addr, std::sync::Arc::new(tapestry_policy::metrics::render))
+                .await?;
+        }
         eprintln!(
             "tapestry control: external API http://{} (admin token in {}), internal API https://{} (cell credentials in {})",
             running.external_addr,

@@ -36,6 +36,9 @@ enum Command {
     /// Start N cells and M containers in this process, unprivileged, and report the time
     /// until every container is reachable by its allowed peers and the memory used.
     Lab(lab::LabArgs),
+    /// Show what a running cell's pipeline does with one packet, stage by stage (a dry run:
+    /// nothing is sent, connection tracking is not changed).
+    Trace(cell::observe::TraceArgs),
 }
 
 fn main() {
@@ -68,6 +71,7 @@ fn main() {
         Command::Demo(a) => demo::run(a),
         Command::Sandbox(a) => demo::sandbox::run(a),
         Command::Lab(a) => lab::run(a),
+        Command::Trace(a) => cell::observe::run_trace(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

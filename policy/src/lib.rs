@@ -9,6 +9,7 @@ pub mod client;
 pub mod error;
 pub mod feed;
 pub mod identity;
+pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod store;

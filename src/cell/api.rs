@@ -1,5 +1,6 @@
 //! The cell's local API on `STATE_DIR/cell.sock`: one JSON request per line, one JSON response
-//! per line. Used by `tapestry container`, `tapestry-cni` and `tapestry cell status`.
+//! per line. Used by `tapestry container`, `tapestry-cni`, `tapestry cell status|flow-log` and
+//! `tapestry trace`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -44,6 +45,10 @@ pub enum Request {
         network: String,
         valid: Vec<AttachmentKey>,
     },
+    /// `tapestry trace`: a synthetic packet through the pipeline, as a dry run.
+    Trace { expr: String },
+    /// Switch the flow log on or off.
+    FlowLog { on: bool },
 }
 
 /// One CNI attachment: `CNI_CONTAINERID` and `CNI_IFNAME` (the spec's `containerID`, `ifname`).

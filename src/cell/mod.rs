@@ -9,7 +9,9 @@ mod dataplane;
 mod dns;
 mod egress;
 pub mod identity;
+pub(crate) mod metrics;
 mod net_in;
+pub mod observe;
 mod port_dev;
 pub mod state;
 mod status;
@@ -116,6 +118,14 @@ pub struct CellArgs {
     /// cannot be opened). Default: tap where /dev/net/tun opens, packet otherwise.
     #[arg(long, value_name = "tap|packet")]
     port_kind: Option<tapestry_sys::port::PortKind>,
+    /// Start with the container-to-container flow log on (STATE_DIR/flows.log); switch it at
+    /// run time with `tapestry cell flow-log on|off`.
+    #[arg(long)]
+    flow_log: bool,
+    /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR/metrics: per-port packets and
+    /// bytes, drops by reason, connections tracked, per-policy hits, feed version lag.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Link-local, which holds cloud metadata services (169.254.169.254).
@@ -151,6 +161,20 @@ enum CellCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Switch a running cell's flow log (STATE_DIR/flows.log: one JSON line per new
+    /// container-to-container flow admitted or denied, rate-limited) on or off.
+    FlowLog {
+        #[arg(value_enum)]
+        state: OnOff,
+        #[arg(long)]
+        state_dir: PathBuf,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum OnOff {
+    On,
+    Off,
 }
 
 /// Settings fixed for the life of the process.
@@ -218,6 +242,8 @@ pub struct Cell {
     pub conntrack: Arc<Conntrack>,
     pub counters: Arc<Counters>,
     dataplane: dataplane::DataplaneHandle,
+    /// The container-to-container flow log's switch.
+    flow_log: dataplane::flow_log::FlowLog,
     /// Instance identity credentials: the registry the 61443 terminator reads, renewal.
     pub identity: identity::Identity,
     inner: Mutex<Inner>,
@@ -239,8 +265,12 @@ struct Inner {
 }
 
 pub fn run(args: CellArgs) -> Result<()> {
-    if let Some(CellCommand::Status { state_dir, json }) = args.command {
-        return status::print(&state_dir, json);
+    match args.command {
+        Some(CellCommand::Status { state_dir, json }) => return status::print(&state_dir, json),
+        Some(CellCommand::FlowLog { state, state_dir }) => {
+            return observe::run_flow_log(&state_dir, state == OnOff::On)
+        }
+        None => {}
     }
     let (Some(control), Some(credentials), Some(underlay_ip), Some(state_dir)) = (
         args.control.clone(),
@@ -381,6 +411,11 @@ pub fn run(args: CellArgs) -> Result<()> {
         // Instance identity credentials by container IP: what the 61443 terminator serves.
         let credentials = Arc::new(identity::CredentialRegistry::default());
         let counters = Arc::new(Counters::new());
+        let flow_log = dataplane::flow_log::FlowLog::start(
+            &state.path("flows.log"),
+            tables.clone(),
+            args.flow_log,
+        )?;
         let dp = dataplane::start(
             udp,
             dataplane::Options {
@@ -400,6 +435,7 @@ pub fn run(args: CellArgs) -> Result<()> {
             tables.clone(),
             conntrack.clone(),
             counters.clone(),
+            flow_log.clone(),
         )?;
         let cell = Arc::new(Cell {
             config,
@@ -408,6 +444,7 @@ pub fn run(args: CellArgs) -> Result<()> {
             conntrack,
             counters,
             dataplane: dp,
+            flow_log,
             identity: identity::Identity::new(
                 credentials,
                 client.clone(),
@@ -428,6 +465,10 @@ pub fn run(args: CellArgs) -> Result<()> {
         cell.reattach_all();
         cell.load_identities();
         cell.finish_pending_dels();
+        if let Some(addr) = args.metrics_listen {
+            let c = cell.clone();
+            metrics::serve(addr, Arc::new(move || c.metrics_text())).await?;
+        }
         api::serve(&cell.state.socket_path(), cell.clone())?;
         tracing::info!(
             "cell {} serving subnet {} on {}:{}; local API at {}",
@@ -491,6 +532,8 @@ impl api::Handler for Cell {
             }
             api::Request::Status => Ok(self.status()),
             api::Request::Gc { network, valid } => self.gc(&network, &valid),
+            api::Request::Trace { expr } => self.trace(&expr),
+            api::Request::FlowLog { on } => Ok(self.set_flow_log(on)),
         }
     }
 }

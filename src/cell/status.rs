@@ -130,6 +130,7 @@ impl Cell {
             "deny_networks": self.config.deny_networks.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
             "asg_errors": snap.egress().errors().iter().map(|e| e.to_string()).collect::<Vec<_>>(),
             "conntrack_entries": self.conntrack.len(),
+            "flow_log": self.flow_log.is_on(),
             "ports": ports,
             "net_in_address": self.config.net_in_address.to_string(),
             "net_in": self.net_in_status(&inner),

@@ -32,6 +32,8 @@ pub struct ControlStatus {
     pub last_error: Option<String>,
     pub last_sync: Option<Instant>,
     pub feed_updates: u64,
+    /// The newest feed version the control plane announced (what the cell should be at).
+    pub announced_version: u64,
 }
 
 impl ControlStatus {
@@ -170,6 +172,7 @@ async fn follow_feed(cell: Arc<Cell>, client: Arc<InternalClient>) -> Result<()>
                     was_down = false;
                 }
                 let mut inner = cell.lock();
+                inner.control.announced_version = inner.control.announced_version.max(resp.version);
                 let applied = inner.view.apply(resp, &cell.state);
                 match applied {
                     Ok(true) => {

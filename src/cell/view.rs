@@ -59,6 +59,11 @@ impl CellView {
     pub fn tag_of(&self, app: &str) -> Option<u16> {
         self.tags.get(app).copied()
     }
+
+    /// Every tagged app, by tag (for traces and the flow log).
+    pub fn apps_by_tag(&self) -> tapestry_switch::FxHashMap<u16, String> {
+        self.tags.iter().map(|(app, &t)| (t, app.clone())).collect()
+    }
 }
 
 fn subnet_tuple(n: &ipnet::Ipv4Net) -> (Ipv4Addr, u8) {
@@ -146,6 +151,7 @@ pub fn build_snapshot(
         .map(|s| {
             s.with_egress(egress)
                 .with_labels(labels)
+                .with_apps(view.apps_by_tag())
                 .with_dns(super::dns::table(view, &config.internal_domains))
         })
         .map_err(|e| anyhow::anyhow!("building the switch tables: {e}"))

@@ -55,24 +55,34 @@ impl Overlay {
         cell_args: &[&str],
         underlay_mtu: u32,
     ) -> Result<Overlay> {
+        Self::start_full(prefix, bin, cells, cell_args, &[], underlay_mtu)
+    }
+
+    /// As [`Overlay::start_with`], with further flags for `tapestry control`.
+    pub fn start_full(
+        prefix: &str,
+        bin: &Path,
+        cells: usize,
+        cell_args: &[&str],
+        control_args: &[&str],
+        underlay_mtu: u32,
+    ) -> Result<Overlay> {
         let mut tb = Testbed::new(prefix, bin)?;
         tb.add_underlay(underlay_mtu)?;
         let cip = underlay_ip(CONTROL_HOST);
         tb.add_host("ctl", cip, underlay_mtu)?;
         let data_dir = tb.dir().join("control");
-        tb.spawn_tapestry(
-            "ctl",
-            "control",
-            &[
-                "control".into(),
-                "--data-dir".into(),
-                data_dir.display().to_string(),
-                "--listen".into(),
-                format!("{cip}:4002"),
-                "--internal-listen".into(),
-                format!("{cip}:4003"),
-            ],
-        )?;
+        let mut args: Vec<String> = vec![
+            "control".into(),
+            "--data-dir".into(),
+            data_dir.display().to_string(),
+            "--listen".into(),
+            format!("{cip}:4002"),
+            "--internal-listen".into(),
+            format!("{cip}:4003"),
+        ];
+        args.extend(control_args.iter().map(|s| s.to_string()));
+        tb.spawn_tapestry("ctl", "control", &args)?;
         let token_path = data_dir.join("admin.token");
         let admin_token = tb.wait_for(
             "the control plane's admin token",

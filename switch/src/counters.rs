@@ -171,6 +171,20 @@ pub struct Counters {
     partial_checksums_completed: AtomicU64,
     stack_flows: AtomicU64,
     stack_flows_opened: AtomicU64,
+    /// New flows admitted, per policy (merged rule) that admitted them.
+    policy_hits: papaya::HashMap<PolicyHit, AtomicU64>,
+}
+
+/// A policy as the ingress decision matched it: (source tag, destination tag, protocol, and
+/// the merged port range that covered the port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct PolicyHit {
+    pub src_tag: u16,
+    pub dst_tag: u16,
+    /// "tcp" or "udp".
+    pub protocol: &'static str,
+    pub start: u16,
+    pub end: u16,
 }
 
 impl Default for Counters {
@@ -196,7 +210,28 @@ impl Counters {
             partial_checksums_completed: AtomicU64::new(0),
             stack_flows: AtomicU64::new(0),
             stack_flows_opened: AtomicU64::new(0),
+            policy_hits: papaya::HashMap::new(),
         }
+    }
+
+    /// A new flow admitted by `policy` (only new flows: a few per connection, never per packet).
+    pub fn policy_hit(&self, policy: PolicyHit) {
+        self.policy_hits
+            .pin()
+            .get_or_insert_with(policy, || AtomicU64::new(0))
+            .fetch_add(1, Relaxed);
+    }
+
+    /// New flows admitted per policy since the start, sorted.
+    pub fn policy_hits(&self) -> Vec<(PolicyHit, u64)> {
+        let mut v: Vec<(PolicyHit, u64)> = self
+            .policy_hits
+            .pin()
+            .iter()
+            .map(|(k, c)| (*k, c.load(Relaxed)))
+            .collect();
+        v.sort();
+        v
     }
 
     fn with_port(&self, id: PortId, f: impl FnOnce(&PortCounters)) {

@@ -39,7 +39,7 @@ pub mod tables;
 pub mod wire;
 
 pub use buf::PacketBuf;
-pub use counters::{Counters, CountersSnapshot, DropReason, PortStats, Totals};
+pub use counters::{Counters, CountersSnapshot, DropReason, PolicyHit, PortStats, Totals};
 pub use pipeline::{Switch, Verdict};
 pub use tables::asg::{
     DenyNetworks, DenyReason, Egress, EgressVerdict, Flow, GroupText, Lifecycle, RuleMatch,

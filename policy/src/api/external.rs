@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .route_layer(axum::middleware::from_fn(crate::metrics::observe_external))
         .with_state(state)
 }
 

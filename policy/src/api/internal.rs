@@ -33,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/internal/instance_identity", post(instance_identity))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not found") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .route_layer(axum::middleware::from_fn(crate::metrics::observe_internal))
         .with_state(state)
 }
 

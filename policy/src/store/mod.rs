@@ -206,11 +206,13 @@ impl Store {
         let backend = self.backend.clone();
         let (out, v) = tokio::task::spawn_blocking(move || {
             let mut out = None;
+            let start = std::time::Instant::now();
             let v = backend.run(mode, &mut |tx| {
                 out = Some(f(tx)?);
                 Ok(())
-            })?;
-            Ok::<_, StoreError>((out, v))
+            });
+            crate::metrics::db_transaction(backend.name(), mode == Mode::Write, start.elapsed());
+            Ok::<_, StoreError>((out, v?))
         })
         .await
         .map_err(|e| StoreError::Db(format!("store task failed: {e}")))??;

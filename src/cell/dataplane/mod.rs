@@ -17,7 +17,9 @@
 //! written to. Workers share the table snapshots, the connection tracker and the counters.
 
 mod asg_log;
+pub mod flow_log;
 pub mod net_in;
+mod ratelog;
 pub mod stack;
 mod underlay_rx;
 mod underlay_tx;
@@ -242,6 +244,7 @@ pub fn start(
     tables: Arc<Tables>,
     conntrack: Arc<Conntrack>,
     counters: Arc<Counters>,
+    flow_log: flow_log::FlowLog,
 ) -> Result<DataplaneHandle> {
     let offload = opts.offload;
     let underlay = socks
@@ -300,6 +303,9 @@ pub fn start(
             udp_again: false,
             busy_poll: opts.busy_poll,
             stack: stack.clone(),
+            flow_log: flow_log.clone(),
+            flow_log_on: false,
+            flow_events: Vec::new(),
         };
         spawn_worker(dp, opts.nice)?;
         workers.push(WorkerHandle { tx, waker, stats });
@@ -347,9 +353,35 @@ struct Dataplane {
     udp_again: bool,
     busy_poll: Duration,
     stack: stack::StackLink,
+    flow_log: flow_log::FlowLog,
+    /// Whether this worker's switch reports new flows now.
+    flow_log_on: bool,
+    flow_events: Vec<tapestry_switch::pipeline::events::FlowEvent>,
 }
 
 impl Dataplane {
+    /// Follows the flow log's switch (before each round of packets, so a flow that wakes the
+    /// worker is seen with the switch in force).
+    fn follow_flow_log(&mut self) {
+        let on = self.flow_log.is_on();
+        if on != self.flow_log_on {
+            self.switch.set_flow_log(on);
+            self.flow_log_on = on;
+        }
+    }
+
+    /// Hands what the switch reported to the flow log's writer.
+    fn collect_flow_events(&mut self) {
+        if !self.flow_log_on {
+            return;
+        }
+        let lost = self.switch.take_flow_events(&mut self.flow_events);
+        if !self.flow_events.is_empty() || lost > 0 {
+            self.flow_log
+                .send(std::mem::take(&mut self.flow_events), lost);
+        }
+    }
+
     fn run(&mut self) -> Result<()> {
         let fd = self.rxq.socket().as_raw_fd();
         self.poll
@@ -380,6 +412,7 @@ impl Dataplane {
             } else {
                 last_busy = Instant::now();
             }
+            self.follow_flow_log();
             for ev in events.iter() {
                 match ev.token() {
                     UDP => self.udp_again = true,
@@ -399,6 +432,7 @@ impl Dataplane {
                         .drain(&mut self.switch, &self.ports, &self.stack, UDP_BUDGET);
             }
             self.txq.flush();
+            self.collect_flow_events();
             let now = Instant::now();
             if self.index == 0 && now.duration_since(last_sweep) >= Duration::from_secs(1) {
                 self.conntrack.expire(now);

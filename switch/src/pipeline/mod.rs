@@ -2,9 +2,12 @@
 //! the caller's [`PacketBuf`].
 
 mod decide;
+pub mod events;
 pub mod extension;
 pub mod flow;
 pub mod frag;
+pub mod probe;
+pub mod trace;
 
 use std::net::SocketAddrV4;
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use crate::tables::{container_mac, contains, network, Port, PortId, Route, Snaps
 use crate::wire::ethernet::{self, Frame, Mac};
 use crate::wire::{arp, ipv4, virtio_net, vxlan_gbp};
 use decide::Ctx;
+use events::{FlowEvent, FlowEvents};
 use frag::FragTable;
 
 /// What to do with the frame now in the buffer.
@@ -47,6 +51,9 @@ pub struct Switch {
     counters: Arc<Counters>,
     frags: FragTable,
     ingress_step: Option<Arc<dyn extension::IngressStep>>,
+    /// New-flow events, collected only while the flow log is on.
+    events: FlowEvents,
+    flow_log: bool,
 }
 
 impl Switch {
@@ -57,6 +64,8 @@ impl Switch {
             counters,
             frags: FragTable::default(),
             ingress_step: None,
+            events: FlowEvents::default(),
+            flow_log: false,
         }
     }
 
@@ -75,7 +84,29 @@ impl Switch {
             frags: &mut self.frags,
             now,
             ingress_step: self.ingress_step.as_deref(),
+            dry: false,
+            trace: None,
+            events: if self.flow_log {
+                Some(&mut self.events)
+            } else {
+                None
+            },
         }
+    }
+
+    /// Turns the reporting of new flows ([`FlowEvent`]) on or off. Off (the default), nothing
+    /// is collected; turning it off drops what was not collected yet.
+    pub fn set_flow_log(&mut self, on: bool) {
+        self.flow_log = on;
+        if !on {
+            self.events = FlowEvents::default();
+        }
+    }
+
+    /// Moves the new-flow events reported since the last call into `out`; returns how many
+    /// did not fit in the switch's bounded list ([`events::EVENTS_MAX`]) and were lost.
+    pub fn take_flow_events(&mut self, out: &mut Vec<FlowEvent>) -> u64 {
+        self.events.drain_into(out)
     }
 
     pub fn tables(&self) -> &Arc<Tables> {
@@ -222,9 +253,29 @@ fn rewrite(data: &mut [u8], src: Mac, dst: Mac) {
 
 fn from_port(cx: &mut Ctx<'_>, id: PortId, pkt: &mut PacketBuf) -> Result<Verdict, DropReason> {
     let snap: &Snapshot = cx.snap;
-    let port = *snap.port(id).ok_or(DropReason::UnknownPort)?;
+    let Some(&port) = snap.port(id) else {
+        cx.note("in_port", || format!("port {} is not in the tables", id.0));
+        return Err(DropReason::UnknownPort);
+    };
+    cx.note("in_port", || {
+        format!(
+            "port {}: {} {}, tag {}{}",
+            id.0,
+            port.ip,
+            trace::mac_text(&port.mac),
+            port.tag,
+            trace::app_text(snap, port.tag)
+        )
+    });
     let eth = Frame::new_checked(pkt.data()).map_err(|_| DropReason::Truncated)?;
     if eth.src() != port.mac {
+        cx.note("anti_spoof", || {
+            format!(
+                "source MAC {} is not the port's {}",
+                trace::mac_text(&eth.src()),
+                trace::mac_text(&port.mac)
+            )
+        });
         return Err(DropReason::SpoofedMac);
     }
     match eth.ethertype() {
@@ -235,13 +286,19 @@ fn from_port(cx: &mut Ctx<'_>, id: PortId, pkt: &mut PacketBuf) -> Result<Verdic
     }
     let ip = ethernet_ipv4(pkt.data())?;
     if ip.src() != port.ip {
+        cx.note("anti_spoof", || {
+            format!("source IP {} is not the port's {}", ip.src(), port.ip)
+        });
         return Err(DropReason::SpoofedIp);
     }
+    cx.note("anti_spoof", || "source MAC and IP are the port's".into());
     if ip.ttl() <= 1 {
         return Err(DropReason::TtlExceeded);
     }
     let f = flow::parse(&ip)?;
-    match snap.route(ip.dst()) {
+    let route = snap.route(ip.dst());
+    cx.note("route", || trace::route_text(snap, ip.dst(), &route));
+    match route {
         Route::Local => {
             let dst = *snap.port_by_ip(ip.dst()).ok_or(DropReason::NoSuchPort)?;
             // Ingress first, so a denied flow leaves no egress record behind.
@@ -267,6 +324,13 @@ fn from_port(cx: &mut Ctx<'_>, id: PortId, pkt: &mut PacketBuf) -> Result<Verdic
                 dont_learn: false,
                 policy_applied: false,
             };
+            cx.note("encap", || {
+                format!(
+                    "VXLAN-GBP VNI {}, group policy ID {} (the source's tag), to {}; the \
+                     destination cell makes the ingress decision",
+                    repr.vni, port.tag, remote.underlay
+                )
+            });
             repr.emit(&mut vxlan_gbp::Packet::new_unchecked(
                 pkt.push_front(vxlan_gbp::HEADER_LEN),
             ));
@@ -316,14 +380,31 @@ fn from_underlay(
     let snap: &Snapshot = cx.snap;
     let remotes = snap.remotes_at(*src.ip());
     if remotes.is_empty() {
+        cx.note("underlay", || {
+            format!("{} holds no lease: not a known VTEP", src.ip())
+        });
         return Err(DropReason::UnknownVtep);
     }
+    cx.note("underlay", || {
+        let subnets: Vec<String> = remotes
+            .iter()
+            .map(|r| format!("{}/{}", r.subnet.0, r.subnet.1))
+            .collect();
+        format!("from VTEP {src}, the cell of {}", subnets.join(", "))
+    });
     let vx = vxlan_gbp::Packet::new_checked(pkt.data()).map_err(|_| DropReason::MalformedVxlan)?;
     let repr = vxlan_gbp::Repr::parse(&vx).map_err(|_| DropReason::MalformedVxlan)?;
     if repr.vni != snap.config().vni {
         return Err(DropReason::WrongVni);
     }
     let tag = repr.group_policy_id.unwrap_or(0);
+    cx.note("decap", || {
+        format!(
+            "VNI {}, group policy ID {tag}{}",
+            repr.vni,
+            trace::app_text(snap, tag)
+        )
+    });
     pkt.pull_front(vxlan_gbp::HEADER_LEN);
     let eth = Frame::new_checked(pkt.data()).map_err(|_| DropReason::Truncated)?;
     if eth.ethertype() != ethernet::ETHERTYPE_IPV4 {
@@ -334,9 +415,20 @@ fn from_underlay(
     }
     let ip = ethernet_ipv4(pkt.data())?;
     if !remotes.iter().any(|r| contains(r.subnet, ip.src())) {
+        cx.note("anti_spoof", || {
+            format!(
+                "inner source {} is not in the sending cell's subnet",
+                ip.src()
+            )
+        });
         return Err(DropReason::SpoofedRemoteIp);
     }
-    let dst = match snap.route(ip.dst()) {
+    cx.note("anti_spoof", || {
+        format!("inner source {} is in the sending cell's subnet", ip.src())
+    });
+    let route = snap.route(ip.dst());
+    cx.note("route", || trace::route_text(snap, ip.dst(), &route));
+    let dst = match route {
         Route::Local => *snap.port_by_ip(ip.dst()).ok_or(DropReason::NoSuchPort)?,
         Route::Vtep => return Err(DropReason::ToVtep),
         _ => return Err(DropReason::NotLocal),
@@ -350,7 +442,8 @@ fn from_underlay(
     // VTEP's partial checksum is completed here (see offload::partial).
     match offload::verify_or_complete(&mut pkt.data_mut()[ethernet::HEADER_LEN..]) {
         L4Checksum::Valid | L4Checksum::Unchecked => {}
-        L4Checksum::Completed => cx.counters.partial_checksum_completed(),
+        L4Checksum::Completed if !cx.dry => cx.counters.partial_checksum_completed(),
+        L4Checksum::Completed => {}
         L4Checksum::Bad => return Err(DropReason::BadL4Checksum),
         L4Checksum::Malformed => return Err(DropReason::MalformedL4),
     }

@@ -486,21 +486,7 @@ impl Stack {
                 return Err(DropReason::ProtocolDenied);
             }
         }
-        let asg_flow = match f.proto {
-            ipv4::PROTO_TCP => asg::Flow::Tcp {
-                dst: f.dst,
-                port: f.dport,
-            },
-            ipv4::PROTO_UDP => asg::Flow::Udp {
-                dst: f.dst,
-                port: f.dport,
-            },
-            _ => asg::Flow::Icmp {
-                dst: f.dst,
-                icmp_type: icmp::ECHO_REQUEST,
-                code: 0,
-            },
-        };
+        let asg_flow = asg_flow(&f).ok_or(DropReason::ProtocolDenied)?;
         let rule = match snap.egress_decision(port, &asg_flow) {
             EgressVerdict::Allow(m) => (m.group.to_string(), m.rule, m.log),
             EgressVerdict::Deny(reason) => {
@@ -921,6 +907,27 @@ fn random_seed() -> u64 {
     std::collections::hash_map::RandomState::new()
         .build_hasher()
         .finish()
+}
+
+/// The ASG view of a new flow the stack carries (TCP, UDP, or an ICMP echo request); `None`
+/// for other protocols. Shared with `tapestry trace`, so a trace asks what the stack asks.
+pub(crate) fn asg_flow(f: &flow::Flow) -> Option<asg::Flow> {
+    Some(match f.proto {
+        ipv4::PROTO_TCP => asg::Flow::Tcp {
+            dst: f.dst,
+            port: f.dport,
+        },
+        ipv4::PROTO_UDP => asg::Flow::Udp {
+            dst: f.dst,
+            port: f.dport,
+        },
+        ipv4::PROTO_ICMP => asg::Flow::Icmp {
+            dst: f.dst,
+            icmp_type: icmp::ECHO_REQUEST,
+            code: 0,
+        },
+        _ => return None,
+    })
 }
 
 fn protocol_name(proto: u8) -> &'static str {

@@ -216,6 +216,8 @@ pub struct Snapshot {
     policy: PolicyTable,
     egress: asg::Egress,
     labels: FxHashMap<PortId, PortLabel>,
+    /// App ids by tag, for traces and flow logs (the switch decides nothing by them).
+    apps: FxHashMap<u16, String>,
     dns: crate::stack::dns::DnsTable,
 }
 
@@ -273,6 +275,7 @@ impl Snapshot {
             policy,
             egress: asg::Egress::deny_only(asg::DenyNetworks::default()),
             labels: FxHashMap::default(),
+            apps: FxHashMap::default(),
             dns: Default::default(),
         })
     }
@@ -289,6 +292,17 @@ impl Snapshot {
     pub fn with_labels(mut self, labels: FxHashMap<PortId, PortLabel>) -> Snapshot {
         self.labels = labels;
         self
+    }
+
+    /// The same snapshot with the app id of each tag (for traces and flow logs).
+    pub fn with_apps(mut self, apps: FxHashMap<u16, String>) -> Snapshot {
+        self.apps = apps;
+        self
+    }
+
+    /// The app a tag stands for, if the snapshot knows it.
+    pub fn app_of_tag(&self, tag: u16) -> Option<&str> {
+        self.apps.get(&tag).map(String::as_str)
     }
 
     /// The same snapshot with the internal DNS names the cell answers.
@@ -347,6 +361,17 @@ impl Snapshot {
     }
     pub fn policy_allows(&self, src_tag: u16, dst_tag: u16, proto: Proto, port: u16) -> bool {
         self.policy.allows(src_tag, dst_tag, proto, port)
+    }
+    /// The merged port range of the policies that admit (`src_tag`, `dst_tag`, `proto`,
+    /// `port`), if any.
+    pub fn policy_match(
+        &self,
+        src_tag: u16,
+        dst_tag: u16,
+        proto: Proto,
+        port: u16,
+    ) -> Option<(u16, u16)> {
+        self.policy.matching(src_tag, dst_tag, proto, port)
     }
     pub fn port_count(&self) -> usize {
         self.ports.len()

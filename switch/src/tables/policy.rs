@@ -82,18 +82,27 @@ impl PolicyTable {
 
     /// Default deny: true only if a rule covers `port`. Tag 0 (no tag) never matches.
     pub fn allows(&self, src_tag: u16, dst_tag: u16, proto: Proto, port: u16) -> bool {
+        self.matching(src_tag, dst_tag, proto, port).is_some()
+    }
+
+    /// The merged port range (inclusive) of the rules for (`src_tag`, `dst_tag`, `proto`) that
+    /// covers `port`, if one does: what admitted a flow, for `tapestry trace`.
+    pub fn matching(
+        &self,
+        src_tag: u16,
+        dst_tag: u16,
+        proto: Proto,
+        port: u16,
+    ) -> Option<(u16, u16)> {
         if src_tag == 0 || dst_tag == 0 {
-            return false;
+            return None;
         }
-        let ranges = match self.index.get(&(src_tag, dst_tag, proto)) {
-            None => return false,
-            Some(Ranges::Inline { n, r }) => &r[..*n as usize],
-            Some(&Ranges::Spilled { at, len }) => {
-                &self.spill[at as usize..at as usize + len as usize]
-            }
+        let ranges = match self.index.get(&(src_tag, dst_tag, proto))? {
+            Ranges::Inline { n, r } => &r[..*n as usize],
+            &Ranges::Spilled { at, len } => &self.spill[at as usize..at as usize + len as usize],
         };
         let i = ranges.partition_point(|&(start, _)| start <= port);
-        i > 0 && ranges[i - 1].1 >= port
+        (i > 0 && ranges[i - 1].1 >= port).then(|| ranges[i - 1])
     }
 
     /// The number of rules the table was built from.
