@@ -28,9 +28,40 @@ pub struct ControlArgs {
     /// Prefix length of each cell's subnet.
     #[arg(long, default_value_t = 24)]
     subnet_prefix: u8,
-    /// Most policies one source app may have.
+    /// Most policies one source app may have (network.admin is not held to it, as in CF).
     #[arg(long, default_value_t = 150)]
     max_policies_per_source: usize,
+    /// Most apps one policy request may tag for the first time (a 400 beyond it).
+    #[arg(long, default_value_t = tapestry_policy::store::DEFAULT_MAX_NEW_APPS_PER_REQUEST)]
+    max_new_apps_per_request: usize,
+    /// How often the policies of deleted apps are removed: seconds, or with a unit (90s, 30m, 1h).
+    #[arg(long, default_value = "1h", value_parser = parse_interval)]
+    cleanup_interval: std::time::Duration,
+    /// An origin the external API allows for CORS (repeat or comma-separate; `*`: any).
+    #[arg(long = "allowed-cors-domain", value_delimiter = ',')]
+    allowed_cors_domains: Vec<String>,
+}
+
+/// `3600`, `90s`, `30m`, `1h`: a positive interval.
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not an interval like 3600, 90s, 30m or 1h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("'{s}': the unit must be s, m or h")),
+    };
+    if secs == 0 {
+        return Err("the interval must be longer than 0 seconds".into());
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -110,6 +141,9 @@ pub fn run(args: ControlArgs) -> Result<()> {
     config.overlay_network = overlay_network;
     config.subnet_prefix = args.subnet_prefix;
     config.max_policies_per_source = args.max_policies_per_source;
+    config.cf.max_new_apps_per_request = args.max_new_apps_per_request;
+    config.cf.cleanup_interval = args.cleanup_interval;
+    config.cf.cors_domains = args.allowed_cors_domains;
     config.check()?;
     runtime()?.block_on(async move {
         let running = tapestry_policy::start(config.clone()).await.context("starting the control plane")?;

@@ -5,6 +5,7 @@
 //! a local replica in [`feed::View`].
 pub mod api;
 pub mod certs;
+pub mod cf;
 pub mod client;
 pub mod error;
 pub mod feed;

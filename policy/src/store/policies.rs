@@ -1,5 +1,5 @@
 //! Policies and tags.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use super::feed::record;
 use super::{Settings, Tx, Val};
@@ -22,21 +22,35 @@ fn tag_of(tx: &mut dyn Tx, guid: &str) -> Result<Option<u16>, StoreError> {
     }
 }
 
+/// The lowest free tag, as CF numbers them, in O(log n): `free_tags` holds every free tag
+/// below the highest one ever handed out, so the lowest free tag is its minimum, or one past
+/// the highest tag in use when it is empty (both are index lookups).
+fn allocate_tag(tx: &mut dyn Tx, max_tag: u16) -> Result<i64, StoreError> {
+    let rows = tx.query("SELECT MIN(tag) FROM free_tags", &[])?;
+    if let Some(t) = rows.first().map(|r| r[0].opt_i()).transpose()?.flatten() {
+        tx.exec("DELETE FROM free_tags WHERE tag = $1", &[Val::I(t)])?;
+        return Ok(t);
+    }
+    let rows = tx.query("SELECT MAX(tag) FROM groups", &[])?;
+    let next = rows
+        .first()
+        .map(|r| r[0].opt_i())
+        .transpose()?
+        .flatten()
+        .unwrap_or(0)
+        + 1;
+    if next < 1 || next > i64::from(max_tag) {
+        return Err(StoreError::TagsExhausted);
+    }
+    Ok(next)
+}
+
 /// The app's tag, allocating the lowest free one when it has none.
 fn ensure_tag(tx: &mut dyn Tx, guid: &str, max_tag: u16) -> Result<u16, StoreError> {
     if let Some(t) = tag_of(tx, guid)? {
         return Ok(t);
     }
-    let rows = tx.query(
-        "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM groups WHERE tag = 1) THEN 1 \
-         ELSE (SELECT MIN(g.tag) + 1 FROM groups g WHERE NOT EXISTS \
-               (SELECT 1 FROM groups h WHERE h.tag = g.tag + 1)) END",
-        &[],
-    )?;
-    let next = rows.first().map(|r| r[0].i()).transpose()?.unwrap_or(1);
-    if next < 1 || next > i64::from(max_tag) {
-        return Err(StoreError::TagsExhausted);
-    }
+    let next = allocate_tag(tx, max_tag)?;
     tx.exec(
         "INSERT INTO groups (guid, tag, type) VALUES ($1, $2, 'app')",
         &[guid.into(), Val::I(next)],
@@ -61,6 +75,10 @@ fn release_tag_if_unused(tx: &mut dyn Tx, guid: &str) -> Result<(), StoreError> 
     }
     if let Some(t) = tag_of(tx, guid)? {
         tx.exec("DELETE FROM groups WHERE guid = $1", &[guid.into()])?;
+        tx.exec(
+            "INSERT INTO free_tags (tag) VALUES ($1)",
+            &[Val::I(t.into())],
+        )?;
         let tag = Tag {
             id: guid.into(),
             kind: "app".into(),
@@ -90,28 +108,62 @@ fn key_params(k: &PolicyKey) -> [Val; 5] {
     ]
 }
 
-/// Creates the policies not yet present (idempotent), allocating tags; enforces the quota.
-pub fn create_policies(tx: &mut dyn Tx, s: &Settings, ps: &[Policy]) -> Result<(), StoreError> {
-    let keys: BTreeSet<PolicyKey> = ps.iter().map(Policy::key).collect();
+/// Who asks for a write: admins are not held to the per-source quota (as CF's quota guard).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quota {
+    Enforce,
+    Exempt,
+}
+
+/// Creates the policies not yet present (idempotent), allocating tags in request order (each
+/// policy's source, then its destination, as CF); enforces the quota and the bound on new
+/// apps per request ([`Settings::max_new_apps_per_request`]).
+pub fn create_policies(
+    tx: &mut dyn Tx,
+    s: &Settings,
+    ps: &[Policy],
+    quota: Quota,
+) -> Result<(), StoreError> {
+    let mut seen = HashSet::new();
     let mut new = Vec::new();
-    for k in keys {
+    for k in ps.iter().map(Policy::key) {
+        if seen.contains(&k) {
+            continue;
+        }
         if !exists(tx, &k)? {
-            new.push(k);
+            new.push(k.clone());
+        }
+        seen.insert(k);
+    }
+    if quota == Quota::Enforce {
+        let mut per_source: BTreeMap<&str, usize> = BTreeMap::new();
+        for k in &new {
+            *per_source.entry(k.0.as_str()).or_default() += 1;
+        }
+        for (src, n) in per_source {
+            let rows = tx.query(
+                "SELECT COUNT(*) FROM policies WHERE source_id = $1",
+                &[src.into()],
+            )?;
+            let have = rows.first().map(|r| r[0].i()).transpose()?.unwrap_or(0) as usize;
+            if have + n > s.max_policies_per_source {
+                return Err(StoreError::QuotaExceeded);
+            }
         }
     }
-    let mut per_source: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut untagged = HashSet::new();
     for k in &new {
-        *per_source.entry(k.0.as_str()).or_default() += 1;
-    }
-    for (src, n) in per_source {
-        let rows = tx.query(
-            "SELECT COUNT(*) FROM policies WHERE source_id = $1",
-            &[src.into()],
-        )?;
-        let have = rows.first().map(|r| r[0].i()).transpose()?.unwrap_or(0) as usize;
-        if have + n > s.max_policies_per_source {
-            return Err(StoreError::QuotaExceeded);
+        for app in [&k.0, &k.1] {
+            if !untagged.contains(app.as_str()) && tag_of(tx, app)?.is_none() {
+                untagged.insert(app.as_str());
+            }
         }
+    }
+    if untagged.len() > s.max_new_apps_per_request {
+        return Err(StoreError::TooManyNewApps {
+            count: untagged.len(),
+            max: s.max_new_apps_per_request,
+        });
     }
     for k in new {
         let st = ensure_tag(tx, &k.0, s.max_tag)?;

@@ -1,0 +1,73 @@
+//! Options of the Cloud Foundry compatible behaviour, and helpers shared by it.
+use std::time::Duration;
+
+use crate::error::ControlError;
+use crate::store::DEFAULT_MAX_NEW_APPS_PER_REQUEST;
+
+/// CF-compatible options of the control plane.
+#[derive(Clone, Debug)]
+pub struct CfConfig {
+    /// The most apps one policy request may tag for the first time (a 400 beyond it).
+    pub max_new_apps_per_request: usize,
+    /// Origins given `Access-Control-Allow-Origin` (CF's `allowed_cors_domains`; `*`: any).
+    pub cors_domains: Vec<String>,
+    /// How often the policies of deleted apps are removed (CF's `cleanup_interval`, 1 h).
+    pub cleanup_interval: Duration,
+}
+
+impl Default for CfConfig {
+    fn default() -> CfConfig {
+        CfConfig {
+            max_new_apps_per_request: DEFAULT_MAX_NEW_APPS_PER_REQUEST,
+            cors_domains: Vec::new(),
+            cleanup_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl CfConfig {
+    pub fn check(&self) -> Result<(), ControlError> {
+        if self.max_new_apps_per_request == 0 {
+            return Err(ControlError::Config(
+                "--max-new-apps-per-request must be at least 1".into(),
+            ));
+        }
+        if self.cleanup_interval.is_zero() {
+            return Err(ControlError::Config(
+                "--cleanup-interval must be longer than 0 seconds".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A token's display name: random, so that it reveals nothing of the token.
+pub fn token_name() -> String {
+    format!("token-{:08x}", rand::random::<u32>())
+}
+
+/// Runs the cleanup of deleted apps' policies every `every` until `shutdown` turns true.
+pub fn spawn_cleanup(
+    store: crate::store::Store,
+    every: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            match crate::api::apps::run_cleanup(&store).await {
+                Ok(p) if !p.is_empty() => {
+                    tracing::info!("cleanup removed {} policies of deleted apps", p.len())
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("cleanup of deleted apps' policies failed: {e}"),
+            }
+        }
+    })
+}
