@@ -31,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .route("/internal/cells/{underlay_ip}/instances", put(sync_cell))
         .route("/internal/feed", get(feed))
         .route("/internal/instance_identity", post(instance_identity))
+        .merge(super::cf_internal::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not found") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

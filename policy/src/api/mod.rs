@@ -1,6 +1,7 @@
 //! HTTP APIs: the external CF-compatible API and the internal (mutual TLS) API for cells.
 pub mod apps;
 pub mod cf_headers;
+pub mod cf_internal;
 pub mod external;
 pub mod internal;
 pub mod policy_index;

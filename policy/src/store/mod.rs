@@ -241,5 +241,7 @@ pub mod ops {
         delete_security_group, get_security_group, insert_token, list_instances, list_routes,
         list_security_groups, lookup_token, put_instance, put_security_group, sync_cell,
     };
-    pub use super::policies::{create_policies, delete_policies, list_policies, list_tags, Quota};
+    pub use super::policies::{
+        create_policies, create_tag, delete_policies, last_updated, list_policies, list_tags, Quota,
+    };
 }

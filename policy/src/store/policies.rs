@@ -51,17 +51,79 @@ fn ensure_tag(tx: &mut dyn Tx, guid: &str, max_tag: u16) -> Result<u16, StoreErr
         return Ok(t);
     }
     let next = allocate_tag(tx, max_tag)?;
+    insert_group(tx, guid, "app", next)?;
+    Ok(next as u16)
+}
+
+fn insert_group(tx: &mut dyn Tx, guid: &str, kind: &str, tag: i64) -> Result<Tag, StoreError> {
     tx.exec(
-        "INSERT INTO groups (guid, tag, type) VALUES ($1, $2, 'app')",
-        &[guid.into(), Val::I(next)],
+        "INSERT INTO groups (guid, tag, type) VALUES ($1, $2, $3)",
+        &[guid.into(), Val::I(tag), kind.into()],
     )?;
     let tag = Tag {
         id: guid.into(),
-        kind: "app".into(),
-        tag: render_tag(next as u16),
+        kind: kind.into(),
+        tag: render_tag(tag as u16),
     };
     record(tx, Op::Put, Kind::Tag, &tag)?;
-    Ok(next as u16)
+    touch_last_updated(tx)?;
+    Ok(tag)
+}
+
+/// The tag of group `guid`, created (lowest free, of type `kind`) when it has none: CF's
+/// internal `PUT /networking/v1/internal/tags`. An existing group keeps its type.
+pub fn create_tag(
+    tx: &mut dyn Tx,
+    guid: &str,
+    kind: &str,
+    max_tag: u16,
+) -> Result<Tag, StoreError> {
+    let rows = tx.query(
+        "SELECT tag, type FROM groups WHERE guid = $1",
+        &[guid.into()],
+    )?;
+    if let Some(r) = rows.first() {
+        return Ok(Tag {
+            id: guid.into(),
+            kind: r[1].t()?.into(),
+            tag: render_tag(r[0].i()? as u16),
+        });
+    }
+    let next = allocate_tag(tx, max_tag)?;
+    insert_group(tx, guid, kind, next)
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Makes sure `policies_info` has its row (run at every start; a no-op once there).
+pub(crate) fn init_last_updated(tx: &mut dyn Tx) -> Result<(), StoreError> {
+    tx.exec(
+        "INSERT INTO policies_info (id, last_updated) VALUES (1, $1) ON CONFLICT DO NOTHING",
+        &[Val::I(now_nanos())],
+    )?;
+    Ok(())
+}
+
+/// Notes a change of policies or tags: now in Unix nanoseconds, as CF, and always later than
+/// the value before (so a poller comparing values sees every change).
+fn touch_last_updated(tx: &mut dyn Tx) -> Result<(), StoreError> {
+    let prev = last_updated(tx)?;
+    tx.exec(
+        "UPDATE policies_info SET last_updated = $1 WHERE id = 1",
+        &[Val::I(now_nanos().max(prev + 1))],
+    )?;
+    Ok(())
+}
+
+/// When policies or tags last changed (Unix nanoseconds): CF's `policies_last_updated`.
+pub fn last_updated(tx: &mut dyn Tx) -> Result<i64, StoreError> {
+    let rows = tx.query("SELECT last_updated FROM policies_info WHERE id = 1", &[])?;
+    Ok(rows.first().map(|r| r[0].i()).transpose()?.unwrap_or(0))
 }
 
 /// Frees the app's tag when no policy mentions it any more.
@@ -74,6 +136,7 @@ fn release_tag_if_unused(tx: &mut dyn Tx, guid: &str) -> Result<(), StoreError> 
         return Ok(());
     }
     if let Some(t) = tag_of(tx, guid)? {
+        touch_last_updated(tx)?;
         tx.exec("DELETE FROM groups WHERE guid = $1", &[guid.into()])?;
         tx.exec(
             "INSERT INTO free_tags (tag) VALUES ($1)",
@@ -172,6 +235,7 @@ pub fn create_policies(
             "INSERT INTO policies (source_id, dest_id, protocol, start_port, end_port) VALUES ($1, $2, $3, $4, $5)",
             &key_params(&k),
         )?;
+        touch_last_updated(tx)?;
         let mut p = Policy::new(&k.0, &k.1, &k.2, k.3, k.4);
         p.source.tag = Some(render_tag(st));
         p.destination.tag = Some(render_tag(dt));
@@ -192,6 +256,7 @@ pub fn delete_policies(tx: &mut dyn Tx, ps: &[Policy]) -> Result<(), StoreError>
         if n == 0 {
             continue;
         }
+        touch_last_updated(tx)?;
         let mut p = Policy::new(&k.0, &k.1, &k.2, k.3, k.4);
         p.source.tag = tag_of(tx, &k.0)?.map(render_tag);
         p.destination.tag = tag_of(tx, &k.1)?.map(render_tag);

@@ -32,6 +32,8 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
         // `deleted_at` marks an app deleted (its policies are stale, see apps::cleanup).
         "CREATE TABLE apps (app_id TEXT PRIMARY KEY, space_id TEXT NOT NULL, org_id TEXT NOT NULL, deleted_at BIGINT)",
         "CREATE INDEX apps_space ON apps (space_id)",
+        // When policies or tags last changed (Unix ns), for CF's policies_last_updated.
+        "CREATE TABLE policies_info (id BIGINT PRIMARY KEY, last_updated BIGINT NOT NULL)",
         "INSERT INTO apps (app_id, space_id, org_id) SELECT app_id, MIN(space_id), MIN(org_id) FROM instances GROUP BY app_id",
     ],
 )];
@@ -74,5 +76,6 @@ pub fn migrate(tx: &mut dyn Tx) -> Result<(), StoreError> {
             &[Val::I(*version), Val::I(now_secs())],
         )?;
     }
+    super::policies::init_last_updated(tx)?;
     Ok(())
 }
