@@ -37,6 +37,10 @@ pub struct ControlArgs {
     /// How often the policies of deleted apps are removed: seconds, or with a unit (90s, 30m, 1h).
     #[arg(long, default_value = "1h", value_parser = parse_interval)]
     cleanup_interval: std::time::Duration,
+    /// Also serve the Silk controller API (silk-release semantics, same mutual TLS) here, for
+    /// stock silk-daemons; CF's port is 4103.
+    #[arg(long)]
+    silk_listen: Option<SocketAddr>,
     /// An origin the external API allows for CORS (repeat or comma-separate; `*`: any).
     #[arg(long = "allowed-cors-domain", value_delimiter = ',')]
     allowed_cors_domains: Vec<String>,
@@ -144,6 +148,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
     config.cf.max_new_apps_per_request = args.max_new_apps_per_request;
     config.cf.cleanup_interval = args.cleanup_interval;
     config.cf.cors_domains = args.allowed_cors_domains;
+    config.cf.silk_listen = args.silk_listen;
     config.check()?;
     runtime()?.block_on(async move {
         let running = tapestry_policy::start(config.clone()).await.context("starting the control plane")?;

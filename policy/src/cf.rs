@@ -13,6 +13,8 @@ pub struct CfConfig {
     pub cors_domains: Vec<String>,
     /// How often the policies of deleted apps are removed (CF's `cleanup_interval`, 1 h).
     pub cleanup_interval: Duration,
+    /// Where the Silk controller API (silk-release semantics, mutual TLS) listens, if anywhere.
+    pub silk_listen: Option<std::net::SocketAddr>,
 }
 
 impl Default for CfConfig {
@@ -21,6 +23,7 @@ impl Default for CfConfig {
             max_new_apps_per_request: DEFAULT_MAX_NEW_APPS_PER_REQUEST,
             cors_domains: Vec::new(),
             cleanup_interval: Duration::from_secs(3600),
+            silk_listen: None,
         }
     }
 }
@@ -70,4 +73,34 @@ pub fn spawn_cleanup(
             }
         }
     })
+}
+
+/// Binds `--silk-listen` and serves the Silk controller API there with the internal API's
+/// mutual TLS; nothing without it.
+pub(crate) async fn serve_silk(
+    cf: &CfConfig,
+    tls: &std::sync::Arc<rustls::ServerConfig>,
+    state: &crate::api::AppState,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Result<
+    (
+        Option<std::net::SocketAddr>,
+        Option<tokio::task::JoinHandle<()>>,
+    ),
+    ControlError,
+> {
+    let Some(addr) = cf.silk_listen else {
+        return Ok((None, None));
+    };
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| ControlError::Config(format!("--silk-listen {addr}: {e}")))?;
+    let local = l.local_addr().map_err(ControlError::io("local address"))?;
+    let task = tokio::spawn(crate::tls_serve::serve(
+        l,
+        tls.clone(),
+        crate::api::silk::router(state.clone()),
+        stop.clone(),
+    ));
+    Ok((Some(local), Some(task)))
 }

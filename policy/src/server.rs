@@ -104,6 +104,8 @@ impl ControlConfig {
 pub struct RunningControl {
     pub external_addr: SocketAddr,
     pub internal_addr: SocketAddr,
+    /// The Silk controller API's address, with `--silk-listen`.
+    pub silk_addr: Option<SocketAddr>,
     /// The network.admin token (also in `DIR/admin.token`).
     pub admin_token: String,
     /// `DIR/cell-credentials`, for [`crate::client::InternalClient::new`].
@@ -283,6 +285,7 @@ pub async fn start(config: ControlConfig) -> Result<RunningControl, ControlError
             tracing::error!("external API stopped: {e}");
         }
     });
+    let (silk_addr, silk_task) = crate::cf::serve_silk(&config.cf, &tls, &state, &rx).await?;
     let int_task = tokio::spawn(crate::tls_serve::serve(
         int,
         tls,
@@ -296,11 +299,15 @@ pub async fn start(config: ControlConfig) -> Result<RunningControl, ControlError
     Ok(RunningControl {
         external_addr,
         internal_addr,
+        silk_addr,
         admin_token,
         credentials_dir: crate::certs::credentials_dir(&config.data_dir),
         store,
         shutdown,
-        tasks: vec![ext_task, int_task, index_task, cleanup_task],
+        tasks: [ext_task, int_task, index_task, cleanup_task]
+            .into_iter()
+            .chain(silk_task)
+            .collect(),
     })
 }
 

@@ -5,6 +5,7 @@ pub mod cf_internal;
 pub mod external;
 pub mod internal;
 pub mod policy_index;
+pub mod silk;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -7,6 +7,7 @@ mod misc;
 mod policies;
 mod postgres;
 mod schema;
+pub mod silk;
 mod sqlite;
 
 use std::sync::Arc;
