@@ -41,6 +41,15 @@ pub struct ControlArgs {
     /// stock silk-daemons; CF's port is 4103.
     #[arg(long)]
     silk_listen: Option<SocketAddr>,
+    /// Accept UAA-issued JWTs, verified with the JWK set at this URL (UAA's /token_keys).
+    #[arg(long, conflicts_with = "uaa_key_file", requires = "uaa_issuer")]
+    uaa_jwks_url: Option<String>,
+    /// Accept UAA-issued JWTs, verified with this PEM public key.
+    #[arg(long, requires = "uaa_issuer")]
+    uaa_key_file: Option<PathBuf>,
+    /// The issuer (`iss`) UAA tokens must carry, e.g. https://uaa.example.com/oauth/token.
+    #[arg(long)]
+    uaa_issuer: Option<String>,
     /// An origin the external API allows for CORS (repeat or comma-separate; `*`: any).
     #[arg(long = "allowed-cors-domain", value_delimiter = ',')]
     allowed_cors_domains: Vec<String>,
@@ -149,6 +158,16 @@ pub fn run(args: ControlArgs) -> Result<()> {
     config.cf.cleanup_interval = args.cleanup_interval;
     config.cf.cors_domains = args.allowed_cors_domains;
     config.cf.silk_listen = args.silk_listen;
+    let keys = match (args.uaa_jwks_url, args.uaa_key_file) {
+        (Some(url), _) => Some(tapestry_policy::uaa::KeySource::Jwks(url)),
+        (None, Some(f)) => Some(tapestry_policy::uaa::KeySource::File(f)),
+        (None, None) => None,
+    };
+    config.cf.uaa = match (keys, args.uaa_issuer) {
+        (Some(keys), Some(issuer)) => Some(tapestry_policy::uaa::UaaConfig { keys, issuer }),
+        (None, Some(_)) => bail!("--uaa-issuer needs --uaa-jwks-url or --uaa-key-file"),
+        _ => None,
+    };
     config.check()?;
     runtime()?.block_on(async move {
         let running = tapestry_policy::start(config.clone()).await.context("starting the control plane")?;

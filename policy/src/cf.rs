@@ -15,6 +15,8 @@ pub struct CfConfig {
     pub cleanup_interval: Duration,
     /// Where the Silk controller API (silk-release semantics, mutual TLS) listens, if anywhere.
     pub silk_listen: Option<std::net::SocketAddr>,
+    /// Accept UAA-issued JWTs (`--uaa-jwks-url` or `--uaa-key-file`, with `--uaa-issuer`).
+    pub uaa: Option<crate::uaa::UaaConfig>,
 }
 
 impl Default for CfConfig {
@@ -24,6 +26,7 @@ impl Default for CfConfig {
             cors_domains: Vec::new(),
             cleanup_interval: Duration::from_secs(3600),
             silk_listen: None,
+            uaa: None,
         }
     }
 }
@@ -103,4 +106,12 @@ pub(crate) async fn serve_silk(
         stop.clone(),
     ));
     Ok((Some(local), Some(task)))
+}
+
+/// The UAA verifier, when configured (its keys loaded, or an error naming the problem).
+pub(crate) async fn uaa(cf: &CfConfig) -> Result<Option<crate::uaa::Uaa>, ControlError> {
+    match &cf.uaa {
+        Some(c) => Ok(Some(crate::uaa::Uaa::new(c.clone()).await?)),
+        None => Ok(None),
+    }
 }

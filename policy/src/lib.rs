@@ -14,6 +14,7 @@ pub mod model;
 pub mod server;
 pub mod store;
 mod tls_serve;
+pub mod uaa;
 pub mod validate;
 
 pub use server::{create_token, open_store, start, ControlConfig, RunningControl};

@@ -269,7 +269,8 @@ pub async fn start(config: ControlConfig) -> Result<RunningControl, ControlError
     let (shutdown, rx) = watch::channel(false);
     let state = AppState::new(store.clone(), rx.clone())
         .with_identity(identity)
-        .with_cors_domains(config.cf.cors_domains.clone());
+        .with_cors_domains(config.cf.cors_domains.clone())
+        .with_uaa(crate::cf::uaa(&config.cf).await?);
     let index_task = state.lists.spawn_updater(store.clone(), rx.clone());
     let cleanup_task =
         crate::cf::spawn_cleanup(store.clone(), config.cf.cleanup_interval, rx.clone());

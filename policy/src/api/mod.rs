@@ -43,6 +43,8 @@ pub struct AppState {
     /// Origins answered with `Access-Control-Allow-Origin` (`*`: any), as CF's
     /// `allowed_cors_domains`.
     pub cors_domains: Arc<Vec<String>>,
+    /// Verifies UAA-issued JWTs, when configured (the built-in tokens work as well).
+    pub uaa: Option<crate::uaa::Uaa>,
 }
 
 impl AppState {
@@ -56,7 +58,14 @@ impl AppState {
             shutdown,
             identity: None,
             cors_domains: Default::default(),
+            uaa: None,
         }
+    }
+
+    /// Accepts UAA-issued JWTs too.
+    pub fn with_uaa(mut self, uaa: Option<crate::uaa::Uaa>) -> AppState {
+        self.uaa = uaa;
+        self
     }
 
     /// Answers CORS requests from these origins.
@@ -162,6 +171,14 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Pr
     let token = token.strip_prefix("bearer ").unwrap_or(token);
     if token.is_empty() {
         return Err(failed());
+    }
+    if let Some(uaa) = &state.uaa {
+        if crate::uaa::looks_like_jwt(token) {
+            return uaa.verify(token).await.map_err(|e| {
+                tracing::info!("refused a UAA token: {e}");
+                failed()
+            });
+        }
     }
     let hash = token_hash(token);
     if let Some(p) = state
