@@ -231,4 +231,38 @@ async fn agent_security_groups(db: Db) {
     h.shutdown().await;
 }
 
-dual!(agent_polls, agent_security_groups);
+/// Instance ids are held to the same rules as policy ids: printable, at most 255 characters.
+async fn instance_ids_are_printable(db: Db) {
+    let h = Harness::new(db, |_| {}).await;
+    let c = h.internal();
+    let inst = |app: &str| tapestry_policy::model::Instance {
+        cell: "10.0.0.1".parse().unwrap(),
+        handle: "h1".into(),
+        app_id: app.into(),
+        space_id: "S".into(),
+        org_id: "O".into(),
+        instance_index: 0,
+        ip: "10.255.1.2".parse().unwrap(),
+    };
+    c.instance_up(&inst(&"é".repeat(255))).await.unwrap();
+    for bad in ["a\u{0}", "\u{200B}a"] {
+        let e = c.instance_up(&inst(bad)).await.unwrap_err().to_string();
+        assert!(
+            e.contains("app_id: character") && e.contains("not printable"),
+            "{e}"
+        );
+    }
+    let e = c
+        .instance_up(&inst(&"é".repeat(256)))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("at most 255 characters"), "{e}");
+    h.shutdown().await;
+}
+
+dual!(
+    agent_polls,
+    agent_security_groups,
+    instance_ids_are_printable
+);

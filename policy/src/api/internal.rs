@@ -122,11 +122,7 @@ fn check_instance(i: &Instance) -> ApiResult<()> {
         if v.trim().is_empty() {
             return Err(ApiError::bad_request(format!("{field}: required")));
         }
-        if v.len() > 255 {
-            return Err(ApiError::bad_request(format!(
-                "{field}: must be at most 255 characters"
-            )));
-        }
+        crate::validate::app_id(v).map_err(|e| ApiError::bad_request(format!("{field}: {e}")))?;
     }
     Ok(())
 }
