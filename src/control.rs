@@ -28,13 +28,57 @@ pub struct ControlArgs {
     /// Prefix length of each cell's subnet.
     #[arg(long, default_value_t = 24)]
     subnet_prefix: u8,
-    /// Most policies one source app may have.
+    /// Most policies one source app may have (network.admin is not held to it, as in CF).
     #[arg(long, default_value_t = 150)]
     max_policies_per_source: usize,
     /// Serve Prometheus metrics (OpenMetrics text) at http://ADDR/metrics: API request and
     /// database transaction latency histograms.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Most apps one policy request may tag for the first time (a 400 beyond it).
+    #[arg(long, default_value_t = tapestry_policy::store::DEFAULT_MAX_NEW_APPS_PER_REQUEST)]
+    max_new_apps_per_request: usize,
+    /// How often the policies of deleted apps are removed: seconds, or with a unit (90s, 30m, 1h).
+    #[arg(long, default_value = "1h", value_parser = parse_interval)]
+    cleanup_interval: std::time::Duration,
+    /// Also serve the Silk controller API (silk-release semantics, same mutual TLS) here, for
+    /// stock silk-daemons; CF's port is 4103.
+    #[arg(long)]
+    silk_listen: Option<SocketAddr>,
+    /// Accept UAA-issued JWTs, verified with the JWK set at this URL (UAA's /token_keys).
+    #[arg(long, conflicts_with = "uaa_key_file", requires = "uaa_issuer")]
+    uaa_jwks_url: Option<String>,
+    /// Accept UAA-issued JWTs, verified with this PEM public key.
+    #[arg(long, requires = "uaa_issuer")]
+    uaa_key_file: Option<PathBuf>,
+    /// The issuer (`iss`) UAA tokens must carry, e.g. https://uaa.example.com/oauth/token.
+    #[arg(long)]
+    uaa_issuer: Option<String>,
+    /// An origin the external API allows for CORS (repeat or comma-separate; `*`: any).
+    #[arg(long = "allowed-cors-domain", value_delimiter = ',')]
+    allowed_cors_domains: Vec<String>,
+}
+
+/// `3600`, `90s`, `30m`, `1h`: a positive interval.
+fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not an interval like 3600, 90s, 30m or 1h"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.saturating_mul(60),
+        "h" => n.saturating_mul(3600),
+        _ => return Err(format!("'{s}': the unit must be s, m or h")),
+    };
+    if secs == 0 {
+        return Err("the interval must be longer than 0 seconds".into());
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -114,6 +158,20 @@ pub fn run(args: ControlArgs) -> Result<()> {
     config.overlay_network = overlay_network;
     config.subnet_prefix = args.subnet_prefix;
     config.max_policies_per_source = args.max_policies_per_source;
+    config.cf.max_new_apps_per_request = args.max_new_apps_per_request;
+    config.cf.cleanup_interval = args.cleanup_interval;
+    config.cf.cors_domains = args.allowed_cors_domains;
+    config.cf.silk_listen = args.silk_listen;
+    let keys = match (args.uaa_jwks_url, args.uaa_key_file) {
+        (Some(url), _) => Some(tapestry_policy::uaa::KeySource::Jwks(url)),
+        (None, Some(f)) => Some(tapestry_policy::uaa::KeySource::File(f)),
+        (None, None) => None,
+    };
+    config.cf.uaa = match (keys, args.uaa_issuer) {
+        (Some(keys), Some(issuer)) => Some(tapestry_policy::uaa::UaaConfig { keys, issuer }),
+        (None, Some(_)) => bail!("--uaa-issuer needs --uaa-jwks-url or --uaa-key-file"),
+        _ => None,
+    };
     config.check()?;
     let metrics_listen = args.metrics_listen;
     runtime()?.block_on(async move {

@@ -18,6 +18,8 @@ enum Command {
     Policy(cli::PolicyArgs),
     /// Manage application security groups.
     Asg(cli::AsgArgs),
+    /// Delete apps (their policies, routes and tag).
+    App(cli::AppArgs),
     /// Manage internal routes (`*.apps.internal`).
     Route(cli::RouteArgs),
     /// Inspect subnet leases.
@@ -64,6 +66,7 @@ fn main() {
         Command::Control(a) => control::run(a),
         Command::Policy(a) => cli::run_policy(a),
         Command::Asg(a) => cli::run_asg(a),
+        Command::App(a) => cli::run_app(a),
         Command::Route(a) => cli::run_route(a),
         Command::Lease(a) => cli::run_lease(a),
         Command::Cell(a) => cell::run(a),

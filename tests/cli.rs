@@ -175,12 +175,42 @@ fn policy_add_list_remove() {
 }
 
 #[test]
-fn errors_are_reported_with_nonzero_exit() {
-    let ctl = Control::start(&["--max-policies-per-source", "1"]);
-    ctl.ok(&["policy", "add", "a", "b"]);
-    let err = ctl.fails(&["policy", "add", "a", "c"]);
+fn app_delete_and_policy_cleanup() {
+    let ctl = Control::start(&[]);
+    ctl.ok(&["policy", "add", "app-a", "app-b", "--port", "8080"]);
+    ctl.ok(&["policy", "add", "app-c", "app-d", "--port", "8080"]);
+    let out = ctl.ok(&["app", "delete", "app-a"]);
     assert!(
-        err.contains("403") && err.contains("policy quota exceeded"),
+        out.contains("deleted app app-a: removed 1 policies"),
+        "{out}"
+    );
+    assert!(out.contains("app-b"), "{out}");
+    assert_eq!(ctl.json(&["policy", "list"])["total_policies"], 1);
+    // A policy naming the deleted app again is stale: cleanup removes it.
+    ctl.ok(&["policy", "add", "app-e", "app-a", "--port", "9000"]);
+    let v = ctl.json(&["policy", "cleanup"]);
+    assert_eq!(v["total_policies"], 1);
+    assert_eq!(v["policies"][0]["source"]["id"], "app-e");
+    assert!(ctl
+        .ok(&["policy", "cleanup"])
+        .contains("removed 0 stale policies"));
+    let e = ctl.fails(&["app", "delete", "no-such-app"]);
+    assert!(
+        e.contains("404") && e.contains("app 'no-such-app' not found"),
+        "{e}"
+    );
+}
+
+#[test]
+fn errors_are_reported_with_nonzero_exit() {
+    // (The admin token is not held to the policy quota, as in CF: the server's error here is the
+    // bound on new apps per request.)
+    let ctl = Control::start(&["--max-new-apps-per-request", "1"]);
+    ctl.ok(&["policy", "add", "a", "a"]);
+    ctl.ok(&["policy", "add", "a", "b"]);
+    let err = ctl.fails(&["policy", "add", "c", "d"]);
+    assert!(
+        err.contains("400") && err.contains("too many new apps in one request"),
         "{err}"
     );
 

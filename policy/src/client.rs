@@ -239,6 +239,33 @@ impl ExternalClient {
         .map(|_| ())
     }
 
+    /// Deletes an app: its policies (returned) and internal routes go at once, and policies
+    /// naming it later are removed by cleanup.
+    pub async fn delete_app(&self, app_id: &str) -> Result<Vec<Policy>, ClientError> {
+        let path = format!(
+            "/networking/v1/external/apps/{}",
+            percent_encode_segment(app_id)
+        );
+        let v = self.request(Method::DELETE, &path, None).await?;
+        Ok(serde_json::from_value::<PolicyList>(v)
+            .map_err(bad)?
+            .policies)
+    }
+
+    /// Removes the policies of deleted apps now (as the periodic cleanup does); returns them.
+    pub async fn cleanup_policies(&self) -> Result<Vec<Policy>, ClientError> {
+        let v = self
+            .request(
+                Method::POST,
+                "/networking/v1/external/policies/cleanup",
+                None,
+            )
+            .await?;
+        Ok(serde_json::from_value::<PolicyList>(v)
+            .map_err(bad)?
+            .policies)
+    }
+
     pub async fn list_tags(&self) -> Result<Vec<Tag>, ClientError> {
         let v = self
             .request(Method::GET, "/networking/v1/external/tags", None)
@@ -344,4 +371,17 @@ fn encode(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// Percent-encodes everything but unreserved characters, for one path segment.
+pub fn percent_encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -10,6 +10,9 @@ pub enum StoreError {
     /// A source app would get more policies than the configured maximum.
     #[error("policy quota exceeded")]
     QuotaExceeded,
+    /// One request would tag more new apps than allowed.
+    #[error("too many new apps in one request: {count} apps have no tag yet, the maximum is {max} per request; split the request")]
+    TooManyNewApps { count: usize, max: usize },
     /// All 65,535 tags are in use.
     #[error(
         "no free tag: all 65535 tags are in use; delete policies of apps that no longer need them"

@@ -5,6 +5,7 @@
 //! a local replica in [`feed::View`].
 pub mod api;
 pub mod certs;
+pub mod cf;
 pub mod client;
 pub mod error;
 pub mod feed;
@@ -14,6 +15,7 @@ pub mod model;
 pub mod server;
 pub mod store;
 mod tls_serve;
+pub mod uaa;
 pub mod validate;
 
 pub use server::{create_token, open_store, start, ControlConfig, RunningControl};

@@ -30,6 +30,8 @@ pub struct ControlConfig {
     pub lease_expiry: Duration,
     /// Highest tag handed out; 65535 except in tests.
     pub max_tag: u16,
+    /// CF-compatible options: new-app bound, CORS domains, cleanup interval.
+    pub cf: crate::cf::CfConfig,
 }
 
 impl ControlConfig {
@@ -44,6 +46,7 @@ impl ControlConfig {
             max_policies_per_source: 150,
             lease_expiry: Duration::from_secs(168 * 3600),
             max_tag: 65535,
+            cf: Default::default(),
         }
     }
 
@@ -78,6 +81,7 @@ impl ControlConfig {
                 net.prefix_len()
             )));
         }
+        self.cf.check()?;
         if self.max_policies_per_source == 0 {
             return Err(ControlError::Config(
                 "--max-policies-per-source must be at least 1".into(),
@@ -91,6 +95,7 @@ impl ControlConfig {
         s.max_policies_per_source = self.max_policies_per_source;
         s.leases.expiry_secs = self.lease_expiry.as_secs() as i64;
         s.max_tag = self.max_tag;
+        s.max_new_apps_per_request = self.cf.max_new_apps_per_request;
         s
     }
 }
@@ -99,6 +104,8 @@ impl ControlConfig {
 pub struct RunningControl {
     pub external_addr: SocketAddr,
     pub internal_addr: SocketAddr,
+    /// The Silk controller API's address, with `--silk-listen`.
+    pub silk_addr: Option<SocketAddr>,
     /// The network.admin token (also in `DIR/admin.token`).
     pub admin_token: String,
     /// `DIR/cell-credentials`, for [`crate::client::InternalClient::new`].
@@ -225,7 +232,7 @@ pub async fn create_token(
     }
     let token = new_token();
     let p = Principal {
-        name: format!("token-{}", &token[..8]),
+        name: crate::cf::token_name(),
         scope: scope.into(),
         spaces,
     };
@@ -260,8 +267,13 @@ pub async fn start(config: ControlConfig) -> Result<RunningControl, ControlError
         .local_addr()
         .map_err(ControlError::io("local address"))?;
     let (shutdown, rx) = watch::channel(false);
-    let state = AppState::new(store.clone(), rx.clone()).with_identity(identity);
+    let state = AppState::new(store.clone(), rx.clone())
+        .with_identity(identity)
+        .with_cors_domains(config.cf.cors_domains.clone())
+        .with_uaa(crate::cf::uaa(&config.cf).await?);
     let index_task = state.lists.spawn_updater(store.clone(), rx.clone());
+    let cleanup_task =
+        crate::cf::spawn_cleanup(store.clone(), config.cf.cleanup_interval, rx.clone());
     let mut stop = rx.clone();
     let ext_router = api::external::router(state.clone());
     let ext_task = tokio::spawn(async move {
@@ -274,6 +286,7 @@ pub async fn start(config: ControlConfig) -> Result<RunningControl, ControlError
             tracing::error!("external API stopped: {e}");
         }
     });
+    let (silk_addr, silk_task) = crate::cf::serve_silk(&config.cf, &tls, &state, &rx).await?;
     let int_task = tokio::spawn(crate::tls_serve::serve(
         int,
         tls,
@@ -287,11 +300,15 @@ pub async fn start(config: ControlConfig) -> Result<RunningControl, ControlError
     Ok(RunningControl {
         external_addr,
         internal_addr,
+        silk_addr,
         admin_token,
         credentials_dir: crate::certs::credentials_dir(&config.data_dir),
         store,
         shutdown,
-        tasks: vec![ext_task, int_task, index_task],
+        tasks: [ext_task, int_task, index_task, cleanup_task]
+            .into_iter()
+            .chain(silk_task)
+            .collect(),
     })
 }
 

@@ -5,108 +5,187 @@ use serde::Deserialize;
 
 use crate::model::{Policy, Route, Rule, SecurityGroup};
 
-#[derive(Deserialize)]
+// Absent fields read as Go's zero values, so that the checks (and their order) are CF's.
+#[derive(Deserialize, Default)]
 struct InPorts {
-    start: Option<i64>,
-    end: Option<i64>,
+    #[serde(default)]
+    start: i64,
+    #[serde(default)]
+    end: i64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct InSource {
-    id: Option<String>,
-    tag: Option<String>,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    tag: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct InDestination {
-    id: Option<String>,
-    tag: Option<String>,
-    protocol: Option<String>,
-    ports: Option<InPorts>,
-    port: Option<i64>,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    tag: String,
+    #[serde(default)]
+    protocol: String,
+    #[serde(default)]
+    ports: InPorts,
+    #[serde(default)]
+    port: i64,
 }
 
 #[derive(Deserialize)]
 struct InPolicy {
-    source: Option<InSource>,
-    destination: Option<InDestination>,
+    #[serde(default)]
+    source: InSource,
+    #[serde(default)]
+    destination: InDestination,
 }
 
 #[derive(Deserialize)]
 struct InPolicies {
-    policies: Option<Vec<InPolicy>>,
+    #[serde(default)]
+    policies: Vec<InPolicy>,
 }
 
+/// The longest app id accepted, in characters (Unicode scalar values), as Cloud Controller's
+/// GUID columns hold 255.
+pub const MAX_ID_CHARS: usize = 255;
+
 /// Parses and validates a policies body (`v0` uses `destination.port`, `v1` `destination.ports`).
-/// Errors are the full CF-style message, e.g. `mapper: validate policies: missing destination id`.
+/// Errors are CF's full message (`mapper: validate policies: missing destination id`); the
+/// checks run in CF's order (`api/policy_validator.go`, `api/api_v0/validator.go`), policy by
+/// policy, then Tapestry's own id checks ([`app_id`]).
 pub fn parse_policies(body: &[u8], v0: bool) -> Result<Vec<Policy>, String> {
     let input: InPolicies =
         serde_json::from_slice(body).map_err(|e| format!("mapper: unmarshal json: {e}"))?;
     validate_policies(input, v0).map_err(|e| format!("mapper: validate policies: {e}"))
 }
 
-fn port_in_range(p: i64, what: &str) -> Result<u16, String> {
-    if (1..=65535).contains(&p) {
-        Ok(p as u16)
-    } else {
-        Err(format!("invalid {what} {p}, must be in range 1-65535"))
-    }
-}
-
 fn validate_policies(input: InPolicies, v0: bool) -> Result<Vec<Policy>, String> {
-    let list = input.policies.unwrap_or_default();
-    if list.is_empty() {
+    if input.policies.is_empty() {
         return Err("missing policies".into());
     }
-    let mut out = Vec::with_capacity(list.len());
-    for (i, p) in list.into_iter().enumerate() {
-        let at = |m: &str| format!("policies[{i}]: {m}");
-        let src = p.source.ok_or_else(|| at("missing source id"))?;
-        let dst = p.destination.ok_or_else(|| at("missing destination id"))?;
-        let src_id = src.id.unwrap_or_default();
-        let dst_id = dst.id.unwrap_or_default();
-        if src_id.trim().is_empty() {
-            return Err(at("missing source id"));
+    let mut out = Vec::with_capacity(input.policies.len());
+    for p in input.policies {
+        let (src, dst) = (p.source, p.destination);
+        if src.id.trim().is_empty() {
+            return Err("missing source id".into());
         }
-        if dst_id.trim().is_empty() {
-            return Err(at("missing destination id"));
+        if dst.id.trim().is_empty() {
+            return Err("missing destination id".into());
         }
-        if src_id.len() > 255 || dst_id.len() > 255 {
-            return Err(at(
-                "source.id and destination.id must be at most 255 characters",
-            ));
-        }
-        if src.tag.is_some() || dst.tag.is_some() {
-            return Err(at("tags may not be specified"));
-        }
-        let protocol = dst.protocol.unwrap_or_default();
-        if protocol != "tcp" && protocol != "udp" {
-            return Err(at(&format!(
-                "invalid destination.protocol '{protocol}', specify either udp or tcp"
-            )));
+        if dst.protocol != "udp" && dst.protocol != "tcp" {
+            return Err("invalid destination protocol, specify either udp or tcp".into());
         }
         let (start, end) = if v0 {
-            let p = dst.port.ok_or_else(|| at("missing destination.port"))?;
-            let p = port_in_range(p, "destination.port").map_err(|e| at(&e))?;
-            (p, p)
-        } else {
-            let ports = dst.ports.ok_or_else(|| at("missing destination.ports"))?;
-            let start = ports
-                .start
-                .ok_or_else(|| at("missing destination.ports.start"))?;
-            let end = ports.end.unwrap_or(start);
-            let s = port_in_range(start, "destination.ports.start").map_err(|e| at(&e))?;
-            let e = port_in_range(end, "destination.ports.end").map_err(|e| at(&e))?;
-            if s > e {
-                return Err(at(&format!(
-                    "invalid destination.ports range {s}-{e}: start must be less than or equal to end"
-                )));
+            let port = dst.port;
+            if port < 0 {
+                return Err(format!("invalid port {port}, must be in range 1-65535"));
             }
-            (s, e)
+            if port == 0 {
+                return Err("missing port".into());
+            }
+            // CF's v0 has no upper bound (and stores 70000); Tapestry refuses it.
+            if port > 65535 {
+                return Err(format!("invalid port {port}, must be in range 1-65535"));
+            }
+            (port, port)
+        } else {
+            let InPorts { start, end } = dst.ports;
+            if start > end {
+                return Err(format!(
+                    "invalid port range {start}-{end}, start must be less than or equal to end"
+                ));
+            }
+            if start < 0 {
+                return Err(format!(
+                    "invalid start port {start}, must be in range 1-65535"
+                ));
+            }
+            if start == 0 {
+                return Err("missing start port".into());
+            }
+            if end > 65535 {
+                return Err(format!("invalid end port {end}, must be in range 1-65535"));
+            }
+            (start, end)
         };
-        out.push(Policy::new(&src_id, &dst_id, &protocol, start, end));
+        if !src.tag.is_empty() || !dst.tag.is_empty() {
+            return Err("tags may not be specified".into());
+        }
+        app_id(&src.id).map_err(|e| format!("invalid source id: {e}"))?;
+        app_id(&dst.id).map_err(|e| format!("invalid destination id: {e}"))?;
+        // In range: checked above.
+        out.push(Policy::new(
+            &src.id,
+            &dst.id,
+            &dst.protocol,
+            start as u16,
+            end as u16,
+        ));
     }
     Ok(out)
+}
+
+/// Unicode general category Cf (format characters: zero-width space and joiners, bidi
+/// controls, the BOM, tags...), Unicode 15.1.
+const FORMAT_CHARS: &[(u32, u32)] = &[
+    (0x00AD, 0x00AD),
+    (0x0600, 0x0605),
+    (0x061C, 0x061C),
+    (0x06DD, 0x06DD),
+    (0x070F, 0x070F),
+    (0x0890, 0x0891),
+    (0x08E2, 0x08E2),
+    (0x180E, 0x180E),
+    (0x200B, 0x200F),
+    (0x202A, 0x202E),
+    (0x2060, 0x2064),
+    (0x2066, 0x206F),
+    (0xFEFF, 0xFEFF),
+    (0xFFF9, 0xFFFB),
+    (0x110BD, 0x110BD),
+    (0x110CD, 0x110CD),
+    (0x13430, 0x1343F),
+    (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A),
+    (0xE0001, 0xE0001),
+    (0xE0020, 0xE007F),
+];
+
+/// Not printable: control characters (Cc), format characters (Cf), the line and paragraph
+/// separators (Zl, Zp), noncharacters and private-use characters.
+pub fn unprintable(c: char) -> bool {
+    let u = c as u32;
+    c.is_control()
+        || FORMAT_CHARS.iter().any(|&(a, b)| (a..=b).contains(&u))
+        || u == 0x2028
+        || u == 0x2029
+        || (0xFDD0..=0xFDEF).contains(&u)
+        || (u & 0xFFFE) == 0xFFFE
+        || (0xE000..=0xF8FF).contains(&u)
+        || u >= 0xF0000
+}
+
+/// An app id (or other id a client names): at most [`MAX_ID_CHARS`] characters, all printable.
+pub fn app_id(id: &str) -> Result<(), String> {
+    let chars = id.chars().count();
+    if chars > MAX_ID_CHARS {
+        return Err(format!(
+            "must be at most {MAX_ID_CHARS} characters (Unicode scalar values), it has {chars}"
+        ));
+    }
+    if let Some((i, c)) = id.chars().enumerate().find(|&(_, c)| unprintable(c)) {
+        return Err(format!(
+            "character {} is U+{:04X}, which is not printable (control, format and separator characters are refused)",
+            i + 1,
+            c as u32
+        ));
+    }
+    Ok(())
 }
 
 /// Checks a hostname for an internal route and returns it lower-cased.
@@ -115,6 +194,7 @@ pub fn route(host: &str, app_id: &str) -> Result<Route, String> {
     if app_id.trim().is_empty() {
         return Err("app_id: required".into());
     }
+    self::app_id(app_id).map_err(|e| format!("app_id: {e}"))?;
     if host.is_empty() {
         return Err("host: required".into());
     }
@@ -292,30 +372,99 @@ pub fn security_group(g: &SecurityGroup) -> Result<(), String> {
 mod tests {
     use super::*;
 
+    fn v1(src: &str, dst: &str, proto: &str, ports: &str) -> Vec<u8> {
+        format!(r#"{{"policies":[{{"source":{{"id":"{src}"}},"destination":{{"id":"{dst}","protocol":"{proto}","ports":{ports}}}}}]}}"#).into_bytes()
+    }
+
     #[test]
-    fn policies_errors_name_the_field() {
-        let e = parse_policies(br#"{"policies":[]}"#, false).unwrap_err();
-        assert_eq!(e, "mapper: validate policies: missing policies");
-        let e = parse_policies(
-            br#"{"policies":[{"source":{"id":"a"},"destination":{"id":"b","protocol":"icmp","ports":{"start":1,"end":2}}}]}"#,
-            false,
-        )
-        .unwrap_err();
-        assert!(e.contains("protocol"), "{e}");
-        let e = parse_policies(
-            br#"{"policies":[{"source":{"id":"a"},"destination":{"id":"b","protocol":"tcp","ports":{"start":9,"end":2}}}]}"#,
-            false,
-        )
-        .unwrap_err();
-        assert!(e.contains("start must be less than or equal to end"), "{e}");
-        let e = parse_policies(b"{nope", false).unwrap_err();
-        assert!(e.starts_with("mapper: unmarshal json:"), "{e}");
-        let ok = parse_policies(
-            br#"{"policies":[{"source":{"id":"a"},"destination":{"id":"b","protocol":"udp","port":53}}]}"#,
-            true,
-        )
-        .unwrap();
+    fn policies_errors_are_cfs_in_cfs_order() {
+        let e = |b: &[u8], v0: bool| parse_policies(b, v0).unwrap_err();
+        let pre = "mapper: validate policies: ";
+        assert_eq!(
+            e(br#"{"policies":[]}"#, false),
+            format!("{pre}missing policies")
+        );
+        assert_eq!(e(br#"{}"#, true), format!("{pre}missing policies"));
+        // Source before destination before protocol before ports.
+        assert_eq!(
+            e(&v1("", "", "icmp", r#"{"start":0}"#), false),
+            format!("{pre}missing source id")
+        );
+        assert_eq!(
+            e(&v1("a", "", "icmp", r#"{"start":0}"#), false),
+            format!("{pre}missing destination id")
+        );
+        assert_eq!(
+            e(&v1("a", "b", "icmp", r#"{"start":0}"#), false),
+            format!("{pre}invalid destination protocol, specify either udp or tcp")
+        );
+        // The range check comes before the bounds: a missing end reads as 0.
+        assert_eq!(
+            e(&v1("a", "b", "tcp", r#"{"start":8080}"#), false),
+            format!("{pre}invalid port range 8080-0, start must be less than or equal to end")
+        );
+        assert_eq!(
+            e(&v1("a", "b", "tcp", r#"{"start":-5,"end":1}"#), false),
+            format!("{pre}invalid start port -5, must be in range 1-65535")
+        );
+        assert_eq!(
+            e(&v1("a", "b", "tcp", r#"{}"#), false),
+            format!("{pre}missing start port")
+        );
+        assert_eq!(
+            e(&v1("a", "b", "tcp", r#"{"start":1,"end":70000}"#), false),
+            format!("{pre}invalid end port 70000, must be in range 1-65535")
+        );
+        assert_eq!(
+            e(
+                br#"{"policies":[{"source":{"id":"a","tag":"1"},"destination":{"id":"b","protocol":"tcp","ports":{"start":1,"end":1}}}]}"#,
+                false
+            ),
+            format!("{pre}tags may not be specified")
+        );
+        let v0 = |port: &str| {
+            format!(r#"{{"policies":[{{"source":{{"id":"a"}},"destination":{{"id":"b","protocol":"udp","port":{port}}}}}]}}"#).into_bytes()
+        };
+        assert_eq!(e(&v0("0"), true), format!("{pre}missing port"));
+        assert_eq!(
+            e(&v0("-1"), true),
+            format!("{pre}invalid port -1, must be in range 1-65535")
+        );
+        assert_eq!(
+            e(&v0("70000"), true),
+            format!("{pre}invalid port 70000, must be in range 1-65535")
+        );
+        assert!(e(b"{nope", false).starts_with("mapper: unmarshal json:"));
+        let ok = parse_policies(&v0("53"), true).unwrap();
         assert_eq!(ok[0].destination.ports.end, 53);
+    }
+
+    #[test]
+    fn ids_are_printable_and_counted_in_characters() {
+        // 255 three-byte characters are fine: the limit counts characters, not bytes.
+        let long = "é".repeat(255);
+        assert!(app_id(&long).is_ok());
+        let e = app_id(&"é".repeat(256)).unwrap_err();
+        assert!(e.contains("255 characters") && e.contains("256"), "{e}");
+        for bad in [
+            "a\u{0}b",
+            "a\u{200B}",
+            "\u{FEFF}x",
+            "x\u{202E}",
+            "a\nb",
+            "a\u{2028}",
+        ] {
+            let e = app_id(bad).unwrap_err();
+            assert!(e.contains("not printable"), "{bad:?}: {e}");
+        }
+        assert!(app_id("Ünïcode app 名前").is_ok());
+        let body = v1("a\u{200D}b", "c", "tcp", r#"{"start":1,"end":1}"#);
+        let e = parse_policies(&body, false).unwrap_err();
+        assert!(
+            e.starts_with("mapper: validate policies: invalid source id: character 2 is U+200D"),
+            "{e}"
+        );
+        assert!(route("b.apps.internal", "x\u{0}").is_err());
     }
 
     #[test]

@@ -146,7 +146,7 @@ async fn data_dir_files_written_once() {
         .unwrap();
     let r = reqwest::Client::new()
         .get(format!(
-            "http://{}/networking/v1/external/whoami",
+            "http://{}/networking/v1/external/policies",
             c.external_addr
         ))
         .bearer_auth(&t)

@@ -3,6 +3,7 @@
 //! Every command takes `--api URL` (or `TAPESTRY_API`, default `http://127.0.0.1:4002`) and
 //! `--token-file F` (or the token itself in `TAPESTRY_TOKEN`), prints a table by default and JSON
 //! with `--json`, and exits non-zero with the server's error when a request fails.
+mod app;
 mod asg;
 mod policy;
 mod route;
@@ -14,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use tapestry_policy::client::ExternalClient;
 use tapestry_policy::error::ClientError;
 
+pub use app::{run_app, AppArgs};
 pub use asg::{run_asg, AsgArgs};
 pub use policy::{run_policy, PolicyArgs};
 pub use route::{run_lease, run_route, LeaseArgs, RouteArgs};

@@ -62,6 +62,9 @@ enum PolicyCommand {
     Remove(PolicySpec),
     /// List the 16-bit tags assigned to apps.
     Tags,
+    /// Remove the policies of deleted apps now (the control plane also does so every
+    /// --cleanup-interval) and list them.
+    Cleanup,
 }
 
 pub fn run_policy(args: PolicyArgs) -> Result<()> {
@@ -102,6 +105,17 @@ pub fn run_policy(args: PolicyArgs) -> Result<()> {
             print_policies(&policies);
             Ok(())
         }
+        PolicyCommand::Cleanup => {
+            let removed = api.run(|c| async move { c.cleanup_policies().await })?;
+            if api.json {
+                return api.print_json(&serde_json::json!({
+                    "total_policies": removed.len(), "policies": removed
+                }));
+            }
+            println!("removed {} stale policies", removed.len());
+            print_policies(&removed);
+            Ok(())
+        }
         PolicyCommand::Tags => {
             let tags: Vec<Tag> = api.run(|c| async move { c.list_tags().await })?;
             if api.json {
@@ -139,7 +153,7 @@ fn ports(start: u16, end: u16) -> String {
     }
 }
 
-fn print_policies(policies: &[Policy]) {
+pub(super) fn print_policies(policies: &[Policy]) {
     let mut t = Table::new(&["SOURCE", "DESTINATION", "PROTOCOL", "PORTS", "TAGS"]);
     for p in policies {
         let tags = match (&p.source.tag, &p.destination.tag) {

@@ -55,9 +55,14 @@ pub fn router(state: AppState) -> Router {
             "/networking/{version}/external/leases",
             get(list_leases).post(add_lease),
         )
+        .merge(super::apps::routes())
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .route_layer(axum::middleware::from_fn(crate::metrics::observe_external))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            super::cf_headers::layer,
+        ))
         .with_state(state)
 }
 
@@ -66,7 +71,7 @@ async fn not_found() -> ApiError {
 }
 
 /// `true` for v0. 406 for anything but v0 / v1.
-fn version(v: &str) -> ApiResult<bool> {
+pub(crate) fn version(v: &str) -> ApiResult<bool> {
     match v {
         "v0" => Ok(true),
         "v1" => Ok(false),
@@ -141,10 +146,17 @@ async fn list_policies(
     let v0 = version(&v)?;
     let p = authenticate(&s, &headers).await?;
     require_write(&p)?;
-    let filter = PolicyFilter {
-        id: ids(&q, "id"),
-        source_id: ids(&q, "source_id"),
-        dest_id: ids(&q, "dest_id"),
+    // As CF: `id` (even empty) takes precedence over `source_id` / `dest_id`.
+    let filter = match ids(&q, "id") {
+        Some(id) => PolicyFilter {
+            id: Some(id),
+            ..Default::default()
+        },
+        None => PolicyFilter {
+            id: None,
+            source_id: ids(&q, "source_id"),
+            dest_id: ids(&q, "dest_id"),
+        },
     };
     let spaces = (!p.is_admin()).then(|| p.spaces.clone());
     Ok(s.lists
@@ -153,16 +165,19 @@ async fn list_policies(
         .into_response())
 }
 
+/// CF's order: version (406), token (401) and scope (403), body (400: `read_error` past 10 MB,
+/// as Go's MaxBytesReader fails the read), validation (400), app access (403).
 async fn policies_input(
     s: &AppState,
     v: &str,
     headers: &HeaderMap,
     b: Result<Bytes, BytesRejection>,
-) -> ApiResult<Vec<Policy>> {
+    read_error: &str,
+) -> ApiResult<(Principal, Vec<Policy>)> {
     let v0 = version(v)?;
     let p = authenticate(s, headers).await?;
     require_write(&p)?;
-    let b = body(b)?;
+    let b = b.map_err(|_| ApiError::bad_request(read_error))?;
     let policies = validate::parse_policies(&b, v0).map_err(ApiError::bad_request)?;
     let allowed = allowed_apps(s, &p).await?;
     check_apps(
@@ -171,7 +186,7 @@ async fn policies_input(
             .iter()
             .flat_map(|p| [p.source.id.as_str(), p.destination.id.as_str()]),
     )?;
-    Ok(policies)
+    Ok((p, policies))
 }
 
 async fn create_policies(
@@ -180,11 +195,17 @@ async fn create_policies(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
-    let policies = policies_input(&s, &v, &headers, b).await?;
+    let (p, policies) = policies_input(&s, &v, &headers, b, "failed reading request body").await?;
     let settings = s.store.settings.clone();
+    // Admins are not held to the quota (CF's quota guard).
+    let quota = if p.is_admin() {
+        ops::Quota::Exempt
+    } else {
+        ops::Quota::Enforce
+    };
     s.store
         .call(Mode::Write, move |tx| {
-            ops::create_policies(tx, &settings, &policies)
+            ops::create_policies(tx, &settings, &policies, quota)
         })
         .await?;
     Ok(ok())
@@ -196,7 +217,7 @@ async fn delete_policies(
     headers: HeaderMap,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
-    let policies = policies_input(&s, &v, &headers, b).await?;
+    let (_, policies) = policies_input(&s, &v, &headers, b, "invalid request body").await?;
     s.store
         .call(Mode::Write, move |tx| ops::delete_policies(tx, &policies))
         .await?;
@@ -222,9 +243,8 @@ async fn whoami(
 ) -> ApiResult<Json<Value>> {
     version(&v)?;
     let p = authenticate(&s, &headers).await?;
-    Ok(Json(
-        json!({"user_name": p.name, "scope": p.scope, "spaces": p.spaces}),
-    ))
+    require_admin(&p)?;
+    Ok(Json(json!({ "subject": p.name })))
 }
 
 async fn list_asgs(

@@ -31,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .route("/internal/cells/{underlay_ip}/instances", put(sync_cell))
         .route("/internal/feed", get(feed))
         .route("/internal/instance_identity", post(instance_identity))
+        .merge(super::cf_internal::routes())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not found") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .route_layer(axum::middleware::from_fn(crate::metrics::observe_internal))
@@ -122,11 +123,7 @@ fn check_instance(i: &Instance) -> ApiResult<()> {
         if v.trim().is_empty() {
             return Err(ApiError::bad_request(format!("{field}: required")));
         }
-        if v.len() > 255 {
-            return Err(ApiError::bad_request(format!(
-                "{field}: must be at most 255 characters"
-            )));
-        }
+        crate::validate::app_id(v).map_err(|e| ApiError::bad_request(format!("{field}: {e}")))?;
     }
     Ok(())
 }

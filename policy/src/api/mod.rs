@@ -1,7 +1,11 @@
 //! HTTP APIs: the external CF-compatible API and the internal (mutual TLS) API for cells.
+pub mod apps;
+pub mod cf_headers;
+pub mod cf_internal;
 pub mod external;
 pub mod internal;
 pub mod policy_index;
+pub mod silk;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -36,6 +40,11 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Signs instance identity certificates (`POST /internal/instance_identity`).
     pub identity: Option<Arc<crate::identity::InstanceCa>>,
+    /// Origins answered with `Access-Control-Allow-Origin` (`*`: any), as CF's
+    /// `allowed_cors_domains`.
+    pub cors_domains: Arc<Vec<String>>,
+    /// Verifies UAA-issued JWTs, when configured (the built-in tokens work as well).
+    pub uaa: Option<crate::uaa::Uaa>,
 }
 
 impl AppState {
@@ -48,7 +57,21 @@ impl AppState {
             started: std::time::Instant::now(),
             shutdown,
             identity: None,
+            cors_domains: Default::default(),
+            uaa: None,
         }
+    }
+
+    /// Accepts UAA-issued JWTs too.
+    pub fn with_uaa(mut self, uaa: Option<crate::uaa::Uaa>) -> AppState {
+        self.uaa = uaa;
+        self
+    }
+
+    /// Answers CORS requests from these origins.
+    pub fn with_cors_domains(mut self, domains: Vec<String>) -> AppState {
+        self.cors_domains = Arc::new(domains);
+        self
     }
 
     /// Serves instance identity requests with `ca`.
@@ -99,7 +122,7 @@ impl From<StoreError> for ApiError {
                 StatusCode::CONFLICT
             }
             StoreError::NotFound(_) => StatusCode::NOT_FOUND,
-            StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+            StoreError::Invalid(_) | StoreError::TooManyNewApps { .. } => StatusCode::BAD_REQUEST,
             StoreError::Db(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -135,25 +158,28 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// The principal of the request's bearer token, or 401.
+/// The principal of the request's token, or 401, as CF's auth middleware: the token is the
+/// `Authorization` header with a `Bearer ` (or `bearer `) prefix removed, when it has one.
 pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Principal> {
     let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, m);
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(unauthorized("missing authorization header"));
     };
-    let value = value
-        .to_str()
-        .map_err(|_| unauthorized("invalid authorization header"))?;
-    let token = match value.split_once(' ') {
-        Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") && !t.trim().is_empty() => {
-            t.trim()
+    let failed = || unauthorized("failed to verify token with uaa");
+    let value = value.to_str().map_err(|_| failed())?;
+    let token = value.strip_prefix("Bearer ").unwrap_or(value);
+    let token = token.strip_prefix("bearer ").unwrap_or(token);
+    if token.is_empty() {
+        return Err(failed());
+    }
+    if let Some(uaa) = &state.uaa {
+        if crate::uaa::looks_like_jwt(token) {
+            return uaa.verify(token).await.map_err(|e| {
+                tracing::info!("refused a UAA token: {e}");
+                failed()
+            });
         }
-        _ => {
-            return Err(unauthorized(
-                "invalid authorization header: expected 'Bearer TOKEN'",
-            ))
-        }
-    };
+    }
     let hash = token_hash(token);
     if let Some(p) = state
         .tokens
@@ -169,7 +195,7 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Pr
         .call(Mode::Read, move |tx| ops::lookup_token(tx, &h))
         .await?;
     let Some(p) = found else {
-        return Err(unauthorized("failed to verify token"));
+        return Err(failed());
     };
     state
         .tokens
@@ -179,15 +205,20 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> ApiResult<Pr
     Ok(p)
 }
 
+/// CF's scope error: Go's rendering of the two scope lists.
+fn scope_error(p: &Principal, allowed: &str) -> ApiError {
+    ApiError::forbidden(format!(
+        "provided scopes [{}] do not include allowed scopes [{allowed}]",
+        p.scope
+    ))
+}
+
 /// 403 unless admin.
 pub fn require_admin(p: &Principal) -> ApiResult<()> {
     if p.is_admin() {
         Ok(())
     } else {
-        Err(ApiError::forbidden(format!(
-            "token missing allowed scopes: network.admin required (token has {})",
-            p.scope
-        )))
+        Err(scope_error(p, crate::SCOPE_ADMIN))
     }
 }
 
@@ -196,9 +227,9 @@ pub fn require_write(p: &Principal) -> ApiResult<()> {
     if p.is_admin() || p.scope == crate::SCOPE_WRITE {
         Ok(())
     } else {
-        Err(ApiError::forbidden(format!(
-            "token missing allowed scopes: network.admin or network.write required (token has {})",
-            p.scope
-        )))
+        Err(scope_error(
+            p,
+            &format!("{} {}", crate::SCOPE_ADMIN, crate::SCOPE_WRITE),
+        ))
     }
 }

@@ -39,9 +39,17 @@ pub const CHUNK: u64 = 512;
 /// a full reload.
 pub const UPDATE_DELAY: Duration = Duration::from_millis(100);
 
+/// v0 shows only single-port policies (CF's v0 mapper leaves port ranges out, uncounted).
+fn in_v0(k: &PolicyKey) -> bool {
+    k.3 == k.4
+}
+
 /// Appends `,` and the policy's JSON without tags, exactly as `serde_json` writes a [`Policy`]
-/// (v1) or [`Policy::to_v0`] (v0).
-fn render(out: &mut Vec<u8>, k: &PolicyKey, v0: bool) -> Result<(), StoreError> {
+/// (v1) or [`Policy::to_v0`] (v0); `false` (nothing written) for a port range in v0.
+fn render(out: &mut Vec<u8>, k: &PolicyKey, v0: bool) -> Result<bool, StoreError> {
+    if v0 && !in_v0(k) {
+        return Ok(false);
+    }
     out.push(b',');
     let p = Policy::new(&k.0, &k.1, &k.2, k.3, k.4);
     if v0 {
@@ -49,7 +57,7 @@ fn render(out: &mut Vec<u8>, k: &PolicyKey, v0: bool) -> Result<(), StoreError> 
     } else {
         serde_json::to_writer(&mut *out, &p)?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Every policy at one committed version.
@@ -67,6 +75,8 @@ pub struct PolicyIndex {
     counts: BTreeMap<u64, usize>,
     /// Rendered chunks (v1, v0): each policy preceded by a comma.
     chunks: [BTreeMap<u64, Bytes>; 2],
+    /// Policies with a port range (which v0 leaves out).
+    ranges: usize,
 }
 
 /// A list answer: JSON in parts, sent one after another.
@@ -191,6 +201,7 @@ impl PolicyIndex {
         add_to(&mut self.by_source, &key.0, seq);
         add_to(&mut self.by_dest, &key.1, seq);
         self.by_key.insert(key.clone(), seq);
+        self.ranges += usize::from(!in_v0(&key));
         self.entries.insert(seq, key);
         *self.counts.entry(seq / CHUNK).or_default() += 1;
         self.dirty(seq);
@@ -201,6 +212,7 @@ impl PolicyIndex {
             return;
         };
         self.entries.remove(&seq);
+        self.ranges -= usize::from(!in_v0(key));
         remove_from(&mut self.by_source, &key.0, seq);
         remove_from(&mut self.by_dest, &key.1, seq);
         if let Slot::Occupied(mut n) = self.counts.entry(seq / CHUNK) {
@@ -291,7 +303,12 @@ impl PolicyIndex {
     /// The unfiltered list: the rendered chunks (rendering the missing ones).
     fn unfiltered(&mut self, v0: bool) -> Result<ListBody, StoreError> {
         let mut parts = Vec::with_capacity(self.counts.len() + 2);
-        parts.push(head(self.entries.len()));
+        let total = if v0 {
+            self.entries.len() - self.ranges
+        } else {
+            self.entries.len()
+        };
+        parts.push(head(total));
         let rendered = &mut self.chunks[usize::from(v0)];
         for (&c, &n) in &self.counts {
             let chunk = match rendered.entry(c) {
@@ -304,6 +321,9 @@ impl PolicyIndex {
                     slot.insert(Bytes::from(out)).clone()
                 }
             };
+            if chunk.is_empty() {
+                continue;
+            }
             // Chunks start with a comma; the first one in the list drops it.
             parts.push(if parts.len() == 1 {
                 chunk.slice(1..)
@@ -340,8 +360,7 @@ impl PolicyIndex {
         let mut out = Vec::new();
         let mut n = 0;
         for k in seqs.iter().filter_map(|s| self.entries.get(s)) {
-            if m.matches(k) {
-                render(&mut out, k, v0)?;
+            if m.matches(k) && render(&mut out, k, v0)? {
                 n += 1;
             }
         }

@@ -22,7 +22,7 @@ impl LeaseSettings {
     pub fn count(&self) -> u64 {
         1u64 << (self.prefix - self.network.prefix_len())
     }
-    fn nth(&self, i: u64) -> Option<Ipv4Net> {
+    pub(super) fn nth(&self, i: u64) -> Option<Ipv4Net> {
         let base = u32::from(self.network.network()) as u64;
         let size = 1u64 << (32 - self.prefix);
         let addr = base + i * size;
@@ -68,7 +68,7 @@ pub fn list_leases(tx: &mut dyn Tx) -> Result<Vec<Lease>, StoreError> {
     rows.iter().map(|r| row_to_lease(r)).collect()
 }
 
-fn by_ip(tx: &mut dyn Tx, ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
+pub(super) fn by_ip(tx: &mut dyn Tx, ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
     let rows = tx.query(
         "SELECT underlay_ip, subnet, expires_at, kind FROM leases WHERE underlay_ip = $1",
         &[ip.to_string().into()],
@@ -76,7 +76,7 @@ fn by_ip(tx: &mut dyn Tx, ip: Ipv4Addr) -> Result<Option<Lease>, StoreError> {
     rows.first().map(|r| row_to_lease(r)).transpose()
 }
 
-fn by_subnet(tx: &mut dyn Tx, subnet: &Ipv4Net) -> Result<Option<Lease>, StoreError> {
+pub(super) fn by_subnet(tx: &mut dyn Tx, subnet: &Ipv4Net) -> Result<Option<Lease>, StoreError> {
     let rows = tx.query(
         "SELECT underlay_ip, subnet, expires_at, kind FROM leases WHERE subnet = $1",
         &[subnet.to_string().into()],
@@ -84,7 +84,7 @@ fn by_subnet(tx: &mut dyn Tx, subnet: &Ipv4Net) -> Result<Option<Lease>, StoreEr
     rows.first().map(|r| row_to_lease(r)).transpose()
 }
 
-fn insert(tx: &mut dyn Tx, l: &Lease) -> Result<(), StoreError> {
+pub(super) fn insert(tx: &mut dyn Tx, l: &Lease) -> Result<(), StoreError> {
     tx.exec(
         "INSERT INTO leases (underlay_ip, subnet, expires_at, kind) VALUES ($1, $2, $3, $4)",
         &[
@@ -107,7 +107,11 @@ fn delete(tx: &mut dyn Tx, l: &Lease) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn set_expiry(tx: &mut dyn Tx, mut l: Lease, expires_at: i64) -> Result<Lease, StoreError> {
+pub(super) fn set_expiry(
+    tx: &mut dyn Tx,
+    mut l: Lease,
+    expires_at: i64,
+) -> Result<Lease, StoreError> {
     tx.exec(
         "UPDATE leases SET expires_at = $1 WHERE underlay_ip = $2",
         &[Val::I(expires_at), l.underlay_ip.to_string().into()],

@@ -78,6 +78,7 @@ pub fn put_instance(tx: &mut dyn Tx, i: &Instance) -> Result<(), StoreError> {
         ],
     )?;
     record(tx, Op::Put, Kind::Instance, i)?;
+    super::apps::put_app(tx, &i.app_id, &i.space_id, &i.org_id)?;
     Ok(())
 }
 
@@ -118,12 +119,12 @@ pub fn app_spaces(tx: &mut dyn Tx) -> Result<BTreeMap<String, HashSet<String>>, 
     Ok(out)
 }
 
-/// Apps with an instance in one of `spaces`.
+/// Apps of the directory (running or not, but not deleted) in one of `spaces`.
 pub fn apps_in_spaces(tx: &mut dyn Tx, spaces: &[String]) -> Result<HashSet<String>, StoreError> {
     let mut out = HashSet::new();
     for s in spaces {
         for r in tx.query(
-            "SELECT DISTINCT app_id FROM instances WHERE space_id = $1",
+            "SELECT app_id FROM apps WHERE space_id = $1 AND deleted_at IS NULL",
             &[s.as_str().into()],
         )? {
             out.insert(r[0].t()?.to_string());

@@ -1,11 +1,13 @@
 //! Storage: one [`Backend`] trait (SQLite or PostgreSQL) running transactions, and the domain
 //! operations written once over the small [`Tx`] interface so both backends behave the same.
+mod apps;
 mod feed;
 mod leases;
 mod misc;
 mod policies;
 mod postgres;
 mod schema;
+pub mod silk;
 mod sqlite;
 
 use std::sync::Arc;
@@ -106,7 +108,13 @@ pub struct Settings {
     pub max_policies_per_source: usize,
     /// Highest tag handed out (65535; lower only in tests).
     pub max_tag: u16,
+    /// The most apps one policy request may tag for the first time
+    /// ([`DEFAULT_MAX_NEW_APPS_PER_REQUEST`]); a request past it is a 400.
+    pub max_new_apps_per_request: usize,
 }
+
+/// The default bound on new apps per policy request: keeps one request's write short.
+pub const DEFAULT_MAX_NEW_APPS_PER_REQUEST: usize = 1000;
 
 impl Settings {
     pub fn new(overlay: Ipv4Net, prefix: u8) -> Settings {
@@ -118,6 +126,7 @@ impl Settings {
             },
             max_policies_per_source: 150,
             max_tag: 65535,
+            max_new_apps_per_request: DEFAULT_MAX_NEW_APPS_PER_REQUEST,
         }
     }
 }
@@ -227,6 +236,7 @@ pub use feed::{PolicyDelta, FEED_RETAIN};
 
 /// The operations, re-exported for the API layer.
 pub mod ops {
+    pub use super::apps::{delete_app, get_app, put_app, stale_policies, App};
     pub use super::feed::{current_version, feed, policy_delta, snapshot};
     pub use super::leases::{acquire, list_leases, register_static, release, renew};
     pub use super::misc::{
@@ -234,5 +244,7 @@ pub mod ops {
         delete_security_group, get_security_group, insert_token, list_instances, list_routes,
         list_security_groups, lookup_token, put_instance, put_security_group, sync_cell,
     };
-    pub use super::policies::{create_policies, delete_policies, list_policies, list_tags};
+    pub use super::policies::{
+        create_policies, create_tag, delete_policies, last_updated, list_policies, list_tags, Quota,
+    };
 }

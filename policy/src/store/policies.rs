@@ -1,5 +1,5 @@
 //! Policies and tags.
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use super::feed::record;
 use super::{Settings, Tx, Val};
@@ -22,32 +22,108 @@ fn tag_of(tx: &mut dyn Tx, guid: &str) -> Result<Option<u16>, StoreError> {
     }
 }
 
+/// The lowest free tag, as CF numbers them, in O(log n): `free_tags` holds every free tag
+/// below the highest one ever handed out, so the lowest free tag is its minimum, or one past
+/// the highest tag in use when it is empty (both are index lookups).
+fn allocate_tag(tx: &mut dyn Tx, max_tag: u16) -> Result<i64, StoreError> {
+    let rows = tx.query("SELECT MIN(tag) FROM free_tags", &[])?;
+    if let Some(t) = rows.first().map(|r| r[0].opt_i()).transpose()?.flatten() {
+        tx.exec("DELETE FROM free_tags WHERE tag = $1", &[Val::I(t)])?;
+        return Ok(t);
+    }
+    let rows = tx.query("SELECT MAX(tag) FROM groups", &[])?;
+    let next = rows
+        .first()
+        .map(|r| r[0].opt_i())
+        .transpose()?
+        .flatten()
+        .unwrap_or(0)
+        + 1;
+    if next < 1 || next > i64::from(max_tag) {
+        return Err(StoreError::TagsExhausted);
+    }
+    Ok(next)
+}
+
 /// The app's tag, allocating the lowest free one when it has none.
 fn ensure_tag(tx: &mut dyn Tx, guid: &str, max_tag: u16) -> Result<u16, StoreError> {
     if let Some(t) = tag_of(tx, guid)? {
         return Ok(t);
     }
-    let rows = tx.query(
-        "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM groups WHERE tag = 1) THEN 1 \
-         ELSE (SELECT MIN(g.tag) + 1 FROM groups g WHERE NOT EXISTS \
-               (SELECT 1 FROM groups h WHERE h.tag = g.tag + 1)) END",
-        &[],
-    )?;
-    let next = rows.first().map(|r| r[0].i()).transpose()?.unwrap_or(1);
-    if next < 1 || next > i64::from(max_tag) {
-        return Err(StoreError::TagsExhausted);
-    }
+    let next = allocate_tag(tx, max_tag)?;
+    insert_group(tx, guid, "app", next)?;
+    Ok(next as u16)
+}
+
+fn insert_group(tx: &mut dyn Tx, guid: &str, kind: &str, tag: i64) -> Result<Tag, StoreError> {
     tx.exec(
-        "INSERT INTO groups (guid, tag, type) VALUES ($1, $2, 'app')",
-        &[guid.into(), Val::I(next)],
+        "INSERT INTO groups (guid, tag, type) VALUES ($1, $2, $3)",
+        &[guid.into(), Val::I(tag), kind.into()],
     )?;
     let tag = Tag {
         id: guid.into(),
-        kind: "app".into(),
-        tag: render_tag(next as u16),
+        kind: kind.into(),
+        tag: render_tag(tag as u16),
     };
     record(tx, Op::Put, Kind::Tag, &tag)?;
-    Ok(next as u16)
+    touch_last_updated(tx)?;
+    Ok(tag)
+}
+
+/// The tag of group `guid`, created (lowest free, of type `kind`) when it has none: CF's
+/// internal `PUT /networking/v1/internal/tags`. An existing group keeps its type.
+pub fn create_tag(
+    tx: &mut dyn Tx,
+    guid: &str,
+    kind: &str,
+    max_tag: u16,
+) -> Result<Tag, StoreError> {
+    let rows = tx.query(
+        "SELECT tag, type FROM groups WHERE guid = $1",
+        &[guid.into()],
+    )?;
+    if let Some(r) = rows.first() {
+        return Ok(Tag {
+            id: guid.into(),
+            kind: r[1].t()?.into(),
+            tag: render_tag(r[0].i()? as u16),
+        });
+    }
+    let next = allocate_tag(tx, max_tag)?;
+    insert_group(tx, guid, kind, next)
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Makes sure `policies_info` has its row (run at every start; a no-op once there).
+pub(crate) fn init_last_updated(tx: &mut dyn Tx) -> Result<(), StoreError> {
+    tx.exec(
+        "INSERT INTO policies_info (id, last_updated) VALUES (1, $1) ON CONFLICT DO NOTHING",
+        &[Val::I(now_nanos())],
+    )?;
+    Ok(())
+}
+
+/// Notes a change of policies or tags: now in Unix nanoseconds, as CF, and always later than
+/// the value before (so a poller comparing values sees every change).
+fn touch_last_updated(tx: &mut dyn Tx) -> Result<(), StoreError> {
+    let prev = last_updated(tx)?;
+    tx.exec(
+        "UPDATE policies_info SET last_updated = $1 WHERE id = 1",
+        &[Val::I(now_nanos().max(prev + 1))],
+    )?;
+    Ok(())
+}
+
+/// When policies or tags last changed (Unix nanoseconds): CF's `policies_last_updated`.
+pub fn last_updated(tx: &mut dyn Tx) -> Result<i64, StoreError> {
+    let rows = tx.query("SELECT last_updated FROM policies_info WHERE id = 1", &[])?;
+    Ok(rows.first().map(|r| r[0].i()).transpose()?.unwrap_or(0))
 }
 
 /// Frees the app's tag when no policy mentions it any more.
@@ -60,7 +136,12 @@ fn release_tag_if_unused(tx: &mut dyn Tx, guid: &str) -> Result<(), StoreError> 
         return Ok(());
     }
     if let Some(t) = tag_of(tx, guid)? {
+        touch_last_updated(tx)?;
         tx.exec("DELETE FROM groups WHERE guid = $1", &[guid.into()])?;
+        tx.exec(
+            "INSERT INTO free_tags (tag) VALUES ($1)",
+            &[Val::I(t.into())],
+        )?;
         let tag = Tag {
             id: guid.into(),
             kind: "app".into(),
@@ -90,28 +171,62 @@ fn key_params(k: &PolicyKey) -> [Val; 5] {
     ]
 }
 
-/// Creates the policies not yet present (idempotent), allocating tags; enforces the quota.
-pub fn create_policies(tx: &mut dyn Tx, s: &Settings, ps: &[Policy]) -> Result<(), StoreError> {
-    let keys: BTreeSet<PolicyKey> = ps.iter().map(Policy::key).collect();
+/// Who asks for a write: admins are not held to the per-source quota (as CF's quota guard).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quota {
+    Enforce,
+    Exempt,
+}
+
+/// Creates the policies not yet present (idempotent), allocating tags in request order (each
+/// policy's source, then its destination, as CF); enforces the quota and the bound on new
+/// apps per request ([`Settings::max_new_apps_per_request`]).
+pub fn create_policies(
+    tx: &mut dyn Tx,
+    s: &Settings,
+    ps: &[Policy],
+    quota: Quota,
+) -> Result<(), StoreError> {
+    let mut seen = HashSet::new();
     let mut new = Vec::new();
-    for k in keys {
+    for k in ps.iter().map(Policy::key) {
+        if seen.contains(&k) {
+            continue;
+        }
         if !exists(tx, &k)? {
-            new.push(k);
+            new.push(k.clone());
+        }
+        seen.insert(k);
+    }
+    if quota == Quota::Enforce {
+        let mut per_source: BTreeMap<&str, usize> = BTreeMap::new();
+        for k in &new {
+            *per_source.entry(k.0.as_str()).or_default() += 1;
+        }
+        for (src, n) in per_source {
+            let rows = tx.query(
+                "SELECT COUNT(*) FROM policies WHERE source_id = $1",
+                &[src.into()],
+            )?;
+            let have = rows.first().map(|r| r[0].i()).transpose()?.unwrap_or(0) as usize;
+            if have + n > s.max_policies_per_source {
+                return Err(StoreError::QuotaExceeded);
+            }
         }
     }
-    let mut per_source: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut untagged = HashSet::new();
     for k in &new {
-        *per_source.entry(k.0.as_str()).or_default() += 1;
-    }
-    for (src, n) in per_source {
-        let rows = tx.query(
-            "SELECT COUNT(*) FROM policies WHERE source_id = $1",
-            &[src.into()],
-        )?;
-        let have = rows.first().map(|r| r[0].i()).transpose()?.unwrap_or(0) as usize;
-        if have + n > s.max_policies_per_source {
-            return Err(StoreError::QuotaExceeded);
+        for app in [&k.0, &k.1] {
+            if !untagged.contains(app.as_str()) && tag_of(tx, app)?.is_none() {
+                untagged.insert(app.as_str());
+            }
         }
+    }
+    if untagged.len() > s.max_new_apps_per_request {
+        return Err(StoreError::TooManyNewApps {
+            count: untagged.len(),
+            max: s.max_new_apps_per_request,
+        });
     }
     for k in new {
         let st = ensure_tag(tx, &k.0, s.max_tag)?;
@@ -120,6 +235,7 @@ pub fn create_policies(tx: &mut dyn Tx, s: &Settings, ps: &[Policy]) -> Result<(
             "INSERT INTO policies (source_id, dest_id, protocol, start_port, end_port) VALUES ($1, $2, $3, $4, $5)",
             &key_params(&k),
         )?;
+        touch_last_updated(tx)?;
         let mut p = Policy::new(&k.0, &k.1, &k.2, k.3, k.4);
         p.source.tag = Some(render_tag(st));
         p.destination.tag = Some(render_tag(dt));
@@ -140,6 +256,7 @@ pub fn delete_policies(tx: &mut dyn Tx, ps: &[Policy]) -> Result<(), StoreError>
         if n == 0 {
             continue;
         }
+        touch_last_updated(tx)?;
         let mut p = Policy::new(&k.0, &k.1, &k.2, k.3, k.4);
         p.source.tag = tag_of(tx, &k.0)?.map(render_tag);
         p.destination.tag = tag_of(tx, &k.1)?.map(render_tag);

@@ -18,6 +18,24 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
         "CREATE TABLE tokens (hash TEXT PRIMARY KEY, name TEXT NOT NULL, scope TEXT NOT NULL, spaces TEXT NOT NULL, created_at BIGINT NOT NULL)",
         "CREATE TABLE changes (version {serial}, op TEXT NOT NULL, kind TEXT NOT NULL, value TEXT NOT NULL)",
     ],
+),
+(
+    2,
+    &[
+        // Every free tag below the highest one handed out (see policies::allocate_tag).
+        "CREATE TABLE free_tags (tag BIGINT PRIMARY KEY)",
+        "WITH RECURSIVE seq(n) AS (SELECT CAST(1 AS BIGINT) UNION ALL SELECT n + 1 FROM seq \
+         WHERE n < (SELECT COALESCE(MAX(tag), 0) FROM groups)) \
+         INSERT INTO free_tags (tag) SELECT n FROM seq \
+         WHERE n <= (SELECT COALESCE(MAX(tag), 0) FROM groups) AND n NOT IN (SELECT tag FROM groups)",
+        // The app directory: app -> space and org, kept after the app's instances stop;
+        // `deleted_at` marks an app deleted (its policies are stale, see apps::cleanup).
+        "CREATE TABLE apps (app_id TEXT PRIMARY KEY, space_id TEXT NOT NULL, org_id TEXT NOT NULL, deleted_at BIGINT)",
+        "CREATE INDEX apps_space ON apps (space_id)",
+        // When policies or tags last changed (Unix ns), for CF's policies_last_updated.
+        "CREATE TABLE policies_info (id BIGINT PRIMARY KEY, last_updated BIGINT NOT NULL)",
+        "INSERT INTO apps (app_id, space_id, org_id) SELECT app_id, MIN(space_id), MIN(org_id) FROM instances GROUP BY app_id",
+    ],
 )];
 
 pub(crate) fn serial(postgres: bool) -> &'static str {
@@ -58,5 +76,6 @@ pub fn migrate(tx: &mut dyn Tx) -> Result<(), StoreError> {
             &[Val::I(*version), Val::I(now_secs())],
         )?;
     }
+    super::policies::init_last_updated(tx)?;
     Ok(())
 }

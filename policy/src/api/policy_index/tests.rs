@@ -210,7 +210,7 @@ async fn create(store: &Store, ps: Vec<Policy>) {
     let settings = store.settings.clone();
     store
         .call(Mode::Write, move |tx| {
-            ops::create_policies(tx, &settings, &ps)
+            ops::create_policies(tx, &settings, &ps, ops::Quota::Enforce)
         })
         .await
         .unwrap();
