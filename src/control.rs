@@ -3,7 +3,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use tapestry_policy::{ControlConfig, SCOPE_WRITE};
+use std::time::Duration;
+
+use tapestry_policy::{ControlConfig, Limits, SCOPE_WRITE};
 
 #[derive(clap::Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -31,6 +33,25 @@ pub struct ControlArgs {
     /// Most policies one source app may have.
     #[arg(long, default_value_t = 150)]
     max_policies_per_source: usize,
+    /// External API: most connections open at once (more are closed at once).
+    #[arg(long, default_value_t = Limits::external().max_connections)]
+    max_connections: usize,
+    /// External API: most connections open at once from one client address.
+    #[arg(long, default_value_t = Limits::external().max_per_client)]
+    max_connections_per_client: usize,
+    /// Internal API: most connections open at once.
+    #[arg(long, default_value_t = Limits::internal().max_connections)]
+    internal_max_connections: usize,
+    /// Internal API: most connections open at once from one client address.
+    #[arg(long, default_value_t = Limits::internal().max_per_client)]
+    internal_max_connections_per_client: usize,
+    /// Both APIs: seconds a client has for the TLS handshake and for each request's headers
+    /// (also how long a kept-alive connection may sit idle between requests).
+    #[arg(long, default_value_t = Limits::external().header_timeout.as_secs())]
+    header_timeout_secs: u64,
+    /// Both APIs: seconds a client has for a request's body.
+    #[arg(long, default_value_t = Limits::external().body_timeout.as_secs())]
+    body_timeout_secs: u64,
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -110,7 +131,35 @@ pub fn run(args: ControlArgs) -> Result<()> {
     config.overlay_network = overlay_network;
     config.subnet_prefix = args.subnet_prefix;
     config.max_policies_per_source = args.max_policies_per_source;
+    let secs = Duration::from_secs;
+    config.external_limits = Limits {
+        max_connections: args.max_connections,
+        max_per_client: args.max_connections_per_client,
+        header_timeout: secs(args.header_timeout_secs),
+        body_timeout: secs(args.body_timeout_secs),
+    };
+    config.internal_limits = Limits {
+        max_connections: args.internal_max_connections,
+        max_per_client: args.internal_max_connections_per_client,
+        header_timeout: secs(args.header_timeout_secs),
+        body_timeout: secs(args.body_timeout_secs),
+    };
     config.check()?;
+    // Every connection the limits allow needs a file descriptor (the usual soft limit, 1024,
+    // is below them): raise the soft limit to the hard one and say if the limits do not fit.
+    match tapestry_sys::process::raise_nofile_limit() {
+        Ok(n) => {
+            let need = (config.external_limits.max_connections
+                + config.internal_limits.max_connections) as u64
+                + 256;
+            if n < need {
+                tracing::warn!(
+                    "the open-files limit ({n}) is below what the connection limits allow ({need}); lower --max-connections / --internal-max-connections or raise the hard limit (ulimit -Hn)"
+                );
+            }
+        }
+        Err(e) => tracing::warn!("raising the open-files limit: {e}"),
+    }
     runtime()?.block_on(async move {
         let running = tapestry_policy::start(config.clone()).await.context("starting the control plane")?;
         eprintln!(

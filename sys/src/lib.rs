@@ -15,6 +15,8 @@
 //! - [`hostsock`]: the local stack's host sockets (TCP connect from the cell's address,
 //!   connected UDP, ping or raw ICMP, net-in listeners).
 //! - [`sched`]: the calling thread's nice value (`--dataplane-nice`).
+//! - [`process`]: the open-files limit (`raise_nofile_limit`) and a Unix peer's credentials
+//!   (`peer_cred`, SO_PEERCRED).
 //!
 //! Errors ([`Error`]) name the operation and the device or namespace, e.g.
 //! `TUNSETIFF eth0 in /var/run/netns/x: Invalid argument (os error 22)`.
@@ -26,6 +28,7 @@ mod error;
 pub mod hostsock;
 pub mod netlink;
 pub mod netns;
+pub mod process;
 pub mod sched;
 pub mod tap;
 pub mod udp;

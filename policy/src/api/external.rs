@@ -85,6 +85,17 @@ async fn root(State(s): State<AppState>) -> String {
 }
 
 async fn health(State(s): State<AppState>) -> Response {
+    // Unhealthy while writes fail (a full disk, a read-only database): the last write failed and
+    // a write that changes nothing fails too.
+    if let Some(e) = s.store.write_error() {
+        if let Err(probe) = s.store.probe_write().await {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the store is not writable: {probe} (last failed write: {e})"),
+            )
+            .into_response();
+        }
+    }
     match s.store.call(Mode::Read, ops::current_version).await {
         Ok(v) => Json(json!({"healthy": true, "database": s.store.backend_name(), "version": v}))
             .into_response(),
