@@ -2,6 +2,7 @@
 //! change feed, runs the userspace dataplane over TAP devices and the underlay UDP socket, and
 //! serves the local API that attaches containers.
 
+pub mod access;
 pub mod api;
 mod attach;
 mod dataplane;
@@ -47,6 +48,10 @@ pub struct CellArgs {
     /// Where the cell keeps its state and its socket (cell.sock).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// A group (name or gid) whose members may use cell.sock besides root and the cell's user:
+    /// the socket becomes 0660 and the state dir 0710, both that group's. Without it, 0600.
+    #[arg(long)]
+    socket_group: Option<String>,
     /// UDP port of the VXLAN tunnel endpoint (the same on every cell).
     #[arg(long, default_value_t = 4789)]
     vtep_port: u16,
@@ -307,6 +312,7 @@ pub fn run(args: CellArgs) -> Result<()> {
             );
         }
     }
+    let access = access::Access::with_group(args.socket_group.as_deref())?;
     let state = StateDir::open(&state_dir)?;
     // The VTEP address first: a cell that cannot have it must fail before it takes a lease.
     let workers = match args.workers {
@@ -406,7 +412,7 @@ pub fn run(args: CellArgs) -> Result<()> {
         cell.reattach_all();
         cell.load_identities();
         cell.finish_pending_dels();
-        api::serve(&cell.state.socket_path(), cell.clone())?;
+        api::serve_with(&cell.state.socket_path(), cell.clone(), access)?;
         tracing::info!(
             "cell {} serving subnet {} on {}:{}; local API at {}",
             underlay_ip,
