@@ -33,6 +33,10 @@ pub struct ControlArgs {
     /// Most policies one source app may have.
     #[arg(long, default_value_t = 150)]
     max_policies_per_source: usize,
+    /// Accept the shared cell certificate (cell-credentials/), which may act for any cell; for
+    /// upgrades. Without it each cell needs its own: `tapestry control cell-credentials`.
+    #[arg(long)]
+    allow_shared_cell_cert: bool,
     /// External API: most connections open at once (more are closed at once).
     #[arg(long, default_value_t = Limits::external().max_connections)]
     max_connections: usize,
@@ -56,6 +60,16 @@ pub struct ControlArgs {
 
 #[derive(clap::Subcommand, Debug)]
 enum ControlCommand {
+    /// Issue one cell's client certificate (IP SAN = its underlay IP; the internal API lets it act
+    /// only for that IP) into --out: ca.pem, cert.pem, key.pem, for `tapestry cell --credentials`.
+    CellCredentials {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        underlay_ip: std::net::Ipv4Addr,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Manage bearer tokens of the external API.
     Token {
         #[command(subcommand)]
@@ -91,6 +105,17 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub fn run(args: ControlArgs) -> Result<()> {
+    if let Some(ControlCommand::CellCredentials {
+        data_dir,
+        underlay_ip,
+        out,
+    }) = &args.command
+    {
+        tapestry_policy::issue_cell_credentials(&ControlConfig::new(data_dir), *underlay_ip, out)
+            .with_context(|| format!("issuing the credentials of cell {underlay_ip}"))?;
+        println!("{}", out.display());
+        return Ok(());
+    }
     if let Some(ControlCommand::Token {
         command:
             TokenCommand::Create {
@@ -131,6 +156,7 @@ pub fn run(args: ControlArgs) -> Result<()> {
     config.overlay_network = overlay_network;
     config.subnet_prefix = args.subnet_prefix;
     config.max_policies_per_source = args.max_policies_per_source;
+    config.allow_shared_cell_cert = args.allow_shared_cell_cert;
     let secs = Duration::from_secs;
     config.external_limits = Limits {
         max_connections: args.max_connections,

@@ -16,7 +16,9 @@ pub mod store;
 pub mod validate;
 
 pub use listen::Limits;
-pub use server::{create_token, open_store, start, ControlConfig, RunningControl};
+pub use server::{
+    create_token, issue_cell_credentials, open_store, start, ControlConfig, RunningControl,
+};
 
 pub use error::{ClientError, ControlError, StoreError};
 

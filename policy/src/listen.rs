@@ -34,6 +34,13 @@ use tower::ServiceExt;
 
 use crate::api::{ApiError, MAX_BODY};
 
+/// The client certificate of a mutual-TLS connection, as every request on it sees it (an
+/// axum `Extension`): the IPv4 addresses among its subject alternative names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientCert {
+    pub ipv4_sans: Vec<std::net::Ipv4Addr>,
+}
+
 /// Connection limits of one listener (see the module documentation).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -194,11 +201,22 @@ pub async fn serve(
         tokio::spawn(async move {
             let _slot = slot;
             let _ = tcp.set_nodelay(true);
-            let io: Box<dyn Io> = match acceptor {
-                None => Box::new(tcp),
+            let (io, cert): (Box<dyn Io>, Option<ClientCert>) = match acceptor {
+                None => (Box::new(tcp), None),
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(s)) => Box::new(s),
+                        Ok(Ok(s)) => {
+                            let cert = ClientCert {
+                                ipv4_sans: s
+                                    .get_ref()
+                                    .1
+                                    .peer_certificates()
+                                    .and_then(|c| c.first())
+                                    .map(|c| crate::certs::ipv4_sans(c))
+                                    .unwrap_or_default(),
+                            };
+                            (Box::new(s), Some(cert))
+                        }
                         Ok(Err(e)) => {
                             tracing::debug!("{what}: TLS handshake with {peer} failed: {e}");
                             return;
@@ -207,13 +225,14 @@ pub async fn serve(
                     }
                 }
             };
-            serve_connection(io, router, &limits, stop).await;
+            serve_connection(io, cert, router, &limits, stop).await;
         });
     }
 }
 
 async fn serve_connection(
     io: Box<dyn Io>,
+    cert: Option<ClientCert>,
     router: axum::Router,
     limits: &Limits,
     mut stop: watch::Receiver<bool>,
@@ -221,6 +240,10 @@ async fn serve_connection(
     let body_timeout = limits.body_timeout;
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let router = router.clone();
+        let mut req = req;
+        if let Some(c) = &cert {
+            req.extensions_mut().insert(c.clone());
+        }
         async move { Ok::<_, Infallible>(handle(router, body_timeout, req).await) }
     });
     let mut builder = Builder::new(TokioExecutor::new()).http1_only();

@@ -31,6 +31,9 @@ pub struct ControlConfig {
     pub lease_expiry: Duration,
     /// Highest tag handed out; 65535 except in tests.
     pub max_tag: u16,
+    /// Accept the shared cell certificate (`cell-credentials/`), which may act for any cell;
+    /// without it each cell needs its own (`tapestry control cell-credentials`).
+    pub allow_shared_cell_cert: bool,
     /// Connection limits of the external API ([`Limits::external`]).
     pub external_limits: Limits,
     /// Connection limits of the internal API ([`Limits::internal`]).
@@ -49,6 +52,7 @@ impl ControlConfig {
             max_policies_per_source: 150,
             lease_expiry: Duration::from_secs(168 * 3600),
             max_tag: 65535,
+            allow_shared_cell_cert: false,
             external_limits: Limits::external(),
             internal_limits: Limits::internal(),
         }
@@ -222,6 +226,16 @@ pub async fn open_store(config: &ControlConfig) -> Result<Store, ControlError> {
     .await?)
 }
 
+/// Issues the credentials of the cell at `underlay_ip` into `out` with the deployment's cell CA
+/// (created in `config.data_dir` if this is its first use).
+pub fn issue_cell_credentials(
+    config: &ControlConfig,
+    underlay_ip: std::net::Ipv4Addr,
+    out: &Path,
+) -> Result<(), ControlError> {
+    CellCa::ensure(&config.data_dir)?.issue_cell_credentials(underlay_ip, out)
+}
+
 /// Mints a token with `scope` limited to `spaces`, stores its hash, returns the token.
 pub async fn create_token(
     store: &Store,
@@ -338,6 +352,7 @@ pub async fn start(config: ControlConfig) -> Result<RunningControl, ControlError
     // Cells' writes go before the external API's in the writer queue.
     let mut int_state = state.clone();
     int_state.store = store.for_cells();
+    int_state.allow_shared_cell_cert = config.allow_shared_cell_cert;
     let int_task = spawn_internal(int, tls, int_state, config.internal_limits.clone(), rx)?;
     tracing::info!(
         "control plane: external API http://{external_addr}, internal API (mTLS) https://{internal_addr}, database {}",

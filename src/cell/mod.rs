@@ -39,7 +39,8 @@ pub struct CellArgs {
     /// Internal (mutual TLS) API of the control plane, e.g. https://10.0.0.10:4003.
     #[arg(long)]
     control: Option<String>,
-    /// The control plane's `cell-credentials` folder (ca.pem, cert.pem, key.pem).
+    /// This cell's credentials folder (ca.pem, cert.pem, key.pem) from `tapestry control
+    /// cell-credentials --underlay-ip IP` (or the shared `cell-credentials`, if allowed).
     #[arg(long)]
     credentials: Option<PathBuf>,
     /// This host's underlay address: the VXLAN socket binds IP:vtep-port.

@@ -110,12 +110,27 @@ impl Overlay {
             let ip = underlay_ip(i as u8 + 1);
             ov.tb.add_host(&ns, ip, underlay_mtu)?;
             let state_dir = ov.tb.dir().join(&ns);
+            // Each cell its own certificate (IP SAN = its underlay IP).
+            let creds = ov.tb.dir().join(format!("{ns}-credentials"));
+            let out = std::process::Command::new(bin)
+                .args(["control", "cell-credentials", "--data-dir"])
+                .arg(&ov.data_dir)
+                .args(["--underlay-ip", &ip.to_string(), "--out"])
+                .arg(&creds)
+                .output()
+                .context("running tapestry control cell-credentials")?;
+            if !out.status.success() {
+                bail!(
+                    "tapestry control cell-credentials failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
             let mut args: Vec<String> = vec![
                 "cell".into(),
                 "--control".into(),
                 format!("https://{cip}:4003"),
                 "--credentials".into(),
-                ov.data_dir.join("cell-credentials").display().to_string(),
+                creds.display().to_string(),
                 "--underlay-ip".into(),
                 ip.to_string(),
                 "--state-dir".into(),

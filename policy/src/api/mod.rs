@@ -36,6 +36,9 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Signs instance identity certificates (`POST /internal/instance_identity`).
     pub identity: Option<Arc<crate::identity::InstanceCa>>,
+    /// The internal API accepts the shared cell certificate (no IP SAN), acting for any cell
+    /// (`--allow-shared-cell-cert`, for upgrades).
+    pub allow_shared_cell_cert: bool,
 }
 
 impl AppState {
@@ -48,6 +51,7 @@ impl AppState {
             started: std::time::Instant::now(),
             shutdown,
             identity: None,
+            allow_shared_cell_cert: false,
         }
     }
 

@@ -1,0 +1,115 @@
+//! Per-cell certificates: a cell acts only for its own underlay IP (leases, instances in its
+//! lease); the shared certificate only with --allow-shared-cell-cert.
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use common::{Db, Harness};
+use tapestry_policy::client::InternalClient;
+use tapestry_policy::model::Instance;
+use tapestry_policy::ClientError;
+
+fn ip(s: &str) -> Ipv4Addr {
+    s.parse().unwrap()
+}
+
+fn forbidden(e: ClientError) -> String {
+    match e {
+        ClientError::Status { status, message } => {
+            assert_eq!(status, 403, "{message}");
+            message
+        }
+        other => panic!("expected 403, got {other}"),
+    }
+}
+
+fn cell_client(h: &Harness, underlay: &str) -> InternalClient {
+    let out = h.dir.path().join(format!("creds-{underlay}"));
+    tapestry_policy::issue_cell_credentials(&h.config, ip(underlay), &out).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&out), 0o700);
+    assert_eq!(mode(&out.join("key.pem")), 0o600);
+    InternalClient::new(&format!("https://{}", h.c().internal_addr), &out).unwrap()
+}
+
+fn inst(cell: &str, handle: &str, addr: &str) -> Instance {
+    Instance {
+        cell: ip(cell),
+        handle: handle.into(),
+        app_id: "app".into(),
+        space_id: "S".into(),
+        org_id: "O".into(),
+        instance_index: 0,
+        ip: ip(addr),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_acts_only_for_its_own_underlay_ip() {
+    let h = Harness::new(Db::Sqlite, |c| c.allow_shared_cell_cert = false).await;
+    // The shared certificate is refused, with the way out named.
+    let e = forbidden(
+        h.internal()
+            .acquire_lease(ip("10.0.0.1"))
+            .await
+            .unwrap_err(),
+    );
+    assert!(e.contains("--allow-shared-cell-cert"), "{e}");
+
+    let one = cell_client(&h, "10.0.0.1");
+    let two = cell_client(&h, "10.0.0.2");
+    let l1 = one.acquire_lease(ip("10.0.0.1")).await.unwrap();
+    let l2 = two.acquire_lease(ip("10.0.0.2")).await.unwrap();
+    let e = forbidden(one.acquire_lease(ip("10.0.0.3")).await.unwrap_err());
+    assert!(e.contains("10.0.0.3 is not this cell"), "{e}");
+    forbidden(one.renew_lease(&l2).await.unwrap_err());
+    forbidden(one.release_lease(ip("10.0.0.2")).await.unwrap_err());
+    one.renew_lease(&l1).await.unwrap();
+
+    // Instances: its own cell, an IP inside its lease.
+    let inside = |l: &tapestry_policy::model::Lease| {
+        let o = l.overlay_subnet.network().octets();
+        format!("{}.{}.{}.{}", o[0], o[1], o[2], o[3] + 2)
+    };
+    one.instance_up(&inst("10.0.0.1", "h1", &inside(&l1)))
+        .await
+        .unwrap();
+    let e = forbidden(
+        one.instance_up(&inst("10.0.0.2", "h2", &inside(&l2)))
+            .await
+            .unwrap_err(),
+    );
+    assert!(e.contains("not this cell"), "{e}");
+    let e = forbidden(
+        one.instance_up(&inst("10.0.0.1", "h3", &inside(&l2)))
+            .await
+            .unwrap_err(),
+    );
+    assert!(e.contains("outside this cell's lease"), "{e}");
+    forbidden(two.instance_down(ip("10.0.0.1"), "h1").await.unwrap_err());
+    forbidden(
+        two.sync_instances(ip("10.0.0.1"), vec![])
+            .await
+            .unwrap_err(),
+    );
+    // Reading is for every cell.
+    assert_eq!(two.list_leases().await.unwrap().len(), 2);
+    let f = two
+        .feed(ip("10.0.0.2"), None, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(f.snapshot.is_some());
+    one.instance_down(ip("10.0.0.1"), "h1").await.unwrap();
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_certificate_works_where_allowed() {
+    let h = Harness::new(Db::Sqlite, |c| c.allow_shared_cell_cert = true).await;
+    let c = h.internal();
+    c.acquire_lease(ip("10.0.0.1")).await.unwrap();
+    c.acquire_lease(ip("10.0.0.2")).await.unwrap();
+    h.shutdown().await;
+}
