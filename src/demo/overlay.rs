@@ -31,6 +31,20 @@ pub struct Overlay {
     pub underlay_mtu: u32,
 }
 
+/// `tapestry control`'s arguments in the testbed.
+fn control_args(data_dir: &Path) -> Vec<String> {
+    let cip = underlay_ip(CONTROL_HOST);
+    vec![
+        "control".into(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--listen".into(),
+        format!("{cip}:4002"),
+        "--internal-listen".into(),
+        format!("{cip}:4003"),
+    ]
+}
+
 /// Runs `f` on a thread inside the network namespace at `ns`.
 pub fn in_netns<T: Send + 'static>(
     ns: &Path,
@@ -60,19 +74,7 @@ impl Overlay {
         let cip = underlay_ip(CONTROL_HOST);
         tb.add_host("ctl", cip, underlay_mtu)?;
         let data_dir = tb.dir().join("control");
-        tb.spawn_tapestry(
-            "ctl",
-            "control",
-            &[
-                "control".into(),
-                "--data-dir".into(),
-                data_dir.display().to_string(),
-                "--listen".into(),
-                format!("{cip}:4002"),
-                "--internal-listen".into(),
-                format!("{cip}:4003"),
-            ],
-        )?;
+        tb.spawn_tapestry("ctl", "control", &control_args(&data_dir))?;
         let token_path = data_dir.join("admin.token");
         let admin_token = tb.wait_for(
             "the control plane's admin token",
@@ -148,6 +150,23 @@ impl Overlay {
             ov.start_cell(i)?;
         }
         Ok(ov)
+    }
+
+    /// Starts the control plane again (after `tb.kill("control")`) on the same data dir and
+    /// addresses, and waits for its external API.
+    pub fn restart_control(&mut self) -> Result<()> {
+        let args = control_args(&self.data_dir);
+        self.tb.spawn_tapestry("ctl", "control", &args)?;
+        let ctl_ns = self.tb.ns_path("ctl");
+        let token = self.admin_token.clone();
+        self.tb.wait_for(
+            "the control plane's external API",
+            Duration::from_secs(30),
+            || match Self::http(&ctl_ns, &token, "GET", "/health", None)? {
+                (200, _) => Ok(()),
+                (code, _) => bail!("health returned {code}"),
+            },
+        )
     }
 
     /// Starts (or restarts) cell `i` and waits for its socket.
