@@ -113,3 +113,57 @@ async fn the_shared_certificate_works_where_allowed() {
     c.acquire_lease(ip("10.0.0.2")).await.unwrap();
     h.shutdown().await;
 }
+
+/// A route host belongs to the spaces of the apps mapped to it: a network.write token cannot add
+/// its app to another space's host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_space_writer_cannot_join_another_spaces_route_host() {
+    let h = Harness::new(Db::Sqlite, |_| {}).await;
+    let int = h.internal();
+    for (handle, app, space, addr) in [
+        ("h1", "app-a", "S1", "10.255.1.2"),
+        ("h2", "app-b", "S2", "10.255.1.3"),
+    ] {
+        let mut i = inst("10.0.0.1", handle, addr);
+        i.app_id = app.into();
+        i.space_id = space.into();
+        int.instance_up(&i).await.unwrap();
+    }
+    let token = |space: &str| {
+        let store = h.c().store.clone();
+        let space = space.to_string();
+        async move {
+            tapestry_policy::create_token(&store, "network.write", vec![space])
+                .await
+                .unwrap()
+        }
+    };
+    let (s1, s2) = (token("S1").await, token("S2").await);
+    let map = |t: String, host: &str, app: &str| {
+        let body = serde_json::json!({"host": host, "app_id": app})
+            .to_string()
+            .into_bytes();
+        let h = &h;
+        async move {
+            h.raw(
+                reqwest::Method::POST,
+                "/networking/v1/external/routes",
+                Some(&t),
+                Some(body),
+            )
+            .await
+        }
+    };
+    assert_eq!(map(s1.clone(), "web.apps.internal", "app-a").await.0, 200);
+    let (status, v, _) = map(s2.clone(), "web.apps.internal", "app-b").await;
+    assert_eq!(status, 403, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("another space"),
+        "{v}"
+    );
+    assert_eq!(map(s2, "api.apps.internal", "app-b").await.0, 200);
+    // The space's own host takes more of its apps; the admin may map anything.
+    let admin = h.c().admin_token.clone();
+    assert_eq!(map(admin, "web.apps.internal", "app-b").await.0, 200);
+    h.shutdown().await;
+}

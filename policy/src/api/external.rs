@@ -386,6 +386,20 @@ async fn add_route(
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
     let r = route_input(&s, &v, &headers, b).await?;
+    // A host is owned by the spaces of the apps mapped to it: a network.write token may map a
+    // host no app has, or whose apps are all in its spaces.
+    if let Some(allowed) = allowed_apps(&s, &authenticate(&s, &headers).await?).await? {
+        let routes = s.store.call(Mode::Read, ops::list_routes).await?;
+        if routes
+            .iter()
+            .any(|x| x.host == r.host && !allowed.contains(&x.app_id))
+        {
+            return Err(ApiError::forbidden(format!(
+                "route host {} is mapped to apps of another space",
+                r.host
+            )));
+        }
+    }
     s.store
         .call(Mode::Write, move |tx| ops::add_route(tx, &r))
         .await?;
