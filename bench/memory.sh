@@ -125,8 +125,10 @@ run_tapestry() {
     [ -s "$W/control/admin.token" ] || die "control plane did not start: $(tail -n 2 "$W/control.log")"
     host_add "$PREFIX-c1" 198.18.0.11 || die "cell host"
     mkdir -p "$W/cell"
+    "$TAPESTRY" control cell-credentials --data-dir "$W/control" --underlay-ip 198.18.0.11 \
+        --out "$W/cell-creds" >/dev/null || die "issuing the cell's credentials"
     bg "$PREFIX-c1" "$W/cell.log" "$TAPESTRY" cell --control https://198.18.0.10:4003 \
-        --credentials "$W/control/cell-credentials" --underlay-ip 198.18.0.11 --state-dir "$W/cell" \
+        --credentials "$W/cell-creds" --underlay-ip 198.18.0.11 --state-dir "$W/cell" \
         "${CELL_ARGS[@]}"
     local cell=$BG_PID
     for _ in $(seq 1 300); do [ -S "$W/cell/cell.sock" ] && break; sleep 0.1; done

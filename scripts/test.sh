@@ -39,7 +39,7 @@ fi
 
 need_pkgs=()
 for pair in socat:socat iperf3:iperf3 tshark:tshark ip:iproute2 ping:iputils-ping nc:netcat-openbsd \
-            dig:dnsutils iptables:iptables curl:curl jq:jq openssl:openssl killall:psmisc ethtool:ethtool; do
+            dig:dnsutils iptables:iptables nft:nftables curl:curl jq:jq openssl:openssl killall:psmisc ethtool:ethtool; do
   bin=${pair%%:*}; pkg=${pair#*:}
   command -v "$bin" >/dev/null 2>&1 || need_pkgs+=("$pkg")
 done

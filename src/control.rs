@@ -3,7 +3,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use tapestry_policy::{ControlConfig, SCOPE_WRITE};
+use std::time::Duration;
+
+use tapestry_policy::{ControlConfig, Limits, SCOPE_WRITE};
 
 #[derive(clap::Args, Debug)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -57,6 +59,29 @@ pub struct ControlArgs {
     /// An origin the external API allows for CORS (repeat or comma-separate; `*`: any).
     #[arg(long = "allowed-cors-domain", value_delimiter = ',')]
     allowed_cors_domains: Vec<String>,
+    /// Accept the shared cell certificate (cell-credentials/), which may act for any cell; for
+    /// upgrades. Without it each cell needs its own: `tapestry control cell-credentials`.
+    #[arg(long)]
+    allow_shared_cell_cert: bool,
+    /// External API: most connections open at once (more are closed at once).
+    #[arg(long, default_value_t = Limits::external().max_connections)]
+    max_connections: usize,
+    /// External API: most connections open at once from one client address.
+    #[arg(long, default_value_t = Limits::external().max_per_client)]
+    max_connections_per_client: usize,
+    /// Internal API: most connections open at once.
+    #[arg(long, default_value_t = Limits::internal().max_connections)]
+    internal_max_connections: usize,
+    /// Internal API: most connections open at once from one client address.
+    #[arg(long, default_value_t = Limits::internal().max_per_client)]
+    internal_max_connections_per_client: usize,
+    /// Both APIs: seconds a client has for the TLS handshake and for each request's headers
+    /// (also how long a kept-alive connection may sit idle between requests).
+    #[arg(long, default_value_t = Limits::external().header_timeout.as_secs())]
+    header_timeout_secs: u64,
+    /// Both APIs: seconds a client has for a request's body.
+    #[arg(long, default_value_t = Limits::external().body_timeout.as_secs())]
+    body_timeout_secs: u64,
 }
 
 /// `3600`, `90s`, `30m`, `1h`: a positive interval.
@@ -83,6 +108,16 @@ fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
 
 #[derive(clap::Subcommand, Debug)]
 enum ControlCommand {
+    /// Issue one cell's client certificate (IP SAN = its underlay IP; the internal API lets it act
+    /// only for that IP) into --out: ca.pem, cert.pem, key.pem, for `tapestry cell --credentials`.
+    CellCredentials {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        underlay_ip: std::net::Ipv4Addr,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Manage bearer tokens of the external API.
     Token {
         #[command(subcommand)]
@@ -118,6 +153,17 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 pub fn run(args: ControlArgs) -> Result<()> {
+    if let Some(ControlCommand::CellCredentials {
+        data_dir,
+        underlay_ip,
+        out,
+    }) = &args.command
+    {
+        tapestry_policy::issue_cell_credentials(&ControlConfig::new(data_dir), *underlay_ip, out)
+            .with_context(|| format!("issuing the credentials of cell {underlay_ip}"))?;
+        println!("{}", out.display());
+        return Ok(());
+    }
     if let Some(ControlCommand::Token {
         command:
             TokenCommand::Create {
@@ -172,7 +218,36 @@ pub fn run(args: ControlArgs) -> Result<()> {
         (None, Some(_)) => bail!("--uaa-issuer needs --uaa-jwks-url or --uaa-key-file"),
         _ => None,
     };
+    config.allow_shared_cell_cert = args.allow_shared_cell_cert;
+    let secs = Duration::from_secs;
+    config.external_limits = Limits {
+        max_connections: args.max_connections,
+        max_per_client: args.max_connections_per_client,
+        header_timeout: secs(args.header_timeout_secs),
+        body_timeout: secs(args.body_timeout_secs),
+    };
+    config.internal_limits = Limits {
+        max_connections: args.internal_max_connections,
+        max_per_client: args.internal_max_connections_per_client,
+        header_timeout: secs(args.header_timeout_secs),
+        body_timeout: secs(args.body_timeout_secs),
+    };
     config.check()?;
+    // Every connection the limits allow needs a file descriptor (the usual soft limit, 1024,
+    // is below them): raise the soft limit to the hard one and say if the limits do not fit.
+    match tapestry_sys::process::raise_nofile_limit() {
+        Ok(n) => {
+            let need = (config.external_limits.max_connections
+                + config.internal_limits.max_connections) as u64
+                + 256;
+            if n < need {
+                tracing::warn!(
+                    "the open-files limit ({n}) is below what the connection limits allow ({need}); lower --max-connections / --internal-max-connections or raise the hard limit (ulimit -Hn)"
+                );
+            }
+        }
+        Err(e) => tracing::warn!("raising the open-files limit: {e}"),
+    }
     let metrics_listen = args.metrics_listen;
     runtime()?.block_on(async move {
         let running = tapestry_policy::start(config.clone()).await.context("starting the control plane")?;

@@ -48,8 +48,10 @@ tapestry_cell() {
     local ns=$PREFIX-t$i
     host_add "$ns" "$u" || { TFAIL="underlay setup failed"; return 1; }
     mkdir -p "$w/t$i"
+    "$bin" control cell-credentials --data-dir "$w/control" --underlay-ip "$u" --out "$w/creds$i" >/dev/null \
+        || { TFAIL="issuing cell $i's credentials failed"; return 1; }
     bg "$ns" "$w/cell$i.log" "$bin" cell --control "https://$T_CTL_IP:4003" \
-        --credentials "$w/control/cell-credentials" --underlay-ip "$u" \
+        --credentials "$w/creds$i" --underlay-ip "$u" \
         --state-dir "$w/t$i" --underlay-mtu "$UNDERLAY_MTU" ${CELL_ARGS[@]+"${CELL_ARGS[@]}"} "$@"
     T_CELL_PIDS+=("$BG_PID")
 }

@@ -138,6 +138,28 @@ impl CellCa {
         })
     }
 
+    /// Issues a client certificate for the cell at `underlay_ip` (its IP SAN, which the internal
+    /// API holds the cell to) and writes `ca.pem`, `cert.pem` and `key.pem` into `out` (made
+    /// 0700; the key 0600): the folder that cell's `--credentials` names.
+    pub fn issue_cell_credentials(
+        &self,
+        underlay_ip: std::net::Ipv4Addr,
+        out: &Path,
+    ) -> Result<(), ControlError> {
+        crate::server::private_dir(out)?;
+        let key = KeyPair::generate().map_err(tls_err)?;
+        let cert = leaf_params(
+            &format!("tapestry-cell {underlay_ip}"),
+            vec![underlay_ip.to_string()],
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+        )?
+        .signed_by(&key, &self.issuer)
+        .map_err(tls_err)?;
+        write_file(&out.join("key.pem"), &key.serialize_pem(), true)?;
+        write_file(&out.join("cert.pem"), &cert.pem(), false)?;
+        write_file(&out.join("ca.pem"), &self.ca_pem, false)
+    }
+
     /// A server configuration with a fresh certificate from this CA, requiring client certs
     /// from this CA.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, ControlError> {
@@ -254,6 +276,26 @@ pub fn client_config(
     Ok(cfg)
 }
 
+/// The IPv4 addresses among a certificate's subject alternative names (a per-cell certificate
+/// has one, the cell's underlay IP; the shared cell certificate has none).
+pub fn ipv4_sans(der: &[u8]) -> Vec<std::net::Ipv4Addr> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return vec![];
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return vec![];
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::IPAddress(b) => <[u8; 4]>::try_from(*b).ok().map(std::net::Ipv4Addr::from),
+            _ => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod mode_tests {
     use super::*;
@@ -281,5 +323,30 @@ mod mode_tests {
         CellCa::ensure(&data).unwrap();
         assert_eq!(mode(&creds), 0o700);
         assert_eq!(mode(&data), 0o700);
+    }
+
+    #[test]
+    fn cell_credentials_carry_the_underlay_ip() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ca = CellCa::ensure(tmp.path()).unwrap();
+        let out = tmp.path().join("c1");
+        ca.issue_cell_credentials("10.1.2.3".parse().unwrap(), &out)
+            .unwrap();
+        let der = CertificateDer::from_pem_slice(read(&out.join("cert.pem")).unwrap().as_bytes())
+            .unwrap();
+        assert_eq!(
+            ipv4_sans(&der),
+            vec!["10.1.2.3".parse::<std::net::Ipv4Addr>().unwrap()]
+        );
+        // The shared certificate names no IP.
+        let shared = CertificateDer::from_pem_slice(
+            read(&credentials_dir(tmp.path()).join("cert.pem"))
+                .unwrap()
+                .as_bytes(),
+        )
+        .unwrap();
+        assert!(ipv4_sans(&shared).is_empty());
+        assert_eq!(mode(&out), 0o700);
+        assert_eq!(mode(&out.join("key.pem")), 0o600);
     }
 }

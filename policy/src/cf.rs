@@ -84,6 +84,7 @@ pub(crate) async fn serve_silk(
     cf: &CfConfig,
     tls: &std::sync::Arc<rustls::ServerConfig>,
     state: &crate::api::AppState,
+    limits: &crate::listen::Limits,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<
     (
@@ -99,11 +100,13 @@ pub(crate) async fn serve_silk(
         .await
         .map_err(|e| ControlError::Config(format!("--silk-listen {addr}: {e}")))?;
     let local = l.local_addr().map_err(ControlError::io("local address"))?;
-    let task = tokio::spawn(crate::tls_serve::serve(
+    let task = tokio::spawn(crate::listen::serve(
         l,
-        tls.clone(),
+        Some(tls.clone()),
         crate::api::silk::router(state.clone()),
+        limits.clone(),
         stop.clone(),
+        "Silk controller API",
     ));
     Ok((Some(local), Some(task)))
 }

@@ -59,7 +59,9 @@ impl InternalClient {
             .use_preconfigured_tls(tls)
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(300))
+            // Below the server's header timeout (10 s by default, which also closes idle
+            // connections): a pooled connection is dropped here before the server drops it.
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()?;
         Ok(InternalClient {
             http,

@@ -10,15 +10,18 @@ pub mod client;
 pub mod error;
 pub mod feed;
 pub mod identity;
+pub mod listen;
 pub mod metrics;
 pub mod model;
 pub mod server;
 pub mod store;
-mod tls_serve;
 pub mod uaa;
 pub mod validate;
 
-pub use server::{create_token, open_store, start, ControlConfig, RunningControl};
+pub use listen::Limits;
+pub use server::{
+    create_token, issue_cell_credentials, open_store, start, ControlConfig, RunningControl,
+};
 
 pub use error::{ClientError, ControlError, StoreError};
 

@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, token_hash, AppState};
 use crate::certs::CellCa;
 use crate::error::ControlError;
+use crate::listen::Limits;
 use crate::model::Principal;
 use crate::store::{ops, Mode, Settings, Store};
 
@@ -32,6 +33,13 @@ pub struct ControlConfig {
     pub max_tag: u16,
     /// CF-compatible options: new-app bound, CORS domains, cleanup interval.
     pub cf: crate::cf::CfConfig,
+    /// Accept the shared cell certificate (`cell-credentials/`), which may act for any cell;
+    /// without it each cell needs its own (`tapestry control cell-credentials`).
+    pub allow_shared_cell_cert: bool,
+    /// Connection limits of the external API ([`Limits::external`]).
+    pub external_limits: Limits,
+    /// Connection limits of the internal API ([`Limits::internal`]).
+    pub internal_limits: Limits,
 }
 
 impl ControlConfig {
@@ -47,6 +55,9 @@ impl ControlConfig {
             lease_expiry: Duration::from_secs(168 * 3600),
             max_tag: 65535,
             cf: Default::default(),
+            allow_shared_cell_cert: false,
+            external_limits: Limits::external(),
+            internal_limits: Limits::internal(),
         }
     }
 
@@ -82,6 +93,14 @@ impl ControlConfig {
             )));
         }
         self.cf.check()?;
+        self.external_limits
+            .check(
+                "external API limits (--max-connections, --max-connections-per-client, timeouts)",
+            )
+            .map_err(ControlError::Config)?;
+        self.internal_limits
+            .check("internal API limits (--internal-max-connections, --internal-max-connections-per-client, timeouts)")
+            .map_err(ControlError::Config)?;
         if self.max_policies_per_source == 0 {
             return Err(ControlError::Config(
                 "--max-policies-per-source must be at least 1".into(),
@@ -214,6 +233,16 @@ pub async fn open_store(config: &ControlConfig) -> Result<Store, ControlError> {
     .await?)
 }
 
+/// Issues the credentials of the cell at `underlay_ip` into `out` with the deployment's cell CA
+/// (created in `config.data_dir` if this is its first use).
+pub fn issue_cell_credentials(
+    config: &ControlConfig,
+    underlay_ip: std::net::Ipv4Addr,
+    out: &Path,
+) -> Result<(), ControlError> {
+    CellCa::ensure(&config.data_dir)?.issue_cell_credentials(underlay_ip, out)
+}
+
 /// Mints a token with `scope` limited to `spaces`, stores its hash, returns the token.
 pub async fn create_token(
     store: &Store,
@@ -249,6 +278,56 @@ async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, ControlError>
         .map_err(ControlError::io(format!("binding {what} {addr}")))
 }
 
+/// Runs the internal API on a runtime (and threads) of its own, so that a flood of the external
+/// API, however it loads the main runtime, never delays the cells. The returned task ends when
+/// the internal API has stopped.
+fn spawn_internal(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: AppState,
+    limits: Limits,
+    stop: watch::Receiver<bool>,
+) -> Result<JoinHandle<()>, ControlError> {
+    // The listener was bound on the main runtime: move it over as a std socket.
+    let std_listener = listener
+        .into_std()
+        .map_err(ControlError::io("moving the internal listener"))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("control-internal")
+        .build()
+        .map_err(ControlError::io("starting the internal API's runtime"))?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::Builder::new()
+        .name("control-internal".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                match TcpListener::from_std(std_listener) {
+                    Ok(l) => {
+                        crate::listen::serve(
+                            l,
+                            Some(tls),
+                            api::internal::router(state),
+                            limits,
+                            stop,
+                            "internal API",
+                        )
+                        .await
+                    }
+                    Err(e) => tracing::error!("internal API: {e}"),
+                }
+            });
+            // In-flight requests get a moment to finish, as on the main runtime.
+            rt.shutdown_timeout(Duration::from_secs(5));
+            let _ = done_tx.send(());
+        })
+        .map_err(ControlError::io("starting the internal API's thread"))?;
+    Ok(tokio::spawn(async move {
+        let _ = done_rx.await;
+    }))
+}
+
 /// Starts the control plane: checks the config, prepares the data dir, opens the store,
 /// binds both listeners (port 0 allowed) and serves until [`RunningControl::shutdown`].
 pub async fn start(config: ControlConfig) -> Result<RunningControl, ControlError> {
@@ -274,25 +353,21 @@ pub async fn start(config: ControlConfig) -> Result<RunningControl, ControlError
     let index_task = state.lists.spawn_updater(store.clone(), rx.clone());
     let cleanup_task =
         crate::cf::spawn_cleanup(store.clone(), config.cf.cleanup_interval, rx.clone());
-    let mut stop = rx.clone();
-    let ext_router = api::external::router(state.clone());
-    let ext_task = tokio::spawn(async move {
-        let r = axum::serve(ext, ext_router)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|v| *v).await;
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::error!("external API stopped: {e}");
-        }
-    });
-    let (silk_addr, silk_task) = crate::cf::serve_silk(&config.cf, &tls, &state, &rx).await?;
-    let int_task = tokio::spawn(crate::tls_serve::serve(
-        int,
-        tls,
-        api::internal::router(state),
-        rx,
+    let (silk_addr, silk_task) =
+        crate::cf::serve_silk(&config.cf, &tls, &state, &config.internal_limits, &rx).await?;
+    let ext_task = tokio::spawn(crate::listen::serve(
+        ext,
+        None,
+        api::external::router(state.clone()),
+        config.external_limits.clone(),
+        rx.clone(),
+        "external API",
     ));
+    // Cells' writes go before the external API's in the writer queue.
+    let mut int_state = state.clone();
+    int_state.store = store.for_cells();
+    int_state.allow_shared_cell_cert = config.allow_shared_cell_cert;
+    let int_task = spawn_internal(int, tls, int_state, config.internal_limits.clone(), rx)?;
     tracing::info!(
         "control plane: external API http://{external_addr}, internal API (mTLS) https://{internal_addr}, database {}",
         store.backend_name()
@@ -341,5 +416,137 @@ mod mode_tests {
             }
         }
         drop(store);
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::error::StoreError;
+    use crate::store::{Backend, Tx};
+
+    /// SQLite whose writes fail while `fail` is set, as on a full disk.
+    struct Flaky {
+        inner: Arc<dyn Backend>,
+        fail: Arc<AtomicBool>,
+    }
+
+    impl Backend for Flaky {
+        fn run(
+            &self,
+            mode: Mode,
+            f: &mut dyn FnMut(&mut dyn Tx) -> Result<(), StoreError>,
+        ) -> Result<Option<u64>, StoreError> {
+            if mode == Mode::Write && self.fail.load(Ordering::Relaxed) {
+                return Err(StoreError::Db("database or disk is full".into()));
+            }
+            self.inner.run(mode, f)
+        }
+        fn name(&self) -> &'static str {
+            "sqlite"
+        }
+    }
+
+    async fn health(router: &axum::Router) -> (u16, String) {
+        let r = router
+            .clone()
+            .oneshot(Request::get("/health").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn health_is_503_while_writes_fail_and_200_again_after() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fail = Arc::new(AtomicBool::new(false));
+        let inner = Store::sqlite_backend(&tmp.path().join("t.db")).unwrap();
+        let store = Store::from_backend(
+            Arc::new(Flaky {
+                inner,
+                fail: fail.clone(),
+            }),
+            ControlConfig::new(tmp.path()).settings(),
+        );
+        let (_tx, rx) = watch::channel(false);
+        let router = api::external::router(AppState::new(store.clone(), rx));
+        assert_eq!(health(&router).await.0, 200);
+
+        fail.store(true, Ordering::Relaxed);
+        let p = Principal {
+            name: "t".into(),
+            scope: crate::SCOPE_ADMIN.into(),
+            spaces: vec![],
+        };
+        let e = store
+            .call(Mode::Write, move |tx| ops::insert_token(tx, "h", &p))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("disk is full"), "{e}");
+        let (status, body) = health(&router).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("not writable"), "{body}");
+        assert!(body.contains("disk is full"), "{body}");
+
+        // Writable again: the probe write succeeds and clears the state.
+        fail.store(false, Ordering::Relaxed);
+        assert_eq!(health(&router).await.0, 200);
+        assert!(store.write_error().is_none());
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_write_stops_and_rolls_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let inner = Store::sqlite_backend(&tmp.path().join("t.db")).unwrap();
+        let store = Store::from_backend(inner, ControlConfig::new(tmp.path()).settings());
+        let started = Arc::new(std::sync::Barrier::new(2));
+        let release = Arc::new(std::sync::Barrier::new(2));
+        let (s2, r2) = (started.clone(), release.clone());
+        let s = store.clone();
+        let call = async move {
+            s.call(Mode::Write, move |tx| {
+                tx.exec(
+                    "INSERT INTO security_groups (name, body) VALUES ('a', '{}')",
+                    &[],
+                )?;
+                s2.wait();
+                r2.wait();
+                // The client is gone by now: this statement is refused and all rolls back.
+                tx.exec(
+                    "INSERT INTO security_groups (name, body) VALUES ('b', '{}')",
+                    &[],
+                )?;
+                Ok(())
+            })
+            .await
+        };
+        let task = tokio::spawn(call);
+        tokio::task::spawn_blocking(move || started.wait())
+            .await
+            .unwrap();
+        task.abort();
+        let _ = task.await;
+        tokio::task::spawn_blocking(move || release.wait())
+            .await
+            .unwrap();
+        // The writer is free again once the rolled-back transaction ended; nothing was kept.
+        let n = store
+            .call(Mode::Write, |tx| {
+                tx.query("SELECT COUNT(*) FROM security_groups", &[])
+                    .map(|r| r[0][0].i())
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 0);
+        assert!(store.write_error().is_none());
     }
 }

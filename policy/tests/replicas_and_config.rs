@@ -29,8 +29,10 @@ async fn postgres_two_replicas_share_data_and_feed() {
         .await
         .unwrap();
     let cell = "10.0.0.1".parse().unwrap();
-    let cb =
-        InternalClient::new(&format!("https://{}", b.internal_addr), &b.credentials_dir).unwrap();
+    // A cell's own certificate, from the CA both replicas share.
+    let creds = dir.path().join("cell-10.0.0.1");
+    tapestry_policy::issue_cell_credentials(&config(dir.path(), None), cell, &creds).unwrap();
+    let cb = InternalClient::new(&format!("https://{}", b.internal_addr), &creds).unwrap();
     let first = cb.feed(cell, None, Duration::ZERO).await.unwrap();
     let since = first.version;
     let waiter = tokio::spawn(async move {

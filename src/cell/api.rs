@@ -302,26 +302,59 @@ pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: Request) -> Result<serde_json::Value>;
 }
 
-/// Serves the socket until the process ends. Removes a stale socket file first.
+/// Serves the socket until the process ends, to root and the cell's user only (mode 0600).
+/// Removes a stale socket file first.
 pub fn serve(path: &Path, handler: Arc<dyn Handler>) -> Result<()> {
+    serve_with(path, handler, super::access::Access::default())
+}
+
+/// Serves the socket until the process ends, to root, the cell's user and whoever `access`
+/// admits: the socket file gets `access`'s mode, and every connection's peer credentials
+/// (SO_PEERCRED) are checked; a refused peer gets an error line naming why, then the socket
+/// closes.
+pub fn serve_with(
+    path: &Path,
+    handler: Arc<dyn Handler>,
+    access: super::access::Access,
+) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
     if path.exists() {
         std::fs::remove_file(path)
             .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
     let listener =
         UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    // Whoever can connect can attach any app's container or detach others: owner only. (The
-    // state dir around it is 0700 as well, so there is no window with the umask's mode.)
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .with_context(|| format!("setting mode 0600 on {}", path.display()))?;
-    }
+    // Whoever can connect can attach any app's container or detach others. (The state dir
+    // around it is 0700, or 0710 with the group, so there is no window with the umask's mode.)
+    access.apply(path)?;
+    let owner = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .uid();
     std::thread::Builder::new()
         .name("cell-api".into())
         .spawn(move || {
             for conn in listener.incoming() {
-                let Ok(conn) = conn else { continue };
+                let Ok(mut conn) = conn else { continue };
+                let allowed = tapestry_sys::process::peer_cred(&conn)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|peer| {
+                        access.allows(peer, owner, || {
+                            tapestry_sys::process::process_groups(peer.pid).unwrap_or_default()
+                        })
+                    });
+                if let Err(e) = allowed {
+                    tracing::warn!("cell.sock: {e:#}");
+                    let resp = Response {
+                        ok: false,
+                        error: Some(format!("{e:#}")),
+                        code: None,
+                        result: None,
+                    };
+                    let mut out = serde_json::to_vec(&resp).unwrap_or_default();
+                    out.push(b'\n');
+                    let _ = conn.write_all(&out);
+                    continue;
+                }
                 let handler = handler.clone();
                 let _ = std::thread::Builder::new()
                     .name("cell-api-conn".into())

@@ -2,6 +2,7 @@
 //! change feed, runs the userspace dataplane over TAP devices and the underlay UDP socket, and
 //! serves the local API that attaches containers.
 
+pub mod access;
 pub mod api;
 mod attach;
 mod check;
@@ -42,7 +43,8 @@ pub struct CellArgs {
     /// Internal (mutual TLS) API of the control plane, e.g. https://10.0.0.10:4003.
     #[arg(long)]
     control: Option<String>,
-    /// The control plane's `cell-credentials` folder (ca.pem, cert.pem, key.pem).
+    /// This cell's credentials folder (ca.pem, cert.pem, key.pem) from `tapestry control
+    /// cell-credentials --underlay-ip IP` (or the shared `cell-credentials`, if allowed).
     #[arg(long)]
     credentials: Option<PathBuf>,
     /// This host's underlay address: the VXLAN socket binds IP:vtep-port.
@@ -51,6 +53,10 @@ pub struct CellArgs {
     /// Where the cell keeps its state and its socket (cell.sock).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// A group (name or gid) whose members may use cell.sock besides root and the cell's user:
+    /// the socket becomes 0660 and the state dir 0710, both that group's. Without it, 0600.
+    #[arg(long)]
+    socket_group: Option<String>,
     /// UDP port of the VXLAN tunnel endpoint (the same on every cell).
     #[arg(long, default_value_t = 4789)]
     vtep_port: u16,
@@ -358,6 +364,7 @@ pub fn run(args: CellArgs) -> Result<()> {
             );
         }
     }
+    let access = access::Access::with_group(args.socket_group.as_deref())?;
     let state = StateDir::open(&state_dir)?;
     // The VTEP address first: a cell that cannot have it must fail before it takes a lease.
     let workers = match args.workers {
@@ -469,7 +476,7 @@ pub fn run(args: CellArgs) -> Result<()> {
             let c = cell.clone();
             metrics::serve(addr, Arc::new(move || c.metrics_text())).await?;
         }
-        api::serve(&cell.state.socket_path(), cell.clone())?;
+        api::serve_with(&cell.state.socket_path(), cell.clone(), access)?;
         tracing::info!(
             "cell {} serving subnet {} on {}:{}; local API at {}",
             underlay_ip,

@@ -31,6 +31,20 @@ pub struct Overlay {
     pub underlay_mtu: u32,
 }
 
+/// `tapestry control`'s arguments in the testbed.
+fn control_args(data_dir: &Path) -> Vec<String> {
+    let cip = underlay_ip(CONTROL_HOST);
+    vec![
+        "control".into(),
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--listen".into(),
+        format!("{cip}:4002"),
+        "--internal-listen".into(),
+        format!("{cip}:4003"),
+    ]
+}
+
 /// Runs `f` on a thread inside the network namespace at `ns`.
 pub fn in_netns<T: Send + 'static>(
     ns: &Path,
@@ -64,7 +78,7 @@ impl Overlay {
         bin: &Path,
         cells: usize,
         cell_args: &[&str],
-        control_args: &[&str],
+        control_flags: &[&str],
         underlay_mtu: u32,
     ) -> Result<Overlay> {
         let mut tb = Testbed::new(prefix, bin)?;
@@ -72,16 +86,8 @@ impl Overlay {
         let cip = underlay_ip(CONTROL_HOST);
         tb.add_host("ctl", cip, underlay_mtu)?;
         let data_dir = tb.dir().join("control");
-        let mut args: Vec<String> = vec![
-            "control".into(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-            "--listen".into(),
-            format!("{cip}:4002"),
-            "--internal-listen".into(),
-            format!("{cip}:4003"),
-        ];
-        args.extend(control_args.iter().map(|s| s.to_string()));
+        let mut args = control_args(&data_dir);
+        args.extend(control_flags.iter().map(|s| s.to_string()));
         tb.spawn_tapestry("ctl", "control", &args)?;
         let token_path = data_dir.join("admin.token");
         let admin_token = tb.wait_for(
@@ -120,12 +126,27 @@ impl Overlay {
             let ip = underlay_ip(i as u8 + 1);
             ov.tb.add_host(&ns, ip, underlay_mtu)?;
             let state_dir = ov.tb.dir().join(&ns);
+            // Each cell its own certificate (IP SAN = its underlay IP).
+            let creds = ov.tb.dir().join(format!("{ns}-credentials"));
+            let out = std::process::Command::new(bin)
+                .args(["control", "cell-credentials", "--data-dir"])
+                .arg(&ov.data_dir)
+                .args(["--underlay-ip", &ip.to_string(), "--out"])
+                .arg(&creds)
+                .output()
+                .context("running tapestry control cell-credentials")?;
+            if !out.status.success() {
+                bail!(
+                    "tapestry control cell-credentials failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
             let mut args: Vec<String> = vec![
                 "cell".into(),
                 "--control".into(),
                 format!("https://{cip}:4003"),
                 "--credentials".into(),
-                ov.data_dir.join("cell-credentials").display().to_string(),
+                creds.display().to_string(),
                 "--underlay-ip".into(),
                 ip.to_string(),
                 "--state-dir".into(),
@@ -149,6 +170,23 @@ impl Overlay {
             ov.start_cell(i)?;
         }
         Ok(ov)
+    }
+
+    /// Starts the control plane again (after `tb.kill("control")`) on the same data dir and
+    /// addresses, and waits for its external API.
+    pub fn restart_control(&mut self) -> Result<()> {
+        let args = control_args(&self.data_dir);
+        self.tb.spawn_tapestry("ctl", "control", &args)?;
+        let ctl_ns = self.tb.ns_path("ctl");
+        let token = self.admin_token.clone();
+        self.tb.wait_for(
+            "the control plane's external API",
+            Duration::from_secs(30),
+            || match Self::http(&ctl_ns, &token, "GET", "/health", None)? {
+                (200, _) => Ok(()),
+                (code, _) => bail!("health returned {code}"),
+            },
+        )
     }
 
     /// Starts (or restarts) cell `i` and waits for its socket.

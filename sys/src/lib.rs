@@ -18,6 +18,8 @@
 //!   where /dev/net/tun cannot be opened; [`port::PortDev`] is either kind.
 //! - [`userns`]: the unprivileged sandbox (user + network + mount namespace).
 //! - [`sched`]: the calling thread's nice value (`--dataplane-nice`).
+//! - [`process`]: the open-files limit (`raise_nofile_limit`) and a Unix peer's credentials
+//!   (`peer_cred`, SO_PEERCRED).
 //!
 //! Errors ([`Error`]) name the operation and the device or namespace, e.g.
 //! `TUNSETIFF eth0 in /var/run/netns/x: Invalid argument (os error 22)`.
@@ -32,6 +34,7 @@ pub mod netlink;
 pub mod netns;
 pub mod packet;
 pub mod port;
+pub mod process;
 pub mod sched;
 pub mod tap;
 pub mod udp;

@@ -43,6 +43,8 @@ async fn main() -> Result<()> {
     cfg.internal_listen = "127.0.0.1:0".parse()?;
     cfg.database = database.clone();
     cfg.max_policies_per_source = 1000;
+    // The simulated cells share one certificate.
+    cfg.allow_shared_cell_cert = true;
     let ctl = tapestry_policy::start(cfg)
         .await
         .context("starting the control plane")?;

@@ -91,6 +91,17 @@ async fn root(State(s): State<AppState>) -> String {
 }
 
 async fn health(State(s): State<AppState>) -> Response {
+    // Unhealthy while writes fail (a full disk, a read-only database): the last write failed and
+    // a write that changes nothing fails too.
+    if let Some(e) = s.store.write_error() {
+        if let Err(probe) = s.store.probe_write().await {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the store is not writable: {probe} (last failed write: {e})"),
+            )
+            .into_response();
+        }
+    }
     match s.store.call(Mode::Read, ops::current_version).await {
         Ok(v) => Json(json!({"healthy": true, "database": s.store.backend_name(), "version": v}))
             .into_response(),
@@ -396,6 +407,20 @@ async fn add_route(
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
     let r = route_input(&s, &v, &headers, b).await?;
+    // A host is owned by the spaces of the apps mapped to it: a network.write token may map a
+    // host no app has, or whose apps are all in its spaces.
+    if let Some(allowed) = allowed_apps(&s, &authenticate(&s, &headers).await?).await? {
+        let routes = s.store.call(Mode::Read, ops::list_routes).await?;
+        if routes
+            .iter()
+            .any(|x| x.host == r.host && !allowed.contains(&x.app_id))
+        {
+            return Err(ApiError::forbidden(format!(
+                "route host {} is mapped to apps of another space",
+                r.host
+            )));
+        }
+    }
     s.store
         .call(Mode::Write, move |tx| ops::add_route(tx, &r))
         .await?;

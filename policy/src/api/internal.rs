@@ -8,12 +8,13 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{body, json, ApiError, ApiResult, AppState, MAX_BODY};
 use crate::identity::{IdentityError, IdentityRequest, IssuedIdentity};
+use crate::listen::ClientCert;
 use crate::model::{FeedResponse, Instance, Lease};
 use crate::store::{ops, Mode};
 
@@ -43,23 +44,77 @@ fn parse_ip(field: &str, s: &str) -> ApiResult<Ipv4Addr> {
         .map_err(|_| ApiError::bad_request(format!("{field}: '{s}' is not an IPv4 address")))
 }
 
+type Cert = Option<Extension<ClientCert>>;
+
+/// The cell a request may act for: its certificate's IP SAN, or `None` (any cell) for the shared
+/// cell certificate where the operator allows it.
+fn acting_cell(s: &AppState, cert: &Cert) -> ApiResult<Option<Ipv4Addr>> {
+    match cert.as_ref().map(|c| c.0.ipv4_sans.as_slice()).unwrap_or(&[]) {
+        [ip] => Ok(Some(*ip)),
+        [] if s.allow_shared_cell_cert => Ok(None),
+        [] => Err(ApiError::forbidden(
+            "this control plane does not accept the shared cell certificate: give each cell its own (tapestry control cell-credentials --underlay-ip IP), or start the control plane with --allow-shared-cell-cert",
+        )),
+        _ => Err(ApiError::forbidden(
+            "the client certificate names several IP addresses; a cell's names its underlay IP only",
+        )),
+    }
+}
+
+/// Refuses a cell acting for another cell's underlay IP.
+fn act_for(acting: Option<Ipv4Addr>, field: &str, ip: Ipv4Addr) -> ApiResult<()> {
+    match acting {
+        Some(a) if a != ip => Err(ApiError::forbidden(format!(
+            "{field}: {ip} is not this cell (its certificate is for {a})"
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses instances whose IP lies outside the acting cell's lease.
+async fn in_lease(s: &AppState, acting: Option<Ipv4Addr>, instances: &[Instance]) -> ApiResult<()> {
+    let Some(a) = acting else { return Ok(()) };
+    if instances.is_empty() {
+        return Ok(());
+    }
+    let leases = s.store.call(Mode::Read, ops::list_leases).await?;
+    let Some(lease) = leases.iter().find(|l| l.underlay_ip == a) else {
+        return Err(ApiError::forbidden(format!(
+            "cell {a} has no lease: acquire one before registering instances"
+        )));
+    };
+    for i in instances {
+        if !lease.overlay_subnet.contains(&i.ip) {
+            return Err(ApiError::forbidden(format!(
+                "instance {}: ip {} is outside this cell's lease {}",
+                i.handle, i.ip, lease.overlay_subnet
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[derive(Deserialize)]
 struct CellIp {
     #[serde(default)]
     underlay_ip: String,
 }
 
-async fn list_leases(State(s): State<AppState>) -> ApiResult<Json<Value>> {
+async fn list_leases(State(s): State<AppState>, cert: Cert) -> ApiResult<Json<Value>> {
+    acting_cell(&s, &cert)?;
     let leases = s.store.call(Mode::Read, ops::list_leases).await?;
     Ok(Json(json!({ "leases": leases })))
 }
 
 async fn acquire(
     State(s): State<AppState>,
+    cert: Cert,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Lease>> {
+    let acting = acting_cell(&s, &cert)?;
     let c: CellIp = json(&body(b)?)?;
     let ip = parse_ip("underlay_ip", &c.underlay_ip)?;
+    act_for(acting, "underlay_ip", ip)?;
     let settings = s.store.settings.clone();
     Ok(Json(
         s.store
@@ -72,8 +127,10 @@ async fn acquire(
 
 async fn renew(
     State(s): State<AppState>,
+    cert: Cert,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Lease>> {
+    let acting = acting_cell(&s, &cert)?;
     #[derive(Deserialize)]
     struct Want {
         #[serde(default)]
@@ -83,6 +140,7 @@ async fn renew(
     }
     let w: Want = json(&body(b)?)?;
     let ip = parse_ip("underlay_ip", &w.underlay_ip)?;
+    act_for(acting, "underlay_ip", ip)?;
     let subnet: ipnet::Ipv4Net = w.overlay_subnet.parse().map_err(|_| {
         ApiError::bad_request(format!(
             "overlay_subnet: '{}' is not an IPv4 CIDR",
@@ -108,10 +166,13 @@ async fn renew(
 
 async fn release(
     State(s): State<AppState>,
+    cert: Cert,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
+    let acting = acting_cell(&s, &cert)?;
     let c: CellIp = json(&body(b)?)?;
     let ip = parse_ip("underlay_ip", &c.underlay_ip)?;
+    act_for(acting, "underlay_ip", ip)?;
     s.store
         .call(Mode::Write, move |tx| ops::release(tx, ip))
         .await?;
@@ -136,9 +197,13 @@ fn parse_instance(b: &[u8]) -> ApiResult<Instance> {
 
 async fn instance_up(
     State(s): State<AppState>,
+    cert: Cert,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
+    let acting = acting_cell(&s, &cert)?;
     let i = parse_instance(&body(b)?)?;
+    act_for(acting, "cell", i.cell)?;
+    in_lease(&s, acting, std::slice::from_ref(&i)).await?;
     s.store
         .call(Mode::Write, move |tx| ops::put_instance(tx, &i))
         .await?;
@@ -147,8 +212,10 @@ async fn instance_up(
 
 async fn instance_down(
     State(s): State<AppState>,
+    cert: Cert,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
+    let acting = acting_cell(&s, &cert)?;
     #[derive(Deserialize)]
     struct Down {
         #[serde(default)]
@@ -158,6 +225,7 @@ async fn instance_down(
     }
     let d: Down = json(&body(b)?)?;
     let cell = parse_ip("cell", &d.cell)?;
+    act_for(acting, "cell", cell)?;
     if d.handle.is_empty() {
         return Err(ApiError::bad_request("handle: required"));
     }
@@ -172,13 +240,16 @@ async fn instance_down(
 async fn sync_cell(
     State(s): State<AppState>,
     Path(ip): Path<String>,
+    cert: Cert,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
+    let acting = acting_cell(&s, &cert)?;
     #[derive(Deserialize)]
     struct Set {
         instances: Vec<Instance>,
     }
     let cell = parse_ip("underlay_ip", &ip)?;
+    act_for(acting, "underlay_ip", cell)?;
     let set: Set = json(&body(b)?)?;
     for (n, i) in set.instances.iter().enumerate() {
         check_instance(i)
@@ -190,6 +261,7 @@ async fn sync_cell(
             )));
         }
     }
+    in_lease(&s, acting, &set.instances).await?;
     s.store
         .call(Mode::Write, move |tx| {
             ops::sync_cell(tx, cell, &set.instances)
@@ -202,8 +274,10 @@ async fn sync_cell(
 /// app's internal routes.
 async fn instance_identity(
     State(s): State<AppState>,
+    cert: Cert,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<IssuedIdentity>> {
+    acting_cell(&s, &cert)?;
     let req: IdentityRequest = json(&body(b)?)?;
     let identity_err = |e: IdentityError| match e {
         IdentityError::Invalid { .. } => ApiError::bad_request(e.to_string()),
@@ -245,8 +319,10 @@ struct FeedQuery {
 /// Long-poll: answers as soon as the version passes `since`, or after `wait_ms` unchanged.
 async fn feed(
     State(s): State<AppState>,
+    cert: Cert,
     q: Result<Query<FeedQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Json<FeedResponse>> {
+    acting_cell(&s, &cert)?;
     let Query(q) = q.map_err(|e| ApiError::bad_request(format!("query: {e}")))?;
     let wait = Duration::from_millis(q.wait_ms.unwrap_or(30_000).min(MAX_WAIT_MS));
     let mut rx = s.store.subscribe();

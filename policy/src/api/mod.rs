@@ -45,6 +45,9 @@ pub struct AppState {
     pub cors_domains: Arc<Vec<String>>,
     /// Verifies UAA-issued JWTs, when configured (the built-in tokens work as well).
     pub uaa: Option<crate::uaa::Uaa>,
+    /// The internal API accepts the shared cell certificate (no IP SAN), acting for any cell
+    /// (`--allow-shared-cell-cert`, for upgrades).
+    pub allow_shared_cell_cert: bool,
 }
 
 impl AppState {
@@ -59,6 +62,7 @@ impl AppState {
             identity: None,
             cors_domains: Default::default(),
             uaa: None,
+            allow_shared_cell_cert: false,
         }
     }
 

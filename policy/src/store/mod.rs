@@ -2,6 +2,7 @@
 //! operations written once over the small [`Tx`] interface so both backends behave the same.
 mod apps;
 mod feed;
+mod gate;
 mod leases;
 mod misc;
 mod policies;
@@ -10,6 +11,7 @@ mod schema;
 pub mod silk;
 mod sqlite;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use ipnet::Ipv4Net;
@@ -17,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::error::StoreError;
 
+pub use gate::Priority;
 pub use leases::LeaseSettings;
 pub use policies::PolicyFilter;
 
@@ -137,6 +140,12 @@ pub struct Store {
     backend: Arc<dyn Backend>,
     version: Arc<watch::Sender<u64>>,
     pub settings: Arc<Settings>,
+    /// The queue for the writer, shared by every clone.
+    gate: gate::WriteGate,
+    /// The queue this handle's writes wait in ([`Store::for_cells`]).
+    priority: Priority,
+    /// The last write's database error, cleared by the next successful write (`/health`).
+    write_error: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 pub(crate) fn now_secs() -> i64 {
@@ -178,11 +187,36 @@ impl Store {
             backend,
             version,
             settings: Arc::new(settings),
+            gate: Default::default(),
+            priority: Priority::Normal,
+            write_error: Default::default(),
         };
         store.call(Mode::Write, schema::migrate).await?;
         let v = store.call(Mode::Read, feed::current_version).await?;
         store.bump(v);
         Ok(store)
+    }
+
+    /// A store over `backend` as it is (no migrations); for tests of the layers above.
+    #[cfg(test)]
+    pub(crate) fn from_backend(backend: Arc<dyn Backend>, settings: Settings) -> Store {
+        let (tx, _) = watch::channel(0u64);
+        Store {
+            backend,
+            version: Arc::new(tx),
+            settings: Arc::new(settings),
+            gate: Default::default(),
+            priority: Priority::Normal,
+            write_error: Default::default(),
+        }
+    }
+
+    /// Opens the SQLite database at `path` (migrated); for tests of the layers above.
+    #[cfg(test)]
+    pub(crate) fn sqlite_backend(path: &std::path::Path) -> Result<Arc<dyn Backend>, StoreError> {
+        let b: Arc<dyn Backend> = Arc::new(sqlite::SqliteBackend::open(path)?);
+        b.run(Mode::Write, &mut |tx| schema::migrate(tx))?;
+        Ok(b)
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -206,29 +240,125 @@ impl Store {
         self.version.subscribe()
     }
 
-    /// Runs `f` in one transaction on a blocking thread.
+    /// The same store, whose writes go before other writes (the internal API's: cells must
+    /// not wait behind a large external request).
+    pub fn for_cells(&self) -> Store {
+        Store {
+            priority: Priority::Cell,
+            ..self.clone()
+        }
+    }
+
+    /// The database error of the last write, if it failed and none has succeeded since.
+    pub fn write_error(&self) -> Option<String> {
+        self.write_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Runs `f` in one transaction on a blocking thread. Writes take turns through the writer
+    /// queue (cells' first). If the returned future is dropped (the client went away), a write
+    /// still waiting never runs, and a transaction under way stops at its next statement and
+    /// rolls back.
     pub async fn call<T, F>(&self, mode: Mode, mut f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnMut(&mut dyn Tx) -> Result<T, StoreError> + Send + 'static,
     {
+        let permit = match mode {
+            Mode::Write => Some(self.gate.acquire(self.priority).await),
+            Mode::Read => None,
+        };
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let _on_drop = Abandon(abandoned.clone());
         let backend = self.backend.clone();
-        let (out, v) = tokio::task::spawn_blocking(move || {
+        let flag = abandoned.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            // Held until the transaction has ended, even if nobody waits for it any more.
+            let _permit = permit;
             let mut out = None;
             let start = std::time::Instant::now();
             let v = backend.run(mode, &mut |tx| {
-                out = Some(f(tx)?);
+                let mut tx = Abandonable {
+                    inner: tx,
+                    abandoned: &flag,
+                };
+                out = Some(f(&mut tx)?);
                 Ok(())
             });
             crate::metrics::db_transaction(backend.name(), mode == Mode::Write, start.elapsed());
             Ok::<_, StoreError>((out, v?))
         })
         .await
-        .map_err(|e| StoreError::Db(format!("store task failed: {e}")))??;
+        .map_err(|e| StoreError::Db(format!("store task failed: {e}")))
+        .and_then(|r| r);
+        if mode == Mode::Write {
+            let mut last = self.write_error.lock().unwrap_or_else(|p| p.into_inner());
+            match &r {
+                Ok(_) => *last = None,
+                Err(StoreError::Db(m)) => *last = Some(m.clone()),
+                Err(_) => {}
+            }
+        }
+        let (out, v) = r?;
         if let Some(v) = v {
             self.bump(v);
         }
         out.ok_or_else(|| StoreError::Db("transaction produced no result".into()))
+    }
+
+    /// A write that changes nothing but must reach the disk: `/health` runs it while the last
+    /// write failed, to tell when the store is writable again.
+    pub async fn probe_write(&self) -> Result<(), StoreError> {
+        self.call(Mode::Write, |tx| {
+            tx.exec(
+                "UPDATE schema_migrations SET applied_at = applied_at WHERE version = (SELECT MAX(version) FROM schema_migrations)",
+                &[],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+}
+
+/// Marks a call abandoned when its future is dropped before it finished.
+struct Abandon(Arc<AtomicBool>);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A transaction that stops at its next statement once its caller is gone.
+struct Abandonable<'a> {
+    inner: &'a mut dyn Tx,
+    abandoned: &'a AtomicBool,
+}
+
+impl Abandonable<'_> {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.abandoned.load(Ordering::Relaxed) {
+            return Err(StoreError::Db(
+                "the request was abandoned by its client; rolled back".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Tx for Abandonable<'_> {
+    fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
+        self.check()?;
+        self.inner.query(sql, params)
+    }
+    fn exec(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
+        self.check()?;
+        self.inner.exec(sql, params)
+    }
+    fn note_change(&mut self, version: u64) {
+        self.inner.note_change(version)
     }
 }
 

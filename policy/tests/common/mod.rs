@@ -50,6 +50,9 @@ impl Harness {
         let mut config = ControlConfig::new(dir.path());
         config.listen = "127.0.0.1:0".parse().unwrap();
         config.internal_listen = "127.0.0.1:0".parse().unwrap();
+        // Most tests act for several cells with the shared certificate; policy/tests/internal.rs
+        // turns this off to test per-cell certificates.
+        config.allow_shared_cell_cert = true;
         if let Db::Postgres = db {
             config.database = Some(fresh_postgres().await);
         }
