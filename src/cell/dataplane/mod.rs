@@ -17,6 +17,7 @@
 //! written to. Workers share the table snapshots, the connection tracker and the counters.
 
 mod asg_log;
+pub mod capture;
 pub mod flow_log;
 pub mod net_in;
 mod ratelog;
@@ -42,6 +43,7 @@ use tapestry_switch::{
 };
 use tapestry_sys::port::PortDev;
 
+use capture::{CaptureTap, Dir};
 use underlay_rx::UnderlayRx;
 use underlay_tx::UnderlayTx;
 
@@ -108,9 +110,15 @@ impl WorkerHandle {
 pub struct DataplaneHandle {
     workers: Vec<WorkerHandle>,
     stack: stack::StackLink,
+    capture: Arc<CaptureTap>,
 }
 
 impl DataplaneHandle {
+    /// The capture tap every worker and the local stack copy frames to (`tapestry capture`).
+    pub fn capture(&self) -> &Arc<CaptureTap> {
+        &self.capture
+    }
+
     /// The number of worker threads (and TAP queues wanted per port).
     pub fn workers(&self) -> usize {
         self.workers.len()
@@ -209,13 +217,27 @@ pub(crate) fn write_plain_tap(tap: &PortDev, vnet: bool, frame: &[u8], counters:
 
 /// Performs one of the switch's writes to a port ([`offload::RxCoalescer`]); a port removed in
 /// the meantime is skipped.
-pub(crate) fn write_port(ports: &Ports, to: PortId, w: PortWrite<'_>, counters: &Counters) {
+pub(crate) fn write_port(
+    ports: &Ports,
+    to: PortId,
+    w: PortWrite<'_>,
+    counters: &Counters,
+    capture: &CaptureTap,
+) {
     let Some(port) = ports.get(&to) else {
         return;
     };
     match w {
-        PortWrite::Plain(frame) => write_plain(port, frame, counters),
+        PortWrite::Plain(frame) => {
+            if capture.on() {
+                capture.port(to, Dir::In, frame);
+            }
+            write_plain(port, frame, counters)
+        }
         PortWrite::Vnet(hdr, frame) => {
+            if capture.on() {
+                capture.port(to, Dir::In, frame);
+            }
             if port.tap.write2(&hdr, frame).is_err() {
                 counters.port_tx_error();
             }
@@ -252,9 +274,15 @@ pub fn start(
         .context("no underlay socket")?
         .try_clone()
         .context("duplicating the underlay socket for the local stack")?;
+    let capture = Arc::new(CaptureTap::default());
+    let local = match underlay.local_addr() {
+        Ok(std::net::SocketAddr::V4(a)) => a,
+        _ => std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+    };
     let stack = stack::start(
         stack_opts,
         underlay,
+        capture.clone(),
         tables.clone(),
         conntrack.clone(),
         counters.clone(),
@@ -282,9 +310,16 @@ pub fn start(
         }
         let send_sock = udp.try_clone().context("duplicating the underlay socket")?;
         let switch = Switch::new(tables.clone(), conntrack.clone(), counters.clone());
-        let txq = UnderlayTx::new(send_sock, gso, counters.clone());
+        let txq = UnderlayTx::new(send_sock, gso, counters.clone(), capture.clone(), local);
         let stats = Arc::new(WorkerStats::default());
-        let rxq = UnderlayRx::new(udp, offload, counters.clone(), stats.clone());
+        let rxq = UnderlayRx::new(
+            udp,
+            offload,
+            counters.clone(),
+            stats.clone(),
+            capture.clone(),
+            local,
+        );
         let dp = Dataplane {
             poll,
             index,
@@ -306,11 +341,16 @@ pub fn start(
             flow_log: flow_log.clone(),
             flow_log_on: false,
             flow_events: Vec::new(),
+            capture: capture.clone(),
         };
         spawn_worker(dp, opts.nice)?;
         workers.push(WorkerHandle { tx, waker, stats });
     }
-    Ok(DataplaneHandle { workers, stack })
+    Ok(DataplaneHandle {
+        workers,
+        stack,
+        capture,
+    })
 }
 
 fn spawn_worker(mut dp: Dataplane, nice: i32) -> Result<()> {
@@ -357,6 +397,7 @@ struct Dataplane {
     /// Whether this worker's switch reports new flows now.
     flow_log_on: bool,
     flow_events: Vec<tapestry_switch::pipeline::events::FlowEvent>,
+    capture: Arc<CaptureTap>,
 }
 
 impl Dataplane {
@@ -497,6 +538,15 @@ impl Dataplane {
             };
             self.buf.set_len(n);
             self.stats.add_port_frame();
+            if self.capture.on() {
+                let d = self.buf.data();
+                let frame = if vnet {
+                    d.get(virtio_net::HEADER_LEN..).unwrap_or_default()
+                } else {
+                    d
+                };
+                self.capture.port(id, Dir::Out, frame);
+            }
             let now = Instant::now();
             if vnet {
                 let (v, hdr) = self.switch.from_port_vnet(id, &mut self.buf, now);
@@ -505,6 +555,9 @@ impl Dataplane {
                 match self.switch.from_port(id, &mut self.buf, now) {
                     Verdict::ToPort(to) => {
                         if let Some(p) = self.ports.get(&to) {
+                            if self.capture.on() {
+                                self.capture.port(to, Dir::In, self.buf.data());
+                            }
                             write_plain(p, self.buf.data(), &self.counters);
                         }
                     }
@@ -555,6 +608,11 @@ impl Dataplane {
                 let Some(p) = self.ports.get(&to) else {
                     return;
                 };
+                if self.capture.on() {
+                    let d = self.buf.data();
+                    let frame = d.get(virtio_net::HEADER_LEN..).unwrap_or_default();
+                    self.capture.port(to, Dir::In, frame);
+                }
                 let counters = &self.counters;
                 offload::to_port(self.buf.data_mut(), &hdr, p.vnet, &mut self.scratch, |b| {
                     if p.tap.write(b).is_err() {
