@@ -10,7 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use tapestry::demo::overlay::{serve_tcp, tcp_exchange, wait_tcp, Overlay};
+use tapestry::demo::overlay::{in_netns, serve_echo, serve_tcp, tcp_exchange, wait_tcp, Overlay};
 use tapestry::demo::testbed::is_root;
 
 fn bin() -> &'static Path {
@@ -99,6 +99,9 @@ fn tshark(file: &Path, extra: &[&str], fields: &[&str]) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// Bytes the bulk transfer sends (and the echo returns).
+const BULK: usize = 1 << 20;
+
 fn tag_of(ov: &Overlay, cell: usize, handle: &str) -> u16 {
     let st = ov.cell_status(cell).unwrap();
     let p = st["ports"]
@@ -137,7 +140,11 @@ fn e2e_capture_tshark() {
         .unwrap();
     let server_ns = ov.tb.ns_path("server");
     serve_tcp(&server_ns, 8080, "eighty").unwrap();
+    let echo = SocketAddrV4::new(server.container_ip, 7070);
+    serve_echo(&server_ns, echo).unwrap();
     ov.allow("app-client", "app-server", "tcp", 8080, 8080)
+        .unwrap();
+    ov.allow("app-client", "app-server", "tcp", 7070, 7070)
         .unwrap();
     let client_ns = ov.tb.ns_path("client");
     let dst = SocketAddrV4::new(server.container_ip, 8080);
@@ -182,6 +189,33 @@ fn e2e_capture_tshark() {
         let reply = tcp_exchange(&client_ns, dst, Duration::from_secs(10)).unwrap();
         assert_eq!(reply, "eighty hello\n");
     }
+    // A bulk transfer, which the offloads carry as super-frames and GSO/GRO batches.
+    let bulk = in_netns(&client_ns, move || {
+        use std::io::{Read, Write};
+        // The policy for 7070 went out with the one for 8080; retry until it is in force.
+        let start = Instant::now();
+        let mut conn = loop {
+            let r = std::net::TcpStream::connect_timeout(&echo.into(), Duration::from_millis(200));
+            match r {
+                Ok(c) => break c,
+                Err(e) if start.elapsed() > Duration::from_secs(30) => return Err(e.into()),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        conn.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let data: Vec<u8> = (0..BULK).map(|i| (i % 251) as u8).collect();
+        let mut w = conn.try_clone()?;
+        let writer = std::thread::spawn(move || {
+            w.write_all(&data)?;
+            w.shutdown(std::net::Shutdown::Write)
+        });
+        let mut back = Vec::new();
+        conn.read_to_end(&mut back)?;
+        writer.join().unwrap()?;
+        Ok(back.len())
+    })
+    .unwrap();
+    assert_eq!(bulk, BULK);
     let (_, port_n) = port_cap.finish(true);
     let (_, under_n) = under_cap.finish(true);
     let (_, none_n) = none_cap.finish(true);
@@ -221,6 +255,16 @@ fn e2e_capture_tshark() {
             .all(|r| r[3].starts_with("in: to the container")),
         "{rows:?}"
     );
+
+    // The bulk bytes are all there, whatever the frames' sizes.
+    let sum = |file: &Path, extra: &[&str], filter: &str| -> usize {
+        tshark(file, &[extra, &["-Y", filter]].concat(), &["tcp.len"])
+            .iter()
+            .map(|r| r[0].parse::<usize>().unwrap_or(0))
+            .sum()
+    };
+    let to_echo = format!("ip.src == {c} && tcp.dstport == 7070");
+    assert!(sum(&port_file, &[], &to_echo) >= BULK);
 
     // The underlay: VXLAN-GBP with the real addresses, the source app's tag as policy ID.
     let decode = format!("udp.port=={vtep_port},vxlan");
@@ -270,6 +314,14 @@ fn e2e_capture_tshark() {
         &["frame.number"],
     );
     assert!(bad.is_empty(), "bad outer checksums in frames {bad:?}");
+    // Batches were split: each datagram fits the underlay MTU, and the bytes are all there.
+    let lens = tshark(&under_file, &[], &["ip.len"]);
+    assert!(
+        lens.iter()
+            .all(|r| r[0].split(',').next().unwrap().parse::<u32>().unwrap() <= 1500),
+        "{lens:?}"
+    );
+    assert!(sum(&under_file, &["-d", &decode], &to_echo) >= BULK);
     // Every datagram is one VXLAN packet: as many inner TCP segments as frames.
     let segs = tshark(
         &under_file,
