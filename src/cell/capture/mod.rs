@@ -42,7 +42,7 @@ pub struct CaptureArgs {
     #[arg(short = 'w', long = "write", value_name = "FILE.pcapng")]
     write: Option<PathBuf>,
     /// Stop after N packets.
-    #[arg(short = 'c', long)]
+    #[arg(short = 'c', long, value_name = "N")]
     count: Option<u64>,
     /// Which packets (the inner IPv4 packet on the underlay): `[src|dst] host IP`,
     /// `[src|dst] port N`, `tcp`, `udp`, `icmp`, each optionally after `not`, joined by `and`.
