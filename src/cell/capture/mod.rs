@@ -324,3 +324,41 @@ impl Cell {
         json!({ "active": active, "dropped": dropped })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cell::tap::CaptureTap;
+
+    /// The cell's side: frames and stats records reach the client, and the capture ends in
+    /// the dataplane once the client hangs up.
+    #[test]
+    fn stream_carries_frames_and_ends_when_the_client_leaves() {
+        let tap = Arc::new(CaptureTap::default());
+        let reg = tap.add(Target::Underlay, Filter::default()).unwrap();
+        let (cell, client) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || stream(reg, cell));
+        let d = [0x88, 0, 0, 7, 0, 0, 1, 0, 1, 2, 3];
+        let (src, dst) = (
+            "10.0.0.1:4789".parse().unwrap(),
+            "10.0.0.2:4789".parse().unwrap(),
+        );
+        tap.underlay(Dir::Out, src, dst, &d);
+        let mut r = std::io::BufReader::new(client);
+        let f = loop {
+            match wire::read(&mut r).unwrap().unwrap() {
+                wire::Item::Frame(f) => break f,
+                wire::Item::Stats(n) => assert_eq!(n, 0),
+            }
+        };
+        assert_eq!(
+            (f.dir, f.src, f.dst, &f.data[..]),
+            (Dir::Out, src, dst, &d[..])
+        );
+        assert!(tap.on());
+        drop(r);
+        t.join().unwrap();
+        assert!(!tap.on());
+        assert_eq!(tap.stats(), (0, 0));
+    }
+}

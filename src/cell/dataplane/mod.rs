@@ -20,6 +20,7 @@ mod asg_log;
 pub mod capture;
 pub mod flow_log;
 pub mod net_in;
+mod port_io;
 mod ratelog;
 pub mod stack;
 mod underlay_rx;
@@ -36,14 +37,15 @@ use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use tapestry_switch::offload::{self, segment_vxlan, PortWrite, UnderlaySend};
+use tapestry_switch::offload::{self, segment_vxlan, UnderlaySend};
 use tapestry_switch::wire::virtio_net;
 use tapestry_switch::{
-    Conntrack, Counters, DropReason, FxHashMap, PacketBuf, PortId, Switch, Tables, Verdict,
+    Conntrack, Counters, DropReason, PacketBuf, PortId, Switch, Tables, Verdict,
 };
 use tapestry_sys::port::PortDev;
 
 use capture::{CaptureTap, Dir};
+pub(crate) use port_io::{write_plain, write_plain_tap, write_port, Port, Ports};
 use underlay_rx::UnderlayRx;
 use underlay_tx::UnderlayTx;
 
@@ -181,67 +183,6 @@ impl DataplaneHandle {
         let rules = rules.to_vec();
         self.stack
             .ask(|reply| stack::StackMsg::SetNetIn { rules, reply })?
-    }
-}
-
-/// A port as the dataplane sees it.
-pub(crate) struct Port {
-    tap: Arc<PortDev>,
-    /// Frames on this TAP carry the virtio-net header.
-    vnet: bool,
-    /// This worker polls the TAP (it is the worker's queue).
-    read: bool,
-}
-
-/// Port ids are offsets in the cell's subnet (not attacker-chosen): FxHash, no SipHash per packet.
-pub(crate) type Ports = FxHashMap<PortId, Port>;
-
-/// Writes a plain Ethernet frame to a port (behind an empty virtio-net header if it has one).
-pub(crate) fn write_plain(port: &Port, frame: &[u8], counters: &Counters) {
-    write_plain_tap(&port.tap, port.vnet, frame, counters)
-}
-
-/// Writes a plain Ethernet frame to a TAP (behind an empty virtio-net header if `vnet`).
-pub(crate) fn write_plain_tap(tap: &PortDev, vnet: bool, frame: &[u8], counters: &Counters) {
-    const EMPTY: [u8; virtio_net::HEADER_LEN] = [0; virtio_net::HEADER_LEN];
-    let r = if vnet {
-        tap.write2(&EMPTY, frame)
-    } else {
-        tap.write(frame)
-    };
-    // A full TAP queue drops the frame, as a NIC would; TCP recovers.
-    if r.is_err() {
-        counters.port_tx_error();
-    }
-}
-
-/// Performs one of the switch's writes to a port ([`offload::RxCoalescer`]); a port removed in
-/// the meantime is skipped.
-pub(crate) fn write_port(
-    ports: &Ports,
-    to: PortId,
-    w: PortWrite<'_>,
-    counters: &Counters,
-    capture: &CaptureTap,
-) {
-    let Some(port) = ports.get(&to) else {
-        return;
-    };
-    match w {
-        PortWrite::Plain(frame) => {
-            if capture.on() {
-                capture.port(to, Dir::In, frame);
-            }
-            write_plain(port, frame, counters)
-        }
-        PortWrite::Vnet(hdr, frame) => {
-            if capture.on() {
-                capture.port(to, Dir::In, frame);
-            }
-            if port.tap.write2(&hdr, frame).is_err() {
-                counters.port_tx_error();
-            }
-        }
     }
 }
 
