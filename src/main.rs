@@ -41,6 +41,9 @@ enum Command {
     /// Show what a running cell's pipeline does with one packet, stage by stage (a dry run:
     /// nothing is sent, connection tracking is not changed).
     Trace(cell::observe::TraceArgs),
+    /// Capture a container's frames or the underlay's VXLAN-GBP datagrams live, through the
+    /// running cell: a line per packet, or pcapng (-w) for Wireshark and tshark.
+    Capture(cell::capture::CaptureArgs),
 }
 
 fn main() {
@@ -75,6 +78,7 @@ fn main() {
         Command::Sandbox(a) => demo::sandbox::run(a),
         Command::Lab(a) => lab::run(a),
         Command::Trace(a) => cell::observe::run_trace(a),
+        Command::Capture(a) => cell::capture::run_capture(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

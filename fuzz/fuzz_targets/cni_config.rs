@@ -52,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
                 }
                 Request::Status => assert_eq!(inv.command, "STATUS"),
                 Request::Gc { .. } => assert_eq!(inv.command, "GC"),
-                Request::Trace { .. } | Request::FlowLog { .. } => {
+                Request::Trace { .. } | Request::FlowLog { .. } | Request::Capture { .. } => {
                     panic!("the CNI plugin never sends {:?}", p.request)
                 }
             }

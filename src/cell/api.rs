@@ -49,6 +49,17 @@ pub enum Request {
     Trace { expr: String },
     /// Switch the flow log on or off.
     FlowLog { on: bool },
+    /// `tapestry capture`: a live capture of a container's port (`port`, its handle) or of the
+    /// underlay. The answer is one response line, then binary records until either side ends
+    /// the connection (see `crate::cell::capture::wire`).
+    Capture {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<String>,
+        #[serde(default)]
+        underlay: bool,
+        #[serde(default)]
+        filter: String,
+    },
 }
 
 /// One CNI attachment: `CNI_CONTAINERID` and `CNI_IFNAME` (the spec's `containerID`, `ifname`).
@@ -300,6 +311,12 @@ impl std::error::Error for CodedError {}
 /// What serves requests (the running cell).
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: Request) -> Result<serde_json::Value>;
+
+    /// Starts a capture ([`Request::Capture`]): what to answer, and the capture's queue, which
+    /// the connection then streams until the client goes away.
+    fn open_capture(&self, _req: Request) -> Result<(serde_json::Value, super::tap::Registration)> {
+        Err(anyhow!("this server does not capture"))
+    }
 }
 
 /// Serves the socket until the process ends, to root and the cell's user only (mode 0600).
@@ -375,6 +392,28 @@ fn serve_conn(conn: UnixStream, handler: Arc<dyn Handler>) {
             continue;
         }
         let resp = match serde_json::from_str::<Request>(&line) {
+            Ok(req @ Request::Capture { .. }) => match handler.open_capture(req) {
+                Ok((v, reg)) => {
+                    let ok = Response {
+                        ok: true,
+                        error: None,
+                        code: None,
+                        result: Some(v),
+                    };
+                    let mut out = serde_json::to_vec(&ok).unwrap_or_default();
+                    out.push(b'\n');
+                    if writer.write_all(&out).is_ok() {
+                        super::capture::stream(reg, writer);
+                    }
+                    return;
+                }
+                Err(e) => Response {
+                    ok: false,
+                    error: Some(format!("{e:#}")),
+                    code: None,
+                    result: None,
+                },
+            },
             Ok(req) => match handler.handle(req) {
                 Ok(v) => Response {
                     ok: true,
@@ -474,6 +513,15 @@ pub fn pending_dels(socket: &Path) -> Vec<(PathBuf, Result<PendingDel>)> {
 
 /// Sends one request to the cell at `socket` and returns its result, or the cell's error.
 pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
+    call_keep(socket, req).map(|(v, _)| v)
+}
+
+/// As [`call`], and returns the connection too, positioned after the response line (for a
+/// streaming request), with no read timeout.
+pub fn call_keep(
+    socket: &Path,
+    req: &Request,
+) -> Result<(serde_json::Value, BufReader<UnixStream>)> {
     let mut conn = UnixStream::connect(socket).with_context(|| {
         format!(
             "connecting to the cell at {} (is `tapestry cell` running?)",
@@ -492,7 +540,8 @@ pub fn call(socket: &Path, req: &Request) -> Result<serde_json::Value> {
     let resp: Response = serde_json::from_str(&resp)
         .with_context(|| format!("malformed response from the cell: {resp:?}"))?;
     if resp.ok {
-        return Ok(resp.result.unwrap_or(serde_json::Value::Null));
+        reader.get_ref().set_read_timeout(None)?;
+        return Ok((resp.result.unwrap_or(serde_json::Value::Null), reader));
     }
     let msg = resp.error.unwrap_or_else(|| "unknown error".into());
     match resp.code {

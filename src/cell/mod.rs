@@ -5,8 +5,11 @@
 pub mod access;
 pub mod api;
 mod attach;
+pub mod capture;
 mod check;
 mod dataplane;
+/// The capture tap in the dataplane driver (`tapestry capture`).
+pub use dataplane::capture as tap;
 mod dns;
 mod egress;
 pub mod identity;
@@ -541,7 +544,14 @@ impl api::Handler for Cell {
             api::Request::Gc { network, valid } => self.gc(&network, &valid),
             api::Request::Trace { expr } => self.trace(&expr),
             api::Request::FlowLog { on } => Ok(self.set_flow_log(on)),
+            api::Request::Capture { .. } => {
+                bail!("a capture streams: it is answered by open_capture")
+            }
         }
+    }
+
+    fn open_capture(&self, req: api::Request) -> Result<(serde_json::Value, tap::Registration)> {
+        self.start_capture(req)
     }
 }
 

@@ -131,6 +131,7 @@ impl Cell {
             "asg_errors": snap.egress().errors().iter().map(|e| e.to_string()).collect::<Vec<_>>(),
             "conntrack_entries": self.conntrack.len(),
             "flow_log": self.flow_log.is_on(),
+            "capture": self.capture_status(),
             "ports": ports,
             "net_in_address": self.config.net_in_address.to_string(),
             "net_in": self.net_in_status(&inner),
@@ -194,6 +195,13 @@ pub fn print(state_dir: &Path, as_json: bool) -> Result<()> {
         }
     };
     println!("deny-networks: {}", list(&v["deny_networks"]));
+    if v["capture"].is_object() {
+        println!(
+            "captures: {} active, {} frames dropped (capture queue full)",
+            s(&v["capture"]["active"]),
+            s(&v["capture"]["dropped"])
+        );
+    }
     for e in v["asg_errors"].as_array().into_iter().flatten() {
         println!("ASG not applied: {}", s(e));
     }

@@ -17,8 +17,10 @@
 //! written to. Workers share the table snapshots, the connection tracker and the counters.
 
 mod asg_log;
+pub mod capture;
 pub mod flow_log;
 pub mod net_in;
+mod port_io;
 mod ratelog;
 pub mod stack;
 mod underlay_rx;
@@ -35,13 +37,15 @@ use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, Sender};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
-use tapestry_switch::offload::{self, segment_vxlan, PortWrite, UnderlaySend};
+use tapestry_switch::offload::{self, segment_vxlan, UnderlaySend};
 use tapestry_switch::wire::virtio_net;
 use tapestry_switch::{
-    Conntrack, Counters, DropReason, FxHashMap, PacketBuf, PortId, Switch, Tables, Verdict,
+    Conntrack, Counters, DropReason, PacketBuf, PortId, Switch, Tables, Verdict,
 };
 use tapestry_sys::port::PortDev;
 
+use capture::{CaptureTap, Dir};
+pub(crate) use port_io::{write_plain, write_plain_tap, write_port, Port, Ports};
 use underlay_rx::UnderlayRx;
 use underlay_tx::UnderlayTx;
 
@@ -108,9 +112,15 @@ impl WorkerHandle {
 pub struct DataplaneHandle {
     workers: Vec<WorkerHandle>,
     stack: stack::StackLink,
+    capture: Arc<CaptureTap>,
 }
 
 impl DataplaneHandle {
+    /// The capture tap every worker and the local stack copy frames to (`tapestry capture`).
+    pub fn capture(&self) -> &Arc<CaptureTap> {
+        &self.capture
+    }
+
     /// The number of worker threads (and TAP queues wanted per port).
     pub fn workers(&self) -> usize {
         self.workers.len()
@@ -176,53 +186,6 @@ impl DataplaneHandle {
     }
 }
 
-/// A port as the dataplane sees it.
-pub(crate) struct Port {
-    tap: Arc<PortDev>,
-    /// Frames on this TAP carry the virtio-net header.
-    vnet: bool,
-    /// This worker polls the TAP (it is the worker's queue).
-    read: bool,
-}
-
-/// Port ids are offsets in the cell's subnet (not attacker-chosen): FxHash, no SipHash per packet.
-pub(crate) type Ports = FxHashMap<PortId, Port>;
-
-/// Writes a plain Ethernet frame to a port (behind an empty virtio-net header if it has one).
-pub(crate) fn write_plain(port: &Port, frame: &[u8], counters: &Counters) {
-    write_plain_tap(&port.tap, port.vnet, frame, counters)
-}
-
-/// Writes a plain Ethernet frame to a TAP (behind an empty virtio-net header if `vnet`).
-pub(crate) fn write_plain_tap(tap: &PortDev, vnet: bool, frame: &[u8], counters: &Counters) {
-    const EMPTY: [u8; virtio_net::HEADER_LEN] = [0; virtio_net::HEADER_LEN];
-    let r = if vnet {
-        tap.write2(&EMPTY, frame)
-    } else {
-        tap.write(frame)
-    };
-    // A full TAP queue drops the frame, as a NIC would; TCP recovers.
-    if r.is_err() {
-        counters.port_tx_error();
-    }
-}
-
-/// Performs one of the switch's writes to a port ([`offload::RxCoalescer`]); a port removed in
-/// the meantime is skipped.
-pub(crate) fn write_port(ports: &Ports, to: PortId, w: PortWrite<'_>, counters: &Counters) {
-    let Some(port) = ports.get(&to) else {
-        return;
-    };
-    match w {
-        PortWrite::Plain(frame) => write_plain(port, frame, counters),
-        PortWrite::Vnet(hdr, frame) => {
-            if port.tap.write2(&hdr, frame).is_err() {
-                counters.port_tx_error();
-            }
-        }
-    }
-}
-
 /// How the dataplane runs.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
@@ -252,9 +215,15 @@ pub fn start(
         .context("no underlay socket")?
         .try_clone()
         .context("duplicating the underlay socket for the local stack")?;
+    let capture = Arc::new(CaptureTap::default());
+    let local = match underlay.local_addr() {
+        Ok(std::net::SocketAddr::V4(a)) => a,
+        _ => std::net::SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, 0),
+    };
     let stack = stack::start(
         stack_opts,
         underlay,
+        capture.clone(),
         tables.clone(),
         conntrack.clone(),
         counters.clone(),
@@ -282,9 +251,16 @@ pub fn start(
         }
         let send_sock = udp.try_clone().context("duplicating the underlay socket")?;
         let switch = Switch::new(tables.clone(), conntrack.clone(), counters.clone());
-        let txq = UnderlayTx::new(send_sock, gso, counters.clone());
+        let txq = UnderlayTx::new(send_sock, gso, counters.clone(), capture.clone(), local);
         let stats = Arc::new(WorkerStats::default());
-        let rxq = UnderlayRx::new(udp, offload, counters.clone(), stats.clone());
+        let rxq = UnderlayRx::new(
+            udp,
+            offload,
+            counters.clone(),
+            stats.clone(),
+            capture.clone(),
+            local,
+        );
         let dp = Dataplane {
             poll,
             index,
@@ -306,11 +282,16 @@ pub fn start(
             flow_log: flow_log.clone(),
             flow_log_on: false,
             flow_events: Vec::new(),
+            capture: capture.clone(),
         };
         spawn_worker(dp, opts.nice)?;
         workers.push(WorkerHandle { tx, waker, stats });
     }
-    Ok(DataplaneHandle { workers, stack })
+    Ok(DataplaneHandle {
+        workers,
+        stack,
+        capture,
+    })
 }
 
 fn spawn_worker(mut dp: Dataplane, nice: i32) -> Result<()> {
@@ -357,6 +338,7 @@ struct Dataplane {
     /// Whether this worker's switch reports new flows now.
     flow_log_on: bool,
     flow_events: Vec<tapestry_switch::pipeline::events::FlowEvent>,
+    capture: Arc<CaptureTap>,
 }
 
 impl Dataplane {
@@ -497,6 +479,15 @@ impl Dataplane {
             };
             self.buf.set_len(n);
             self.stats.add_port_frame();
+            if self.capture.on() {
+                let d = self.buf.data();
+                let frame = if vnet {
+                    d.get(virtio_net::HEADER_LEN..).unwrap_or_default()
+                } else {
+                    d
+                };
+                self.capture.port(id, Dir::Out, frame);
+            }
             let now = Instant::now();
             if vnet {
                 let (v, hdr) = self.switch.from_port_vnet(id, &mut self.buf, now);
@@ -505,6 +496,9 @@ impl Dataplane {
                 match self.switch.from_port(id, &mut self.buf, now) {
                     Verdict::ToPort(to) => {
                         if let Some(p) = self.ports.get(&to) {
+                            if self.capture.on() {
+                                self.capture.port(to, Dir::In, self.buf.data());
+                            }
                             write_plain(p, self.buf.data(), &self.counters);
                         }
                     }
@@ -555,6 +549,11 @@ impl Dataplane {
                 let Some(p) = self.ports.get(&to) else {
                     return;
                 };
+                if self.capture.on() {
+                    let d = self.buf.data();
+                    let frame = d.get(virtio_net::HEADER_LEN..).unwrap_or_default();
+                    self.capture.port(to, Dir::In, frame);
+                }
                 let counters = &self.counters;
                 offload::to_port(self.buf.data_mut(), &hdr, p.vnet, &mut self.scratch, |b| {
                     if p.tap.write(b).is_err() {

@@ -26,6 +26,7 @@ use tapestry_sys::hostsock;
 use tapestry_sys::port::PortDev;
 
 use super::asg_log::AsgLog;
+use super::capture::{CaptureTap, Dir};
 use super::net_in::{NetInProtocol, NetInRule};
 
 const WAKER: Token = Token(0);
@@ -143,6 +144,7 @@ pub struct StackOptions {
 pub(crate) fn start(
     opts: StackOptions,
     underlay: std::net::UdpSocket,
+    capture: Arc<CaptureTap>,
     tables: Arc<Tables>,
     conntrack: Arc<tapestry_switch::Conntrack>,
     counters: Arc<Counters>,
@@ -191,7 +193,12 @@ pub(crate) fn start(
         log,
         switch,
         pkt: tapestry_switch::PacketBuf::new(),
+        local: match underlay.local_addr() {
+            Ok(SocketAddr::V4(a)) => a,
+            _ => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+        },
         underlay,
+        capture,
         credentials: opts.credentials.clone(),
         tls_generation: u64::MAX,
         tls_tables_generation: u64::MAX,
@@ -359,6 +366,9 @@ struct Driver {
     switch: tapestry_switch::Switch,
     pkt: tapestry_switch::PacketBuf,
     underlay: std::net::UdpSocket,
+    /// The underlay socket's address.
+    local: SocketAddrV4,
+    capture: Arc<CaptureTap>,
     credentials: Arc<crate::cell::identity::CredentialRegistry>,
     tls_generation: u64,
     tls_tables_generation: u64,
@@ -717,13 +727,20 @@ impl Driver {
         self.pkt.read_space()[..frame.len()].copy_from_slice(frame);
         self.pkt.set_len(frame.len());
         match self.switch.from_port(port, &mut self.pkt, Instant::now()) {
-            tapestry_switch::Verdict::ToUnderlay(to)
-                if self.underlay.send_to(self.pkt.data(), to).is_err() =>
-            {
-                self.counters.port_tx_error();
+            tapestry_switch::Verdict::ToUnderlay(to) => {
+                if self.capture.on() {
+                    self.capture
+                        .underlay(Dir::Out, self.local, to, self.pkt.data());
+                }
+                if self.underlay.send_to(self.pkt.data(), to).is_err() {
+                    self.counters.port_tx_error();
+                }
             }
             tapestry_switch::Verdict::ToPort(to) => {
                 if let Some(q) = self.ports.get(&to) {
+                    if self.capture.on() {
+                        self.capture.port(to, Dir::In, self.pkt.data());
+                    }
                     super::write_plain_tap(&q.tap, q.vnet, self.pkt.data(), &self.counters);
                 }
             }
@@ -745,6 +762,10 @@ impl Driver {
                     &mut t.buf[..virtio_net::HEADER_LEN],
                 ));
                 let len = t.buf.len() - virtio_net::HEADER_LEN;
+                if self.capture.on() {
+                    self.capture
+                        .port(t.port, Dir::In, &t.buf[virtio_net::HEADER_LEN..]);
+                }
                 let counters = &self.counters;
                 let r = offload::to_port(&mut t.buf, &t.hdr, p.vnet, &mut self.scratch, |b| {
                     if p.tap.write(b).is_err() {

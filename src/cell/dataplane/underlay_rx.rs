@@ -16,6 +16,7 @@ use tapestry_switch::offload::RxCoalescer;
 use tapestry_switch::{Counters, DropReason, PacketBuf, Switch, Verdict};
 use tapestry_sys::udp::{self, RecvMeta, MAX_BATCH};
 
+use super::capture::{CaptureTap, Dir};
 use super::{write_port, Ports, WorkerStats};
 
 /// Size of each receive buffer: a whole GRO batch (at most 64 KiB of UDP payload).
@@ -43,6 +44,9 @@ pub struct UnderlayRx {
     counters: Arc<Counters>,
     stats: Arc<WorkerStats>,
     warned: bool,
+    capture: Arc<CaptureTap>,
+    /// This socket's address (a captured datagram's destination).
+    local: std::net::SocketAddrV4,
 }
 
 impl UnderlayRx {
@@ -51,6 +55,8 @@ impl UnderlayRx {
         coalesce: bool,
         counters: Arc<Counters>,
         stats: Arc<WorkerStats>,
+        capture: Arc<CaptureTap>,
+        local: std::net::SocketAddrV4,
     ) -> UnderlayRx {
         let slots = if coalesce { SLOTS } else { 0 };
         UnderlayRx {
@@ -61,6 +67,8 @@ impl UnderlayRx {
             counters,
             stats,
             warned: false,
+            capture,
+            local,
         }
     }
 
@@ -114,14 +122,18 @@ impl UnderlayRx {
                 let pkt = &mut self.bufs[i].0;
                 for off in (0..m.len).step_by(seg) {
                     pkt.select(off, seg.min(m.len - off));
+                    if self.capture.on() {
+                        self.capture
+                            .underlay(Dir::In, m.src, self.local, pkt.data());
+                    }
                     match sw.from_underlay(m.src, pkt, now) {
                         Verdict::ToPort(p) => {
                             let Some(port) = ports.get(&p) else {
                                 continue;
                             };
-                            let counters = &self.counters;
+                            let (counters, capture) = (&self.counters, &self.capture);
                             self.rx.push(p, port.vnet, pkt.data(), |to, w| {
-                                write_port(ports, to, w, counters)
+                                write_port(ports, to, w, counters, capture)
                             });
                         }
                         // TLS on 61443, admitted by policy: the local stack terminates it.
@@ -134,8 +146,9 @@ impl UnderlayRx {
                     }
                 }
             }
-            let counters = &self.counters;
-            self.rx.flush(|to, w| write_port(ports, to, w, counters));
+            let (counters, capture) = (&self.counters, &self.capture);
+            self.rx
+                .flush(|to, w| write_port(ports, to, w, counters, capture));
             if got < RX_BATCH {
                 return false;
             }

@@ -13,6 +13,8 @@ use tapestry_switch::wire::virtio_net;
 use tapestry_switch::Counters;
 use tapestry_sys::udp::{self, Transmit, MAX_BATCH, MAX_GSO_SEGMENTS};
 
+use super::capture::{CaptureTap, Dir};
+
 /// Bytes of datagrams held before the queue is flushed.
 const ARENA: usize = 1 << 20;
 /// Largest UDP payload one GSO message may carry (IPv4 total length 65535 - 20 - 8).
@@ -51,10 +53,19 @@ pub struct UnderlayTx {
     n: usize,
     counters: Arc<Counters>,
     warned: bool,
+    capture: Arc<CaptureTap>,
+    /// The socket's address (a captured datagram's source).
+    local: SocketAddrV4,
 }
 
 impl UnderlayTx {
-    pub fn new(sock: UdpSocket, gso: bool, counters: Arc<Counters>) -> UnderlayTx {
+    pub fn new(
+        sock: UdpSocket,
+        gso: bool,
+        counters: Arc<Counters>,
+        capture: Arc<CaptureTap>,
+        local: SocketAddrV4,
+    ) -> UnderlayTx {
         UnderlayTx {
             sock,
             gso,
@@ -64,12 +75,17 @@ impl UnderlayTx {
             n: 0,
             counters,
             warned: false,
+            capture,
+            local,
         }
     }
 
     /// Queues one datagram (a VXLAN payload) for `dst`; flushes first if the queue is full.
     pub fn push(&mut self, dst: SocketAddrV4, data: &[u8]) {
         let len = data.len();
+        if self.capture.on() {
+            self.capture.underlay(Dir::Out, self.local, dst, data);
+        }
         if len == 0 || len > ARENA {
             self.counters.underlay_tx_errors(1);
             return;
@@ -136,6 +152,11 @@ impl UnderlayTx {
         let start = self.used;
         let segs = segment_vxlan_into(payload, hdr, &mut self.arena[start..start + need])?;
         self.used += segs.total;
+        if self.capture.on() {
+            for d in self.arena[start..start + segs.total].chunks(segs.seg_len.max(1)) {
+                self.capture.underlay(Dir::Out, self.local, dst, d);
+            }
+        }
         let per_msg = if self.gso {
             (MAX_GSO_PAYLOAD / segs.seg_len.max(1)).clamp(1, MAX_GSO_SEGMENTS)
         } else {
@@ -325,7 +346,7 @@ mod tests {
             let (tx, rx, dst) = pair();
             let gso = gso && udp::gso_supported(&tx);
             let counters = Arc::new(Counters::new());
-            let mut q = UnderlayTx::new(tx, gso, counters.clone());
+            let mut q = UnderlayTx::new(tx, gso, counters.clone(), Default::default(), dst);
             let mut want = vec![];
             // A run of equal datagrams, a shorter one that ends the group, then odd sizes.
             for i in 0..150u32 {
@@ -349,7 +370,7 @@ mod tests {
         use tapestry_switch::wire::{ethernet, ipv4, tcp};
         let (tx, rx, dst) = pair();
         let gso = udp::gso_supported(&tx);
-        let mut q = UnderlayTx::new(tx, gso, Arc::new(Counters::new()));
+        let mut q = UnderlayTx::new(tx, gso, Arc::new(Counters::new()), Default::default(), dst);
         // VXLAN header + Ethernet/IPv4/TCP super-frame with 20000 bytes of payload.
         let payload: Vec<u8> = (0..20000u32).map(|i| (i % 251) as u8).collect();
         let mut f = vec![0x88, 0, 0, 7, 0, 0, 1, 0];
