@@ -268,15 +268,22 @@ async fn handle(router: axum::Router, body_timeout: Duration, req: Request<Incom
     let (parts, body) = req.into_parts();
     let body =
         match tokio::time::timeout(body_timeout, Limited::new(body, MAX_BODY).collect()).await {
-            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Ok(b)) => Body::from(b.to_bytes()),
             Ok(Err(e)) if e.is::<LengthLimitError>() => {
-                return close(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!(
-                        "request body too large: the limit is {} MB",
-                        MAX_BODY / (1024 * 1024)
-                    ),
-                ))
+                // The router answers an oversized body as each API does (CF's policy server:
+                // authentication first, then "failed reading request body"): hand it a body
+                // that is over its limit, made of one static chunk (nothing more is read from
+                // the client), and close the connection after the answer.
+                let mut r = match router
+                    .oneshot(Request::from_parts(parts, oversized_body()))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => match e {},
+                };
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return r;
             }
             Ok(Err(e)) => {
                 return close(ApiError::bad_request(format!(
@@ -293,13 +300,21 @@ async fn handle(router: axum::Router, body_timeout: Duration, req: Request<Incom
                 ))
             }
         };
-    match router
-        .oneshot(Request::from_parts(parts, Body::from(body)))
-        .await
-    {
+    match router.oneshot(Request::from_parts(parts, body)).await {
         Ok(r) => r,
         Err(e) => match e {},
     }
+}
+
+/// A body one chunk over [`MAX_BODY`], from static memory: what the router's own limit sees
+/// when the client's body was over it.
+fn oversized_body() -> Body {
+    static CHUNK: [u8; 64 * 1024] = [b' '; 64 * 1024];
+    let chunks = MAX_BODY / CHUNK.len() + 1;
+    let stream = futures::stream::iter(
+        (0..chunks).map(|_| Ok::<_, Infallible>(bytes::Bytes::from_static(&CHUNK))),
+    );
+    Body::from_stream(stream)
 }
 
 /// An error answer that also closes the connection (the rest of its body is not read).
