@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde_json::{json, Value};
-use tapestry::demo::overlay::{in_netns, serve_echo, Overlay};
+use tapestry::demo::overlay::{in_netns, serve_echo, serve_udp_echo, Overlay};
 use tapestry::demo::testbed::{is_root, underlay_ip};
 
 const EXT: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 200);
@@ -33,23 +33,6 @@ fn serve_peer(ns: &Path, port: u16) {
             let Ok(mut c) = c else { continue };
             let peer = c.peer_addr().map(|a| a.to_string()).unwrap_or_default();
             let _ = c.write_all(peer.as_bytes());
-        }
-    });
-}
-
-/// A UDP echo in `ns`.
-fn serve_udp_echo(ns: &Path, port: u16) {
-    let s = in_netns(ns, move || {
-        Ok(UdpSocket::bind(SocketAddrV4::new(
-            Ipv4Addr::UNSPECIFIED,
-            port,
-        ))?)
-    })
-    .unwrap();
-    std::thread::spawn(move || {
-        let mut b = [0u8; 2048];
-        while let Ok((n, from)) = s.recv_from(&mut b) {
-            let _ = s.send_to(&b[..n], from);
         }
     });
 }
@@ -186,7 +169,7 @@ fn e2e_egress_under_asgs() {
     serve_peer(&ext, 8000);
     serve_peer(&ext, 8001);
     serve_peer(&ext, 9005);
-    serve_udp_echo(&ext, 7000);
+    serve_udp_echo(&ext, 7000).unwrap();
     let a = ov.add_container(0, "a", "app-a", "space-1").unwrap();
     let b = ov.add_container(0, "b", "app-b", "space-2").unwrap();
     let a_ns = ov.tb.ns_path("a");
@@ -404,7 +387,7 @@ fn e2e_net_in() {
     let web_ns = ov.tb.ns_path("web");
     serve_peer(&web_ns, 8080);
     serve_peer(&web_ns, 8081);
-    serve_udp_echo(&web_ns, 5353);
+    serve_udp_echo(&web_ns, 5353).unwrap();
     let cell = underlay_ip(1);
     // From the external namespace: the app sees the client's real address (CF's DNAT).
     let peer = tcp_read(&ext, SocketAddrV4::new(cell, 61001)).unwrap();

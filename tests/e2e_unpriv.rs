@@ -14,7 +14,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
-use tapestry::demo::overlay::{in_netns, serve_tcp, tcp_exchange, wait_tcp, Overlay};
+use tapestry::demo::overlay::{
+    in_netns, serve_tcp, serve_udp_echo, tcp_exchange, wait_tcp, Overlay,
+};
 use tapestry::demo::testbed::{is_root, underlay_ip};
 
 /// The tapestry binary: TAPESTRY_BIN when the suite runs as nobody from a copy.
@@ -52,34 +54,18 @@ impl Drop for Staged {
     }
 }
 
-/// Runs `cmd` through `su -s /bin/sh nobody -c`, from /tmp, with a bounded time.
+/// Runs `cmd` through `su -s /bin/sh nobody -c`, from /tmp, bounded by `timeout`; returns
+/// whether it succeeded and its stdout followed by its stderr.
 fn as_nobody(cmd: &str, limit: Duration) -> (bool, String) {
-    let mut child = Command::new("timeout")
+    let out = Command::new("timeout")
         .arg(limit.as_secs().to_string())
         .args(["su", "-s", "/bin/sh", "nobody", "-c", cmd])
         .current_dir("/tmp")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+        .output()
         .expect("running su (util-linux)");
-    let out = std::mem::take(&mut child.stdout);
-    let err = std::mem::take(&mut child.stderr);
-    let t = std::thread::spawn(move || {
-        let mut s = String::new();
-        use std::io::Read;
-        if let Some(mut e) = err {
-            let _ = e.read_to_string(&mut s);
-        }
-        s
-    });
-    let mut text = String::new();
-    if let Some(mut o) = out {
-        use std::io::Read;
-        let _ = o.read_to_string(&mut text);
-    }
-    let status = child.wait().unwrap();
-    text.push_str(&t.join().unwrap());
-    (status.success(), text)
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
 }
 
 #[test]
@@ -121,22 +107,6 @@ fn overlay_suite_runs_as_nobody_in_a_sandbox() {
     assert!(out.contains("1 passed"), "the scenario did not run:\n{out}");
 }
 
-fn udp_echo_server(ns: &Path, port: u16) {
-    let s = in_netns(ns, move || {
-        Ok(UdpSocket::bind(SocketAddrV4::new(
-            Ipv4Addr::UNSPECIFIED,
-            port,
-        ))?)
-    })
-    .unwrap();
-    std::thread::spawn(move || {
-        let mut b = [0u8; 2048];
-        while let Ok((n, from)) = s.recv_from(&mut b) {
-            let _ = s.send_to(&b[..n], from);
-        }
-    });
-}
-
 fn udp_ask(ns: &Path, dst: SocketAddrV4) -> Option<String> {
     in_netns(ns, move || {
         let s = UdpSocket::bind("0.0.0.0:0")?;
@@ -175,7 +145,7 @@ fn unpriv_overlay_scenarios() {
     assert_eq!(status["port_kind"], "packet", "{status}");
     serve_tcp(&nb, 8080, "hello from B").unwrap();
     serve_tcp(&nc, 8080, "hello from C").unwrap();
-    udp_echo_server(&nb, 9000);
+    serve_udp_echo(&nb, 9000).unwrap();
     let b_tcp = SocketAddrV4::new(b.container_ip, 8080);
     let c_tcp = SocketAddrV4::new(c.container_ip, 8080);
     assert!(

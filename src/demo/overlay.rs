@@ -378,6 +378,23 @@ pub fn serve_tcp(ns: &Path, port: u16, greeting: &str) -> Result<()> {
     Ok(())
 }
 
+/// A UDP echo inside namespace `ns` on `port` (every address). Runs until the process ends.
+pub fn serve_udp_echo(ns: &Path, port: u16) -> Result<()> {
+    let s = in_netns(ns, move || {
+        Ok(std::net::UdpSocket::bind(SocketAddrV4::new(
+            Ipv4Addr::UNSPECIFIED,
+            port,
+        ))?)
+    })?;
+    std::thread::spawn(move || {
+        let mut b = [0u8; 2048];
+        while let Ok((n, from)) = s.recv_from(&mut b) {
+            let _ = s.send_to(&b[..n], from);
+        }
+    });
+    Ok(())
+}
+
 /// A TCP echo server inside namespace `ns` on `at`. Runs until the process ends.
 pub fn serve_echo(ns: &Path, at: SocketAddrV4) -> Result<()> {
     let listener = in_netns(ns, move || Ok(TcpListener::bind(at)?))?;
