@@ -56,6 +56,27 @@ pub struct ControlArgs {
     /// The issuer (`iss`) UAA tokens must carry, e.g. https://uaa.example.com/oauth/token.
     #[arg(long)]
     uaa_issuer: Option<String>,
+    /// Ask Cloud Controller (its v3 apps and v2 spaces API, as CF's policy server) which apps
+    /// exist and in which spaces, and the spaces where a UAA token's user is a developer: for
+    /// network.write access checks, network.write lists and policy cleanup.
+    #[arg(long, value_name = "URL", requires = "uaa_client_secret_file")]
+    cloud_controller: Option<String>,
+    /// UAA's URL for the client-credentials token used with Cloud Controller
+    /// (POST URL/oauth/token); default: --uaa-issuer without /oauth/token.
+    #[arg(long, value_name = "URL", requires = "cloud_controller")]
+    uaa_url: Option<String>,
+    /// The UAA client whose token asks Cloud Controller (CF's network-policy client).
+    #[arg(long, default_value = "network-policy", requires = "cloud_controller")]
+    uaa_client: String,
+    /// A file holding that client's secret.
+    #[arg(long, value_name = "FILE", requires = "cloud_controller")]
+    uaa_client_secret_file: Option<PathBuf>,
+    /// A PEM CA certificate trusted for an https Cloud Controller or UAA (repeat for several).
+    #[arg(long, value_name = "FILE", requires = "cloud_controller")]
+    cloud_controller_ca_cert: Vec<PathBuf>,
+    /// Most app GUIDs in one Cloud Controller /v3/apps request (CF's cc_app_request_chunk_size).
+    #[arg(long, default_value_t = tapestry_policy::cc::DEFAULT_CHUNK_SIZE, requires = "cloud_controller")]
+    cc_app_request_chunk_size: usize,
     /// An origin the external API allows for CORS (repeat or comma-separate; `*`: any).
     #[arg(long = "allowed-cors-domain", value_delimiter = ',')]
     allowed_cors_domains: Vec<String>,
@@ -213,6 +234,40 @@ pub fn run(args: ControlArgs) -> Result<()> {
         (None, Some(f)) => Some(tapestry_policy::uaa::KeySource::File(f)),
         (None, None) => None,
     };
+    if let Some(url) = args.cloud_controller {
+        let uaa_url = match (args.uaa_url, &args.uaa_issuer) {
+            (Some(u), _) => u,
+            (None, Some(iss)) => iss
+                .trim_end_matches('/')
+                .trim_end_matches("/oauth/token")
+                .to_string(),
+            (None, None) => bail!(
+                "--cloud-controller needs --uaa-url (or --uaa-issuer): UAA issues the \
+                 client-credentials token that Cloud Controller requires"
+            ),
+        };
+        let secret_file = args
+            .uaa_client_secret_file
+            .context("--cloud-controller needs --uaa-client-secret-file")?;
+        let secret = std::fs::read_to_string(&secret_file)
+            .with_context(|| format!("--uaa-client-secret-file {}", secret_file.display()))?
+            .trim_end_matches(['\r', '\n'])
+            .to_string();
+        if secret.is_empty() {
+            bail!(
+                "--uaa-client-secret-file {}: the file is empty",
+                secret_file.display()
+            );
+        }
+        config.cf.cc = Some(tapestry_policy::cc::CcConfig {
+            url,
+            uaa_url,
+            client_id: args.uaa_client,
+            client_secret: secret,
+            ca_certs: args.cloud_controller_ca_cert,
+            chunk_size: args.cc_app_request_chunk_size,
+        });
+    }
     config.cf.uaa = match (keys, args.uaa_issuer) {
         (Some(keys), Some(issuer)) => Some(tapestry_policy::uaa::UaaConfig { keys, issuer }),
         (None, Some(_)) => bail!("--uaa-issuer needs --uaa-jwks-url or --uaa-key-file"),

@@ -17,6 +17,8 @@ pub struct CfConfig {
     pub silk_listen: Option<std::net::SocketAddr>,
     /// Accept UAA-issued JWTs (`--uaa-jwks-url` or `--uaa-key-file`, with `--uaa-issuer`).
     pub uaa: Option<crate::uaa::UaaConfig>,
+    /// Ask Cloud Controller for apps and spaces (`--cloud-controller`), as CF's policy server.
+    pub cc: Option<crate::cc::CcConfig>,
 }
 
 impl Default for CfConfig {
@@ -27,6 +29,7 @@ impl Default for CfConfig {
             cleanup_interval: Duration::from_secs(3600),
             silk_listen: None,
             uaa: None,
+            cc: None,
         }
     }
 }
@@ -55,6 +58,7 @@ pub fn token_name() -> String {
 /// Runs the cleanup of deleted apps' policies every `every` until `shutdown` turns true.
 pub fn spawn_cleanup(
     store: crate::store::Store,
+    cc: Option<std::sync::Arc<crate::cc::CloudController>>,
     every: Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -67,7 +71,7 @@ pub fn spawn_cleanup(
                 _ = tick.tick() => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
-            match crate::api::apps::run_cleanup(&store).await {
+            match crate::api::apps::run_cleanup(&store, cc.as_deref()).await {
                 Ok(p) if !p.is_empty() => {
                     tracing::info!("cleanup removed {} policies of deleted apps", p.len())
                 }
@@ -117,4 +121,14 @@ pub(crate) async fn uaa(cf: &CfConfig) -> Result<Option<crate::uaa::Uaa>, Contro
         Some(c) => Ok(Some(crate::uaa::Uaa::new(c.clone()).await?)),
         None => Ok(None),
     }
+}
+
+/// The Cloud Controller client, when `--cloud-controller` is given.
+pub(crate) fn cloud_controller(
+    cf: &CfConfig,
+) -> Result<Option<std::sync::Arc<crate::cc::CloudController>>, ControlError> {
+    cf.cc
+        .clone()
+        .map(|c| crate::cc::CloudController::new(c).map(std::sync::Arc::new))
+        .transpose()
 }

@@ -4,6 +4,7 @@
 //! Run one in-process with [`start`]; cells talk to it with [`client::InternalClient`] and keep
 //! a local replica in [`feed::View`].
 pub mod api;
+pub mod cc;
 pub mod certs;
 pub mod cf;
 pub mod client;

@@ -276,6 +276,9 @@ pub struct Principal {
     pub name: String,
     pub scope: String,
     pub spaces: Vec<String>,
+    /// The UAA user (`sub`) of a UAA token, whose spaces Cloud Controller knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
 }
 
 impl Principal {

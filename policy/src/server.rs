@@ -165,6 +165,7 @@ async fn ensure_admin_token(dir: &Path, store: &Store) -> Result<String, Control
         name: "admin".into(),
         scope: crate::SCOPE_ADMIN.into(),
         spaces: vec![],
+        subject: None,
     };
     let h = token_hash(&token);
     store
@@ -264,6 +265,7 @@ pub async fn create_token(
         name: crate::cf::token_name(),
         scope: scope.into(),
         spaces,
+        subject: None,
     };
     let h = token_hash(&token);
     store
@@ -349,10 +351,15 @@ pub async fn start(config: ControlConfig) -> Result<RunningControl, ControlError
     let state = AppState::new(store.clone(), rx.clone())
         .with_identity(identity)
         .with_cors_domains(config.cf.cors_domains.clone())
-        .with_uaa(crate::cf::uaa(&config.cf).await?);
+        .with_uaa(crate::cf::uaa(&config.cf).await?)
+        .with_cloud_controller(crate::cf::cloud_controller(&config.cf)?);
     let index_task = state.lists.spawn_updater(store.clone(), rx.clone());
-    let cleanup_task =
-        crate::cf::spawn_cleanup(store.clone(), config.cf.cleanup_interval, rx.clone());
+    let cleanup_task = crate::cf::spawn_cleanup(
+        store.clone(),
+        state.cc.clone(),
+        config.cf.cleanup_interval,
+        rx.clone(),
+    );
     let (silk_addr, silk_task) =
         crate::cf::serve_silk(&config.cf, &tls, &state, &config.internal_limits, &rx).await?;
     let ext_task = tokio::spawn(crate::listen::serve(
@@ -485,6 +492,7 @@ mod health_tests {
             name: "t".into(),
             scope: crate::SCOPE_ADMIN.into(),
             spaces: vec![],
+            subject: None,
         };
         let e = store
             .call(Mode::Write, move |tx| ops::insert_token(tx, "h", &p))

@@ -114,7 +114,7 @@ impl Uaa {
     }
 
     /// The principal of a valid token: admin with `network.admin`, writer with `network.write`
-    /// (no spaces: those come from Cloud Controller), else the scopes as given.
+    /// (no spaces: those come from Cloud Controller, by `sub`), else the scopes as given.
     pub async fn verify(&self, token: &str) -> Result<Principal, UaaError> {
         let header = jsonwebtoken::decode_header(token)?;
         let mut validation = Validation::new(Algorithm::RS256);
@@ -158,8 +158,9 @@ fn principal(c: Claims) -> Principal {
         c.scope.join(" ")
     };
     Principal {
-        name: c.user_name.or(c.sub).unwrap_or_default(),
+        name: c.user_name.or(c.sub.clone()).unwrap_or_default(),
         scope,
         spaces: Vec::new(),
+        subject: c.sub,
     }
 }

@@ -1,4 +1,6 @@
 //! App deletion and the cleanup of stale policies (CF's `POST .../policies/cleanup`).
+use std::collections::HashSet;
+
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::routing::{delete, post};
@@ -27,10 +29,38 @@ fn removed(policies: Vec<Policy>) -> Json<Value> {
     Json(json!({ "total_policies": policies.len(), "policies": policies }))
 }
 
-/// Removes the policies of deleted apps (and frees their tags); returns them.
-pub async fn run_cleanup(s: &crate::store::Store) -> Result<Vec<Policy>, crate::StoreError> {
-    s.call(Mode::Write, |tx| ops::stale_policies(tx, None))
-        .await
+/// Why a cleanup failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CleanupError {
+    #[error(transparent)]
+    Store(#[from] crate::StoreError),
+    #[error("get app guids from Cloud-Controller failed: {0}")]
+    CloudController(#[from] crate::cc::CcError),
+}
+
+/// Removes the policies of deleted apps (and frees their tags); returns them. With Cloud
+/// Controller, also those of apps it no longer knows (CF's policy cleaner: the policies' apps
+/// asked in chunks of `--cc-app-request-chunk-size`).
+pub async fn run_cleanup(
+    s: &crate::store::Store,
+    cc: Option<&crate::cc::CloudController>,
+) -> Result<Vec<Policy>, CleanupError> {
+    let gone = match cc {
+        None => None,
+        Some(cc) => {
+            let apps: Vec<String> = s.call(Mode::Read, ops::policy_apps).await?;
+            let live = cc.live_apps(&apps).await?;
+            Some(
+                apps.into_iter()
+                    .filter(|a| !live.contains(a))
+                    .collect::<HashSet<String>>(),
+            )
+        }
+    };
+    Ok(s.call(Mode::Write, move |tx| {
+        ops::stale_policies(tx, gone.as_ref())
+    })
+    .await?)
 }
 
 async fn cleanup(
@@ -40,7 +70,7 @@ async fn cleanup(
 ) -> ApiResult<Json<Value>> {
     super::external::version(&v)?;
     require_admin(&authenticate(&s, &headers).await?)?;
-    let policies = run_cleanup(&s.store).await.map_err(|e| {
+    let policies = run_cleanup(&s.store, s.cc.as_deref()).await.map_err(|e| {
         tracing::error!("cleanup: {e}");
         super::ApiError::new(
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,6 +1,6 @@
 //! The external API, compatible with Cloud Foundry's policy server, plus ASGs, internal routes
 //! and leases.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use axum::body::Bytes;
@@ -90,9 +90,10 @@ async fn root(State(s): State<AppState>) -> String {
     format!("Network policy server, up for {:?}\n", s.started.elapsed())
 }
 
+/// As CF's: 200 with an empty body; 500 `check database failed` when the database cannot be
+/// read. Tapestry adds 503 while writes fail (a full disk, a read-only database): the last write
+/// failed and a write that changes nothing fails too.
 async fn health(State(s): State<AppState>) -> Response {
-    // Unhealthy while writes fail (a full disk, a read-only database): the last write failed and
-    // a write that changes nothing fails too.
     if let Some(e) = s.store.write_error() {
         if let Err(probe) = s.store.probe_write().await {
             return ApiError::new(
@@ -103,37 +104,13 @@ async fn health(State(s): State<AppState>) -> Response {
         }
     }
     match s.store.call(Mode::Read, ops::current_version).await {
-        Ok(v) => Json(json!({"healthy": true, "database": s.store.backend_name(), "version": v}))
-            .into_response(),
-        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
-    }
-}
-
-/// Apps a network.write principal may use (None: all).
-async fn allowed_apps(s: &AppState, p: &Principal) -> ApiResult<Option<HashSet<String>>> {
-    if p.is_admin() {
-        return Ok(None);
-    }
-    let spaces = p.spaces.clone();
-    Ok(Some(
-        s.store
-            .call(Mode::Read, move |tx| ops::apps_in_spaces(tx, &spaces))
-            .await?,
-    ))
-}
-
-fn check_apps<'a>(
-    allowed: &Option<HashSet<String>>,
-    apps: impl IntoIterator<Item = &'a str>,
-) -> ApiResult<()> {
-    if let Some(allowed) = allowed {
-        if apps.into_iter().any(|a| !allowed.contains(a)) {
-            return Err(ApiError::forbidden(
-                "one or more applications cannot be found or accessed",
-            ));
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(e) => {
+            tracing::error!("health: check database failed: {e}");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "check database failed")
+                .into_response()
         }
     }
-    Ok(())
 }
 
 fn ids(q: &HashMap<String, String>, key: &str) -> Option<Vec<String>> {
@@ -169,9 +146,9 @@ async fn list_policies(
             dest_id: ids(&q, "dest_id"),
         },
     };
-    let spaces = (!p.is_admin()).then(|| p.spaces.clone());
+    let access = super::access::list_access(&s, &p, &filter).await?;
     Ok(s.lists
-        .list(&s.store, filter, spaces, v0)
+        .list(&s.store, filter, access, v0)
         .await?
         .into_response())
 }
@@ -190,13 +167,11 @@ async fn policies_input(
     require_write(&p)?;
     let b = b.map_err(|_| ApiError::bad_request(read_error))?;
     let policies = validate::parse_policies(&b, v0).map_err(ApiError::bad_request)?;
-    let allowed = allowed_apps(s, &p).await?;
-    check_apps(
-        &allowed,
-        policies
-            .iter()
-            .flat_map(|p| [p.source.id.as_str(), p.destination.id.as_str()]),
-    )?;
+    let apps = policies
+        .iter()
+        .flat_map(|p| [p.source.id.clone(), p.destination.id.clone()])
+        .collect();
+    super::access::check_apps(s, &p, apps).await?;
     Ok((p, policies))
 }
 
@@ -380,7 +355,8 @@ async fn list_routes(
     let p = authenticate(&s, &headers).await?;
     require_write(&p)?;
     let mut routes = s.store.call(Mode::Read, ops::list_routes).await?;
-    if let Some(allowed) = allowed_apps(&s, &p).await? {
+    let apps = routes.iter().map(|r| r.app_id.clone());
+    if let Some(allowed) = super::access::visible(&s, &p, apps, "filter routes failed").await? {
         routes.retain(|r| allowed.contains(&r.app_id));
     }
     Ok(Json(json!({ "routes": routes })))
@@ -396,7 +372,7 @@ async fn route_input(
     let p = authenticate(s, headers).await?;
     require_write(&p)?;
     let r = parse_route(&body(b)?)?;
-    check_apps(&allowed_apps(s, &p).await?, [r.app_id.as_str()])?;
+    super::access::check_apps(s, &p, vec![r.app_id.clone()]).await?;
     Ok(r)
 }
 
@@ -409,12 +385,16 @@ async fn add_route(
     let r = route_input(&s, &v, &headers, b).await?;
     // A host is owned by the spaces of the apps mapped to it: a network.write token may map a
     // host no app has, or whose apps are all in its spaces.
-    if let Some(allowed) = allowed_apps(&s, &authenticate(&s, &headers).await?).await? {
-        let routes = s.store.call(Mode::Read, ops::list_routes).await?;
-        if routes
-            .iter()
-            .any(|x| x.host == r.host && !allowed.contains(&x.app_id))
-        {
+    let p = authenticate(&s, &headers).await?;
+    let routes = s.store.call(Mode::Read, ops::list_routes).await?;
+    let owners: Vec<String> = routes
+        .into_iter()
+        .filter(|x| x.host == r.host)
+        .map(|x| x.app_id)
+        .collect();
+    let allowed = super::access::visible(&s, &p, owners.clone(), "check access failed").await?;
+    if let Some(allowed) = allowed {
+        if owners.iter().any(|o| !allowed.contains(o)) {
             return Err(ApiError::forbidden(format!(
                 "route host {} is mapped to apps of another space",
                 r.host

@@ -1,4 +1,5 @@
 //! HTTP APIs: the external CF-compatible API and the internal (mutual TLS) API for cells.
+pub mod access;
 pub mod apps;
 pub mod cf_headers;
 pub mod cf_internal;
@@ -48,6 +49,8 @@ pub struct AppState {
     /// The internal API accepts the shared cell certificate (no IP SAN), acting for any cell
     /// (`--allow-shared-cell-cert`, for upgrades).
     pub allow_shared_cell_cert: bool,
+    /// Apps and spaces come from Cloud Controller, when `--cloud-controller` is given.
+    pub cc: Option<Arc<crate::cc::CloudController>>,
 }
 
 impl AppState {
@@ -63,12 +66,22 @@ impl AppState {
             cors_domains: Default::default(),
             uaa: None,
             allow_shared_cell_cert: false,
+            cc: None,
         }
     }
 
     /// Accepts UAA-issued JWTs too.
     pub fn with_uaa(mut self, uaa: Option<crate::uaa::Uaa>) -> AppState {
         self.uaa = uaa;
+        self
+    }
+
+    /// Asks Cloud Controller for apps and spaces.
+    pub fn with_cloud_controller(
+        mut self,
+        cc: Option<Arc<crate::cc::CloudController>>,
+    ) -> AppState {
+        self.cc = cc;
         self
     }
 

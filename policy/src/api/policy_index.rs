@@ -26,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use super::access::ListAccess;
 use crate::error::StoreError;
 use crate::model::{Op, Policy, PolicyKey};
 use crate::store::{ops, Mode, PolicyDelta, PolicyFilter, Store, Tx};
@@ -340,6 +341,31 @@ impl PolicyIndex {
         self.unfiltered(false).map(drop)
     }
 
+    /// The source and destination apps of the policies matching `f`.
+    pub fn matching_apps(&self, f: &PolicyFilter) -> HashSet<String> {
+        let m = Matcher {
+            id: set(&f.id),
+            source: set(&f.source_id),
+            dest: set(&f.dest_id),
+            allowed: None,
+        };
+        let mut out = HashSet::new();
+        let mut add = |k: &PolicyKey| {
+            if m.matches(k) {
+                out.insert(k.0.clone());
+                out.insert(k.1.clone());
+            }
+        };
+        match self.candidates(f, None) {
+            Some(seqs) => seqs
+                .iter()
+                .filter_map(|s| self.entries.get(s))
+                .for_each(&mut add),
+            None => self.entries.values().for_each(&mut add),
+        }
+        out
+    }
+
     /// The list body, `{"total_policies":N,"policies":[...]}`, of the policies matching `f`
     /// (and, for a network.write token, whose apps are all in `allowed`), in creation order.
     pub fn render(
@@ -387,12 +413,12 @@ impl PolicyLists {
     }
 
     /// The list body at the committed version: one read transaction reads the token's apps
-    /// (`spaces`: network.write), brings the index up to date and renders.
+    /// (for [`ListAccess::Spaces`]), brings the index up to date and renders.
     pub async fn list(
         &self,
         store: &Store,
         filter: PolicyFilter,
-        spaces: Option<Vec<String>>,
+        access: ListAccess,
         v0: bool,
     ) -> Result<ListBody, StoreError> {
         let me = self.clone();
@@ -402,12 +428,33 @@ impl PolicyLists {
                 // new as the one the index was last brought to; held across the catch-up, so
                 // one refresh runs at a time and the others find the index current.
                 let mut index = me.lock();
-                let allowed = match &spaces {
-                    Some(s) => Some(ops::apps_in_spaces(tx, s)?),
-                    None => None,
+                let in_spaces;
+                let allowed = match &access {
+                    ListAccess::All => None,
+                    ListAccess::Spaces(s) => {
+                        in_spaces = ops::apps_in_spaces(tx, s)?;
+                        Some(&in_spaces)
+                    }
+                    ListAccess::Apps(a) => Some(a),
                 };
                 index.catch_up(tx)?;
-                index.render(&filter, allowed.as_ref(), v0)
+                index.render(&filter, allowed, v0)
+            })
+            .await
+    }
+
+    /// The apps of the policies matching `filter`, at the committed version.
+    pub async fn apps(
+        &self,
+        store: &Store,
+        filter: PolicyFilter,
+    ) -> Result<HashSet<String>, StoreError> {
+        let me = self.clone();
+        store
+            .call(Mode::Read, move |tx| {
+                let mut index = me.lock();
+                index.catch_up(tx)?;
+                Ok(index.matching_apps(&filter))
             })
             .await
     }

@@ -121,10 +121,10 @@ fn remove(tx: &mut dyn Tx, cond: &str, params: &[Val]) -> Result<Vec<Policy>, St
 }
 
 /// Removes the stale policies: those with a source or destination app that was deleted, or
-/// (with `known`, the apps Cloud Controller knows) that `known` does not list. Returns them.
+/// that is in `gone` (apps Cloud Controller no longer knows). Returns them.
 pub fn stale_policies(
     tx: &mut dyn Tx,
-    known: Option<&std::collections::HashSet<String>>,
+    gone: Option<&std::collections::HashSet<String>>,
 ) -> Result<Vec<Policy>, StoreError> {
     let mut out = remove(
         tx,
@@ -132,14 +132,25 @@ pub fn stale_policies(
          AND (a.app_id = p.source_id OR a.app_id = p.dest_id))",
         &[],
     )?;
-    if let Some(known) = known {
-        let all = super::policies::list_policies(tx, &Default::default(), false)?;
-        let gone: Vec<Policy> = all
-            .into_iter()
-            .filter(|p| !known.contains(&p.source.id) || !known.contains(&p.destination.id))
-            .collect();
-        super::policies::delete_policies(tx, &gone)?;
-        out.extend(gone);
+    let mut gone: Vec<&String> = gone.into_iter().flatten().collect();
+    gone.sort();
+    for app in gone {
+        out.extend(remove(
+            tx,
+            "p.source_id = $1 OR p.dest_id = $1",
+            &[app.as_str().into()],
+        )?);
     }
     Ok(out)
+}
+
+/// The apps named by policies, as sources or destinations, sorted.
+pub fn policy_apps(tx: &mut dyn Tx) -> Result<Vec<String>, StoreError> {
+    tx.query(
+        "SELECT source_id FROM policies UNION SELECT dest_id FROM policies ORDER BY 1",
+        &[],
+    )?
+    .iter()
+    .map(|r| Ok(r[0].t()?.to_string()))
+    .collect()
 }

@@ -366,7 +366,7 @@ pub use feed::{PolicyDelta, FEED_RETAIN};
 
 /// The operations, re-exported for the API layer.
 pub mod ops {
-    pub use super::apps::{delete_app, get_app, put_app, stale_policies, App};
+    pub use super::apps::{delete_app, get_app, policy_apps, put_app, stale_policies, App};
     pub use super::feed::{current_version, feed, policy_delta, snapshot};
     pub use super::leases::{acquire, list_leases, register_static, release, renew};
     pub use super::misc::{

@@ -193,6 +193,17 @@ proptest! {
         prop_assert_eq!(&body[..], &reference(&model, &f, allowed.as_ref(), v0)[..]);
         // Served twice (the unfiltered body from the cache): same bytes.
         prop_assert_eq!(i.render(&f, allowed.as_ref(), v0).unwrap().to_vec(), body);
+        // The apps of the matching policies (what Cloud Controller is asked about).
+        let listed: serde_json::Value =
+            serde_json::from_slice(&reference(&model, &f, None, false)).unwrap();
+        let want: HashSet<String> = listed["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| [&p["source"]["id"], &p["destination"]["id"]])
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        prop_assert_eq!(i.matching_apps(&f), want);
     }
 }
 
@@ -239,7 +250,11 @@ async fn follows_the_change_log_and_reloads_after_a_gap() {
     let lists = PolicyLists::default();
     let f = PolicyFilter::default;
     create(&store, vec![pol("A", "B", 1), pol("A", "C", 1)]).await;
-    let body = lists.list(&store, f(), None, false).await.unwrap().to_vec();
+    let body = lists
+        .list(&store, f(), ListAccess::All, false)
+        .await
+        .unwrap()
+        .to_vec();
     assert_eq!(
         body,
         reference(&from_table(&store).await, &f(), None, false)
@@ -250,7 +265,11 @@ async fn follows_the_change_log_and_reloads_after_a_gap() {
     create(&store, vec![pol("C", "A", 2)]).await;
     delete(&store, vec![pol("A", "B", 1)]).await;
     create(&store, vec![pol("A", "B", 1)]).await;
-    let body = lists.list(&store, f(), None, false).await.unwrap().to_vec();
+    let body = lists
+        .list(&store, f(), ListAccess::All, false)
+        .await
+        .unwrap()
+        .to_vec();
     assert_eq!(
         body,
         reference(&from_table(&store).await, &f(), None, false)
@@ -270,9 +289,17 @@ async fn follows_the_change_log_and_reloads_after_a_gap() {
         })
         .await
         .unwrap();
-    let body = lists.list(&store, f(), None, true).await.unwrap().to_vec();
+    let body = lists
+        .list(&store, f(), ListAccess::All, true)
+        .await
+        .unwrap()
+        .to_vec();
     assert_eq!(body, reference(&from_table(&store).await, &f(), None, true));
-    let body = lists.list(&store, f(), None, false).await.unwrap().to_vec();
+    let body = lists
+        .list(&store, f(), ListAccess::All, false)
+        .await
+        .unwrap()
+        .to_vec();
     assert_eq!(
         body,
         reference(&from_table(&store).await, &f(), None, false)
@@ -283,7 +310,7 @@ async fn follows_the_change_log_and_reloads_after_a_gap() {
     let store2 = sqlite_store(other.path()).await;
     create(&store2, vec![pol("X", "Y", 9)]).await;
     let body = lists
-        .list(&store2, f(), None, false)
+        .list(&store2, f(), ListAccess::All, false)
         .await
         .unwrap()
         .to_vec();
