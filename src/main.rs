@@ -13,7 +13,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the control plane (policy server, leases, feed), or manage its tokens.
-    Control(control::ControlArgs),
+    Control(Box<control::ControlArgs>),
     /// Manage container-to-container policies.
     Policy(cli::PolicyArgs),
     /// Manage application security groups.
@@ -66,7 +66,7 @@ fn main() {
         std::process::exit(1);
     }
     let result = match cli.command {
-        Command::Control(a) => control::run(a),
+        Command::Control(a) => control::run(*a),
         Command::Policy(a) => cli::run_policy(a),
         Command::Asg(a) => cli::run_asg(a),
         Command::App(a) => cli::run_app(a),

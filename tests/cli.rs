@@ -276,6 +276,59 @@ fn errors_are_reported_with_nonzero_exit() {
 }
 
 #[test]
+fn control_names_bad_cloud_controller_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    let empty = dir.path().join("empty");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    std::fs::write(&empty, "").unwrap();
+    let secret = secret.to_str().unwrap();
+    let empty = empty.to_str().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let fails = |extra: &[&str]| {
+        let out = Command::new(bin())
+            .args(["control", "--data-dir", data])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--internal-listen",
+                "127.0.0.1:0",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{extra:?} started");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let cc = "http://127.0.0.1:1";
+    let e = fails(&["--cloud-controller", cc]);
+    assert!(e.contains("--uaa-client-secret-file"), "{e}");
+    let e = fails(&["--cloud-controller", cc, "--uaa-client-secret-file", secret]);
+    assert!(e.contains("--uaa-url"), "{e}");
+    let e = fails(&[
+        "--cloud-controller",
+        cc,
+        "--uaa-url",
+        cc,
+        "--uaa-client-secret-file",
+        empty,
+    ]);
+    assert!(e.contains("empty"), "{e}");
+    let e = fails(&[
+        "--cloud-controller",
+        "https://127.0.0.1:1",
+        "--uaa-url",
+        cc,
+        "--uaa-client-secret-file",
+        secret,
+    ]);
+    assert!(e.contains("--cloud-controller-ca-cert"), "{e}");
+    let e = fails(&["--uaa-url", cc]);
+    assert!(e.contains("--cloud-controller"), "{e}");
+}
+
+#[test]
 fn security_groups() {
     let ctl = Control::start(&[]);
     let rules = ctl.dir.path().join("rules.json");

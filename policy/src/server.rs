@@ -334,6 +334,7 @@ fn spawn_internal(
 /// binds both listeners (port 0 allowed) and serves until [`RunningControl::shutdown`].
 pub async fn start(config: ControlConfig) -> Result<RunningControl, ControlError> {
     config.check()?;
+    let cc = crate::cf::cloud_controller(&config.cf)?;
     let store = open_store(&config).await?;
     let admin_token = ensure_admin_token(&config.data_dir, &store).await?;
     let ca = CellCa::ensure(&config.data_dir)?;
@@ -352,7 +353,7 @@ pub async fn start(config: ControlConfig) -> Result<RunningControl, ControlError
         .with_identity(identity)
         .with_cors_domains(config.cf.cors_domains.clone())
         .with_uaa(crate::cf::uaa(&config.cf).await?)
-        .with_cloud_controller(crate::cf::cloud_controller(&config.cf)?);
+        .with_cloud_controller(cc);
     let index_task = state.lists.spawn_updater(store.clone(), rx.clone());
     let cleanup_task = crate::cf::spawn_cleanup(
         store.clone(),

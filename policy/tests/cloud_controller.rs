@@ -68,14 +68,18 @@ fn pairs(q: &Option<String>) -> Vec<(String, String)> {
 }
 
 /// 401 unless `bearer TOKEN` with the current token; 503 while down. Logs the request.
-fn gate(w: &mut World, headers: &HeaderMap, line: String) -> Result<(), Response> {
+fn gate(
+    w: &mut World,
+    headers: &HeaderMap,
+    line: String,
+) -> Result<(), (StatusCode, &'static str)> {
     w.log.push(line);
     if w.down {
-        return Err((StatusCode::SERVICE_UNAVAILABLE, "down").into_response());
+        return Err((StatusCode::SERVICE_UNAVAILABLE, "down"));
     }
     let want = format!("bearer {}", w.valid_token);
     if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(want.as_str()) {
-        return Err((StatusCode::UNAUTHORIZED, "bad token").into_response());
+        return Err((StatusCode::UNAUTHORIZED, "bad token"));
     }
     Ok(())
 }
@@ -105,7 +109,7 @@ async fn v3_apps(State(cc): State<Cc>, headers: HeaderMap, RawQuery(q): RawQuery
         &headers,
         format!("GET /v3/apps?{}", q.clone().unwrap_or_default()),
     ) {
-        return r;
+        return r.into_response();
     }
     let p = pairs(&q);
     let guids: Vec<String> = p
@@ -135,7 +139,7 @@ async fn v3_apps(State(cc): State<Cc>, headers: HeaderMap, RawQuery(q): RawQuery
 async fn v2_space(State(cc): State<Cc>, headers: HeaderMap, Path(guid): Path<String>) -> Response {
     let mut w = cc.lock().unwrap();
     if let Err(r) = gate(&mut w, &headers, format!("GET /v2/spaces/{guid}")) {
-        return r;
+        return r.into_response();
     }
     match w.spaces.get(&guid) {
         None => (
@@ -163,7 +167,7 @@ async fn v2_spaces(State(cc): State<Cc>, headers: HeaderMap, RawQuery(q): RawQue
         &headers,
         format!("GET /v2/spaces?{}", q.clone().unwrap_or_default()),
     ) {
-        return r;
+        return r.into_response();
     }
     let mut dev = None;
     let mut name = None;
@@ -207,7 +211,7 @@ async fn v2_user_spaces(
         q.clone().unwrap_or_default()
     );
     if let Err(r) = gate(&mut w, &headers, line) {
-        return r;
+        return r.into_response();
     }
     let p = pairs(&q);
     assert!(
