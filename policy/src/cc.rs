@@ -76,14 +76,17 @@ struct Pagination {
     total_pages: u64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct AppLinks {
-    space: Href,
+    #[serde(default)]
+    space: Option<Href>,
 }
 
 #[derive(Deserialize)]
 struct AppResource {
     guid: String,
+    /// Absent in answers that only list GUIDs (as CF's own test double's).
+    #[serde(default)]
     links: AppLinks,
 }
 
@@ -293,10 +296,10 @@ impl CloudController {
         u
     }
 
-    /// The spaces of the apps Cloud Controller knows, among `apps` (GetAppSpaces, chunked);
-    /// an app it does not know is not in the answer.
-    pub async fn app_spaces(&self, apps: &[String]) -> Result<HashMap<String, String>, CcError> {
-        let mut out = HashMap::new();
+    /// The apps Cloud Controller knows among `apps`, asked in chunks
+    /// (`/v3/apps?guids=...&per_page=N`).
+    async fn apps_v3(&self, apps: &[String]) -> Result<Vec<AppResource>, CcError> {
+        let mut out = Vec::new();
         for chunk in apps.chunks(self.config.chunk_size) {
             let per_page = chunk.len().to_string();
             let url = self.url(
@@ -311,27 +314,45 @@ impl CloudController {
                     "/v3/apps answered more than one page for per_page = the GUIDs asked".into(),
                 ));
             }
-            for r in answer.resources {
-                let space = r
-                    .links
-                    .space
-                    .href
-                    .as_deref()
-                    .and_then(|h| h.trim_end_matches('/').rsplit('/').next())
-                    .filter(|s| !s.is_empty())
-                    .ok_or_else(|| {
-                        CcError::Answer(format!("/v3/apps: app {} has no space link", r.guid))
-                    })?
-                    .to_string();
-                out.insert(r.guid, space);
-            }
+            out.extend(
+                answer
+                    .resources
+                    .into_iter()
+                    .filter(|r| chunk.contains(&r.guid)),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The spaces of the apps Cloud Controller knows, among `apps` (GetAppSpaces: the last
+    /// segment of each app's `links.space.href`); an app it does not know is not in the answer.
+    pub async fn app_spaces(&self, apps: &[String]) -> Result<HashMap<String, String>, CcError> {
+        let mut out = HashMap::new();
+        for r in self.apps_v3(apps).await? {
+            let space = r
+                .links
+                .space
+                .and_then(|h| h.href)
+                .as_deref()
+                .and_then(|h| h.trim_end_matches('/').rsplit('/').next())
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| {
+                    CcError::Answer(format!("/v3/apps: app {} has no space link", r.guid))
+                })?
+                .to_string();
+            out.insert(r.guid, space);
         }
         Ok(out)
     }
 
     /// Which of `apps` exist (GetLiveAppGUIDs, chunked).
     pub async fn live_apps(&self, apps: &[String]) -> Result<HashSet<String>, CcError> {
-        Ok(self.app_spaces(apps).await?.into_keys().collect())
+        Ok(self
+            .apps_v3(apps)
+            .await?
+            .into_iter()
+            .map(|r| r.guid)
+            .collect())
     }
 
     /// A space's name and org (GetSpace); `None` when there is no such space.
