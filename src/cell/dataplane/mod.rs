@@ -19,6 +19,7 @@
 mod asg_log;
 pub mod capture;
 pub mod flow_log;
+mod host_io;
 pub mod net_in;
 mod port_io;
 mod ratelog;

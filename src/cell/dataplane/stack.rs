@@ -5,9 +5,8 @@
 //! only moves bytes and opens sockets (through `tapestry_sys::hostsock`).
 
 use std::collections::BTreeMap;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,11 +14,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use mio::net::{TcpListener, TcpStream, UdpSocket};
-use mio::unix::SourceFd;
+use mio::net::{TcpListener, UdpSocket};
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use tapestry_switch::offload;
-use tapestry_switch::stack::{Denial, FlowId, FlowInfo, HostIo, IcmpSocket, Stack, StackConfig};
+use tapestry_switch::stack::{Denial, FlowId, FlowInfo, Stack, StackConfig};
 use tapestry_switch::wire::virtio_net;
 use tapestry_switch::{Counters, DropReason, FxHashMap, PortId, Tables};
 use tapestry_sys::hostsock;
@@ -27,12 +25,13 @@ use tapestry_sys::port::PortDev;
 
 use super::asg_log::AsgLog;
 use super::capture::{CaptureTap, Dir};
+use super::host_io::{flow_token, Host, HostSock};
 use super::net_in::{NetInProtocol, NetInRule};
 
 const WAKER: Token = Token(0);
 /// Listener tokens: 1 + host port (TCP) or 1 + 65536 + host port (UDP).
 const LISTENER_BASE: usize = 1;
-const FLOW_BASE: usize = 1 << 18;
+pub(super) const FLOW_BASE: usize = 1 << 18;
 /// Packets waiting for the stack thread at most.
 const QUEUE: usize = 4096;
 
@@ -219,125 +218,6 @@ pub(crate) fn start(
         waker,
         awake,
     })
-}
-
-enum HostSock {
-    Tcp {
-        s: TcpStream,
-        connecting: bool,
-    },
-    Udp(UdpSocket),
-    Icmp(hostsock::Socket),
-    /// Net-in UDP: replies go to `client` from the listener of `host_port`.
-    UdpIn {
-        host_port: u16,
-        client: SocketAddr,
-    },
-}
-
-/// The host sockets of the stack's flows.
-struct Host {
-    registry: Registry,
-    src: Ipv4Addr,
-    socks: FxHashMap<FlowId, HostSock>,
-    udp_listeners: BTreeMap<u16, UdpSocket>,
-}
-
-fn flow_token(id: FlowId) -> Token {
-    Token(FLOW_BASE + id.0 as usize)
-}
-
-impl Host {
-    fn add(&mut self, id: FlowId, mut sock: HostSock, interest: Interest) -> io::Result<()> {
-        let t = flow_token(id);
-        match &mut sock {
-            HostSock::Tcp { s, .. } => self.registry.register(s, t, interest)?,
-            HostSock::Udp(s) => self.registry.register(s, t, interest)?,
-            HostSock::Icmp(s) => {
-                self.registry
-                    .register(&mut SourceFd(&s.as_raw_fd()), t, interest)?
-            }
-            HostSock::UdpIn { .. } => {}
-        }
-        self.socks.insert(id, sock);
-        Ok(())
-    }
-}
-
-impl HostIo for Host {
-    fn connect_tcp(&mut self, flow: FlowId, dst: SocketAddrV4) -> io::Result<()> {
-        let s = TcpStream::from_std(hostsock::tcp_connect_from(self.src, dst)?);
-        self.add(
-            flow,
-            HostSock::Tcp {
-                s,
-                connecting: true,
-            },
-            Interest::READABLE | Interest::WRITABLE,
-        )
-    }
-
-    fn open_udp(&mut self, flow: FlowId, dst: SocketAddrV4) -> io::Result<()> {
-        let s = UdpSocket::from_std(hostsock::udp_connected(self.src, dst)?);
-        self.add(flow, HostSock::Udp(s), Interest::READABLE)
-    }
-
-    fn open_icmp(&mut self, flow: FlowId, dst: Ipv4Addr) -> io::Result<IcmpSocket> {
-        let (s, kind) = hostsock::icmp_echo(self.src, dst)?;
-        self.add(flow, HostSock::Icmp(s), Interest::READABLE)?;
-        Ok(match kind {
-            hostsock::IcmpKind::Ping => IcmpSocket::Ping,
-            hostsock::IcmpKind::Raw => IcmpSocket::Raw,
-        })
-    }
-
-    fn read(&mut self, flow: FlowId, buf: &mut [u8]) -> io::Result<usize> {
-        match self.socks.get_mut(&flow) {
-            Some(HostSock::Tcp { s, .. }) => s.read(buf),
-            Some(HostSock::Udp(s)) => s.recv(buf),
-            Some(HostSock::Icmp(s)) => (&*s).read(buf),
-            Some(HostSock::UdpIn { .. }) | None => Err(io::ErrorKind::NotConnected.into()),
-        }
-    }
-
-    fn write(&mut self, flow: FlowId, buf: &[u8]) -> io::Result<usize> {
-        match self.socks.get_mut(&flow) {
-            Some(HostSock::Tcp { s, .. }) => s.write(buf),
-            Some(HostSock::Udp(s)) => s.send(buf),
-            Some(HostSock::Icmp(s)) => s.send(buf),
-            Some(HostSock::UdpIn { host_port, client }) => {
-                match self.udp_listeners.get(host_port) {
-                    Some(l) => l.send_to(buf, *client),
-                    None => Err(io::ErrorKind::NotConnected.into()),
-                }
-            }
-            None => Err(io::ErrorKind::NotConnected.into()),
-        }
-    }
-
-    fn shutdown_write(&mut self, flow: FlowId) {
-        if let Some(HostSock::Tcp { s, .. }) = self.socks.get(&flow) {
-            let _ = s.shutdown(std::net::Shutdown::Write);
-        }
-    }
-
-    fn close(&mut self, flow: FlowId, abort: bool) {
-        match self.socks.remove(&flow) {
-            Some(HostSock::Tcp { mut s, .. }) => {
-                if abort {
-                    let _ = hostsock::reset_on_close(&s);
-                }
-                let _ = self.registry.deregister(&mut s);
-            }
-            Some(HostSock::Udp(mut s)) => {
-                let _ = self.registry.deregister(&mut s);
-            }
-            Some(HostSock::Icmp(s)) => {
-                let _ = self.registry.deregister(&mut SourceFd(&s.as_raw_fd()));
-            }
-            Some(HostSock::UdpIn { .. }) | None => {}
-        }
-    }
 }
 
 struct Port {
