@@ -47,22 +47,25 @@ pub struct ControlArgs {
     /// stock silk-daemons; CF's port is 4103.
     #[arg(long)]
     silk_listen: Option<SocketAddr>,
-    /// Accept UAA-issued JWTs, verified with the JWK set at this URL (UAA's /token_keys).
-    #[arg(long, conflicts_with = "uaa_key_file", requires = "uaa_issuer")]
+    /// Accept UAA-issued JWTs, verified with the JWK set at this URL (UAA's /token_keys; the
+    /// issuer is then URL's UAA's /oauth/token unless --uaa-issuer says otherwise).
+    #[arg(long, conflicts_with = "uaa_key_file")]
     uaa_jwks_url: Option<String>,
-    /// Accept UAA-issued JWTs, verified with this PEM public key.
-    #[arg(long, requires = "uaa_issuer")]
+    /// Accept UAA-issued JWTs, verified with this PEM public key (with --uaa-issuer, or the
+    /// issuer is not checked).
+    #[arg(long)]
     uaa_key_file: Option<PathBuf>,
     /// The issuer (`iss`) UAA tokens must carry, e.g. https://uaa.example.com/oauth/token.
     #[arg(long)]
     uaa_issuer: Option<String>,
-    /// Ask Cloud Controller (its v3 apps and v2 spaces API, as CF's policy server) which apps
-    /// exist and in which spaces, and the spaces where a UAA token's user is a developer: for
-    /// network.write access checks, network.write lists and policy cleanup.
-    #[arg(long, value_name = "URL", requires = "uaa_client_secret_file")]
+    /// Ask Cloud Controller which apps exist and in which spaces (/v3/apps), and where a UAA
+    /// token's user is a developer (/v3/roles, or CF's v2 calls): for network.write access
+    /// checks and lists, and policy cleanup. Requests carry the client-credentials token of
+    /// --uaa-client (with --uaa-client-secret-file), or else the user's own token.
+    #[arg(long, value_name = "URL")]
     cloud_controller: Option<String>,
     /// UAA's URL for the client-credentials token used with Cloud Controller
-    /// (POST URL/oauth/token); default: --uaa-issuer without /oauth/token.
+    /// (POST URL/oauth/token); default: from --uaa-issuer or --uaa-jwks-url.
     #[arg(long, value_name = "URL", requires = "cloud_controller")]
     uaa_url: Option<String>,
     /// The UAA client whose token asks Cloud Controller (CF's network-policy client).
@@ -229,49 +232,81 @@ pub fn run(args: ControlArgs) -> Result<()> {
     config.cf.cleanup_interval = args.cleanup_interval;
     config.cf.cors_domains = args.allowed_cors_domains;
     config.cf.silk_listen = args.silk_listen;
+    // UAA's issuer, and its base URL (for the client-credentials token), from the flags given:
+    // a UAA's JWKS is at BASE/token_keys and its issuer is BASE/oauth/token.
+    let jwks_base = args
+        .uaa_jwks_url
+        .as_deref()
+        .and_then(|u| u.trim_end_matches('/').strip_suffix("/token_keys"))
+        .map(str::to_string);
+    let issuer = match (&args.uaa_issuer, &args.uaa_jwks_url, &jwks_base) {
+        (Some(i), _, _) => Some(i.clone()),
+        (None, Some(_), Some(base)) => Some(format!("{base}/oauth/token")),
+        (None, Some(url), None) => bail!(
+            "--uaa-jwks-url {url}: give the issuer tokens must carry with --uaa-issuer \
+             (it can only be derived from a UAA URL ending in /token_keys)"
+        ),
+        (None, None, _) => None,
+    };
+    let uaa_base = args.uaa_url.clone().or_else(|| {
+        issuer
+            .as_deref()
+            .and_then(|i| i.trim_end_matches('/').strip_suffix("/oauth/token"))
+            .map(str::to_string)
+            .or(jwks_base.clone())
+    });
     let keys = match (args.uaa_jwks_url, args.uaa_key_file) {
         (Some(url), _) => Some(tapestry_policy::uaa::KeySource::Jwks(url)),
         (None, Some(f)) => Some(tapestry_policy::uaa::KeySource::File(f)),
         (None, None) => None,
     };
     if let Some(url) = args.cloud_controller {
-        let uaa_url = match (args.uaa_url, &args.uaa_issuer) {
-            (Some(u), _) => u,
-            (None, Some(iss)) => iss
-                .trim_end_matches('/')
-                .trim_end_matches("/oauth/token")
-                .to_string(),
-            (None, None) => bail!(
-                "--cloud-controller needs --uaa-url (or --uaa-issuer): UAA issues the \
-                 client-credentials token that Cloud Controller requires"
-            ),
+        let client = match args.uaa_client_secret_file {
+            None => None,
+            Some(secret_file) => {
+                let Some(uaa_url) = uaa_base else {
+                    bail!(
+                        "--uaa-client-secret-file needs UAA's URL for the client-credentials \
+                         token: give --uaa-url (or --uaa-issuer / --uaa-jwks-url)"
+                    );
+                };
+                let secret = std::fs::read_to_string(&secret_file)
+                    .with_context(|| format!("--uaa-client-secret-file {}", secret_file.display()))?
+                    .trim_end_matches(['\r', '\n'])
+                    .to_string();
+                if secret.is_empty() {
+                    bail!(
+                        "--uaa-client-secret-file {}: the file is empty",
+                        secret_file.display()
+                    );
+                }
+                Some(tapestry_policy::cc::ClientCredentials {
+                    uaa_url,
+                    client_id: args.uaa_client,
+                    client_secret: secret,
+                })
+            }
         };
-        let secret_file = args
-            .uaa_client_secret_file
-            .context("--cloud-controller needs --uaa-client-secret-file")?;
-        let secret = std::fs::read_to_string(&secret_file)
-            .with_context(|| format!("--uaa-client-secret-file {}", secret_file.display()))?
-            .trim_end_matches(['\r', '\n'])
-            .to_string();
-        if secret.is_empty() {
-            bail!(
-                "--uaa-client-secret-file {}: the file is empty",
-                secret_file.display()
-            );
-        }
         config.cf.cc = Some(tapestry_policy::cc::CcConfig {
             url,
-            uaa_url,
-            client_id: args.uaa_client,
-            client_secret: secret,
+            client,
             ca_certs: args.cloud_controller_ca_cert,
             chunk_size: args.cc_app_request_chunk_size,
         });
     }
-    config.cf.uaa = match (keys, args.uaa_issuer) {
-        (Some(keys), Some(issuer)) => Some(tapestry_policy::uaa::UaaConfig { keys, issuer }),
-        (None, Some(_)) => bail!("--uaa-issuer needs --uaa-jwks-url or --uaa-key-file"),
-        _ => None,
+    config.cf.uaa = match keys {
+        Some(keys) => {
+            if issuer.is_none() {
+                tracing::warn!(
+                    "--uaa-key-file without --uaa-issuer: UAA tokens' issuer is not checked"
+                );
+            }
+            Some(tapestry_policy::uaa::UaaConfig { keys, issuer })
+        }
+        None if issuer.is_some() => {
+            bail!("--uaa-issuer needs --uaa-jwks-url or --uaa-key-file")
+        }
+        None => None,
     };
     config.allow_shared_cell_cert = args.allow_shared_cell_cert;
     let secs = Duration::from_secs;

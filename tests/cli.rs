@@ -302,10 +302,10 @@ fn control_names_bad_cloud_controller_flags() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let cc = "http://127.0.0.1:1";
-    let e = fails(&["--cloud-controller", cc]);
-    assert!(e.contains("--uaa-client-secret-file"), "{e}");
     let e = fails(&["--cloud-controller", cc, "--uaa-client-secret-file", secret]);
     assert!(e.contains("--uaa-url"), "{e}");
+    let e = fails(&["--uaa-jwks-url", "http://127.0.0.1:1/keys"]);
+    assert!(e.contains("--uaa-issuer"), "{e}");
     let e = fails(&[
         "--cloud-controller",
         cc,

@@ -279,6 +279,10 @@ pub struct Principal {
     /// The UAA user (`sub`) of a UAA token, whose spaces Cloud Controller knows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// The UAA token itself, for Cloud Controller lookups made with the user's own token
+    /// (never stored).
+    #[serde(skip)]
+    pub bearer: Option<String>,
 }
 
 impl Principal {

@@ -166,6 +166,7 @@ async fn ensure_admin_token(dir: &Path, store: &Store) -> Result<String, Control
         scope: crate::SCOPE_ADMIN.into(),
         spaces: vec![],
         subject: None,
+        bearer: None,
     };
     let h = token_hash(&token);
     store
@@ -266,6 +267,7 @@ pub async fn create_token(
         scope: scope.into(),
         spaces,
         subject: None,
+        bearer: None,
     };
     let h = token_hash(&token);
     store
@@ -494,6 +496,7 @@ mod health_tests {
             scope: crate::SCOPE_ADMIN.into(),
             spaces: vec![],
             subject: None,
+            bearer: None,
         };
         let e = store
             .call(Mode::Write, move |tx| ops::insert_token(tx, "h", &p))

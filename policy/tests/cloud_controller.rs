@@ -2,259 +2,22 @@
 //! and UAA that serve the documented v3/v2 answers, checked against the requests CF's policy
 //! server makes (client-credentials token, `/v3/apps?guids=`, `/v2/spaces/GUID`,
 //! `/v2/spaces?q=...`, `/v2/users/GUID/spaces` with `next_url`). On SQLite and PostgreSQL.
+mod cc_stand_in;
 mod common;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use cc_stand_in::{serve, world, Cc};
 use common::{policies, policy, Db, Harness};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use reqwest::Method;
 use serde_json::{json, Value};
-use tapestry_policy::cc::CcConfig;
+use tapestry_policy::cc::{CcConfig, ClientCredentials};
 use tapestry_policy::uaa::{KeySource, UaaConfig};
 
 const ISSUER: &str = "https://uaa.test/oauth/token";
-const SECRET: &str = "s3cret";
-
-/// What the stand-in knows and what it was asked.
-#[derive(Default)]
-struct World {
-    /// app -> space
-    apps: HashMap<String, String>,
-    /// space -> (name, org)
-    spaces: HashMap<String, (String, String)>,
-    /// user -> spaces where the user is a developer
-    developers: HashMap<String, Vec<String>>,
-    /// The token Cloud Controller accepts now.
-    valid_token: String,
-    grants: usize,
-    /// Answer 503 to everything but the token endpoint.
-    down: bool,
-    log: Vec<String>,
-}
-
-type Cc = Arc<Mutex<World>>;
-
-fn world() -> Cc {
-    let mut w = World::default();
-    for (app, space) in [("A", "S1"), ("B", "S1"), ("C", "S2"), ("D", "S3")] {
-        w.apps.insert(app.into(), space.into());
-    }
-    for (space, name, org) in [
-        ("S1", "one", "O1"),
-        ("S2", "two", "O1"),
-        ("S3", "three", "O2"),
-    ] {
-        w.spaces.insert(space.into(), (name.into(), org.into()));
-    }
-    w.developers
-        .insert("dev-1".into(), vec!["S1".into(), "S3".into()]);
-    Arc::new(Mutex::new(w))
-}
-
-fn pairs(q: &Option<String>) -> Vec<(String, String)> {
-    let u = reqwest::Url::parse(&format!("http://x/?{}", q.clone().unwrap_or_default())).unwrap();
-    u.query_pairs()
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect()
-}
-
-/// 401 unless `bearer TOKEN` with the current token; 503 while down. Logs the request.
-fn gate(
-    w: &mut World,
-    headers: &HeaderMap,
-    line: String,
-) -> Result<(), (StatusCode, &'static str)> {
-    w.log.push(line);
-    if w.down {
-        return Err((StatusCode::SERVICE_UNAVAILABLE, "down"));
-    }
-    let want = format!("bearer {}", w.valid_token);
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(want.as_str()) {
-        return Err((StatusCode::UNAUTHORIZED, "bad token"));
-    }
-    Ok(())
-}
-
-async fn oauth_token(State(cc): State<Cc>, headers: HeaderMap, body: String) -> Response {
-    // base64("network-policy:s3cret"): HTTP basic auth, as CF's UAA client sends it.
-    let basic = "Basic bmV0d29yay1wb2xpY3k6czNjcmV0";
-    let form = pairs(&Some(body));
-    let ok = headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(basic)
-        && form.contains(&("grant_type".into(), "client_credentials".into()))
-        && form.contains(&("client_id".into(), "network-policy".into()));
-    let mut w = cc.lock().unwrap();
-    w.log.push("POST /oauth/token".into());
-    if !ok {
-        return (StatusCode::UNAUTHORIZED, "bad client").into_response();
-    }
-    w.grants += 1;
-    w.valid_token = format!("cc-token-{}", w.grants);
-    Json(json!({"access_token": w.valid_token, "token_type": "bearer", "expires_in": 3600}))
-        .into_response()
-}
-
-async fn v3_apps(State(cc): State<Cc>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
-    let mut w = cc.lock().unwrap();
-    if let Err(r) = gate(
-        &mut w,
-        &headers,
-        format!("GET /v3/apps?{}", q.clone().unwrap_or_default()),
-    ) {
-        return r.into_response();
-    }
-    let p = pairs(&q);
-    let guids: Vec<String> = p
-        .iter()
-        .find(|(k, _)| k == "guids")
-        .map(|(_, v)| v.split(',').map(String::from).collect())
-        .unwrap_or_default();
-    let resources: Vec<Value> = guids
-        .iter()
-        .filter_map(|g| w.apps.get(g).map(|s| (g, s)))
-        .map(|(g, s)| {
-            json!({"guid": g, "name": format!("app-{g}"),
-                   "links": {"self": {"href": format!("https://cc.test/v3/apps/{g}")},
-                             "space": {"href": format!("https://cc.test/v3/spaces/{s}")}}})
-        })
-        .collect();
-    Json(json!({
-        "pagination": {"total_results": resources.len(), "total_pages": 1,
-                       "first": {"href": "https://cc.test/v3/apps?page=1"},
-                       "last": {"href": "https://cc.test/v3/apps?page=1"},
-                       "next": null, "previous": null},
-        "resources": resources
-    }))
-    .into_response()
-}
-
-async fn v2_space(State(cc): State<Cc>, headers: HeaderMap, Path(guid): Path<String>) -> Response {
-    let mut w = cc.lock().unwrap();
-    if let Err(r) = gate(&mut w, &headers, format!("GET /v2/spaces/{guid}")) {
-        return r.into_response();
-    }
-    match w.spaces.get(&guid) {
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(json!({"code": 40004, "description": format!("The app space could not be found: {guid}"), "error_code": "CF-SpaceNotFound"})),
-        )
-            .into_response(),
-        Some((name, org)) => Json(json!({
-            "metadata": {"guid": guid, "url": format!("/v2/spaces/{guid}")},
-            "entity": {"name": name, "organization_guid": org}
-        }))
-        .into_response(),
-    }
-}
-
-fn space_resource(guid: &str, w: &World) -> Value {
-    let (name, org) = &w.spaces[guid];
-    json!({"metadata": {"guid": guid}, "entity": {"name": name, "organization_guid": org}})
-}
-
-async fn v2_spaces(State(cc): State<Cc>, headers: HeaderMap, RawQuery(q): RawQuery) -> Response {
-    let mut w = cc.lock().unwrap();
-    if let Err(r) = gate(
-        &mut w,
-        &headers,
-        format!("GET /v2/spaces?{}", q.clone().unwrap_or_default()),
-    ) {
-        return r.into_response();
-    }
-    let mut dev = None;
-    let mut name = None;
-    let mut org = None;
-    for (k, v) in pairs(&q) {
-        assert_eq!(k, "q");
-        let (field, value) = v.split_once(':').unwrap();
-        match field {
-            "developer_guid" => dev = Some(value.to_string()),
-            "name" => name = Some(value.to_string()),
-            "organization_guid" => org = Some(value.to_string()),
-            other => panic!("unexpected filter {other}"),
-        }
-    }
-    let mine = w.developers.get(&dev.unwrap()).cloned().unwrap_or_default();
-    let found: Vec<Value> = mine
-        .iter()
-        .filter(|s| {
-            let (n, o) = &w.spaces[*s];
-            Some(n) == name.as_ref() && Some(o) == org.as_ref()
-        })
-        .map(|s| space_resource(s, &w))
-        .collect();
-    Json(
-        json!({"total_results": found.len(), "total_pages": 1, "prev_url": null,
-                "next_url": null, "resources": found}),
-    )
-    .into_response()
-}
-
-/// One space per page, so that `next_url` is followed.
-async fn v2_user_spaces(
-    State(cc): State<Cc>,
-    headers: HeaderMap,
-    Path(user): Path<String>,
-    RawQuery(q): RawQuery,
-) -> Response {
-    let mut w = cc.lock().unwrap();
-    let line = format!(
-        "GET /v2/users/{user}/spaces?{}",
-        q.clone().unwrap_or_default()
-    );
-    if let Err(r) = gate(&mut w, &headers, line) {
-        return r.into_response();
-    }
-    let p = pairs(&q);
-    assert!(
-        p.contains(&("results-per-page".into(), "100".into())),
-        "{p:?}"
-    );
-    let page: usize = p
-        .iter()
-        .find(|(k, _)| k == "page")
-        .map(|(_, v)| v.parse().unwrap())
-        .unwrap_or(1);
-    let mine = w.developers.get(&user).cloned().unwrap_or_default();
-    let resources: Vec<Value> = mine
-        .get(page - 1)
-        .map(|s| vec![space_resource(s, &w)])
-        .unwrap_or_default();
-    let next = (page < mine.len()).then(|| {
-        format!(
-            "/v2/users/{user}/spaces?page={}&results-per-page=100",
-            page + 1
-        )
-    });
-    Json(
-        json!({"total_results": mine.len(), "total_pages": mine.len(),
-                "prev_url": null, "next_url": next, "resources": resources}),
-    )
-    .into_response()
-}
-
-/// Serves the stand-in; returns its base URL.
-async fn serve(cc: Cc) -> String {
-    let app = Router::new()
-        .route("/oauth/token", post(oauth_token))
-        .route("/v3/apps", get(v3_apps))
-        .route("/v2/spaces", get(v2_spaces))
-        .route("/v2/spaces/{guid}", get(v2_space))
-        .route("/v2/users/{user}/spaces", get(v2_user_spaces))
-        .with_state(cc);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    format!("http://{addr}")
-}
+use cc_stand_in::SECRET;
 
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -276,17 +39,29 @@ fn uaa_token(sub: &str, scope: &str) -> String {
 }
 
 async fn harness(db: Db, cc: &Cc, chunk_size: usize, cleanup: Duration) -> Harness {
+    harness_with(db, cc, chunk_size, cleanup, true).await
+}
+
+async fn harness_with(
+    db: Db,
+    cc: &Cc,
+    chunk_size: usize,
+    cleanup: Duration,
+    client: bool,
+) -> Harness {
     let url = serve(cc.clone()).await;
     Harness::new(db, |c| {
         c.cf.uaa = Some(UaaConfig {
             keys: KeySource::File(fixture("public.pem")),
-            issuer: ISSUER.into(),
+            issuer: Some(ISSUER.into()),
         });
         c.cf.cc = Some(CcConfig {
             url: url.clone(),
-            uaa_url: url.clone(),
-            client_id: "network-policy".into(),
-            client_secret: SECRET.into(),
+            client: client.then(|| ClientCredentials {
+                uaa_url: url.clone(),
+                client_id: "network-policy".into(),
+                client_secret: SECRET.into(),
+            }),
             ca_certs: Vec::new(),
             chunk_size,
         });
@@ -538,7 +313,80 @@ async fn periodic_cleanup_asks_cloud_controller(db: Db) {
     h.shutdown().await;
 }
 
+/// A Cloud Controller with CAPI v3 roles and no v2, and no client credentials: the checks ask
+/// `/v3/roles` with the user's own token.
+async fn v3_roles_with_the_users_own_token(db: Db) {
+    let cc = world();
+    let dev = uaa_token("dev-1", "network.write");
+    {
+        let mut w = cc.lock().unwrap();
+        w.v3_roles = true;
+        w.valid_token = dev.clone();
+    }
+    let h = harness_with(db, &cc, 100, Duration::from_secs(3600), false).await;
+    let forbidden = (
+        403,
+        json!({"error": "one or more applications cannot be found or accessed"}),
+    );
+    let (s, _) = call(
+        &h,
+        Method::POST,
+        P,
+        &dev,
+        Some(policies(vec![policy("A", "B", 80)])),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        cc.lock().unwrap().log,
+        [
+            "GET /v3/apps?guids=A%2CB&per_page=2",
+            "GET /v3/roles?types=space_developer&user_guids=dev-1&space_guids=S1&per_page=5000",
+        ]
+    );
+    let body = policies(vec![policy("A", "D", 80)]);
+    assert_eq!(call(&h, Method::POST, P, &dev, Some(body)).await.0, 200);
+    let body = policies(vec![policy("A", "C", 80)]);
+    assert_eq!(call(&h, Method::POST, P, &dev, Some(body)).await, forbidden);
+    let nobody = uaa_token("dev-2", "network.write");
+    let body = policies(vec![policy("A", "B", 81)]);
+    // dev-2's token is not the one Cloud Controller takes now: its lookup fails, closed.
+    assert_eq!(
+        call(&h, Method::POST, P, &nobody, Some(body)).await,
+        (500, json!({"error": "check access failed"}))
+    );
+    let admin = uaa_token("ops", "network.admin");
+    let body = policies(vec![policy("C", "C", 80)]);
+    assert_eq!(call(&h, Method::POST, P, &admin, Some(body)).await.0, 200);
+    // The list: the user's spaces from its roles, two pages.
+    let (s, v) = call(&h, Method::GET, P, &dev, None).await;
+    assert_eq!(s, 200);
+    assert_eq!(ids(&v), [pair("A", "B"), pair("A", "D")]);
+    assert!(
+        cc.lock()
+            .unwrap()
+            .log
+            .iter()
+            .any(|l| l.contains("/v3/roles?") && l.contains("page=2")),
+        "the next page was followed: {:?}",
+        cc.lock().unwrap().log
+    );
+    assert_eq!(
+        cc.lock().unwrap().grants,
+        0,
+        "no client token was asked for"
+    );
+    // The periodic cleanup has no user: its requests carry no token.
+    cc.lock().unwrap().anonymous = true;
+    cc.lock().unwrap().apps.remove("D");
+    let cleanup = "/networking/v1/external/policies/cleanup";
+    let (s, v) = call(&h, Method::POST, cleanup, &admin, None).await;
+    assert_eq!((s, ids(&v)), (200, vec![pair("A", "D")]));
+    h.shutdown().await;
+}
+
 dual!(
+    v3_roles_with_the_users_own_token,
     space_developer_access,
     cleanup_asks_cloud_controller,
     periodic_cleanup_asks_cloud_controller
@@ -551,13 +399,15 @@ async fn a_wrong_client_secret_is_a_500_not_an_open_door() {
     let h = Harness::new(Db::Sqlite, |c| {
         c.cf.uaa = Some(UaaConfig {
             keys: KeySource::File(fixture("public.pem")),
-            issuer: ISSUER.into(),
+            issuer: Some(ISSUER.into()),
         });
         c.cf.cc = Some(CcConfig {
             url: url.clone(),
-            uaa_url: url.clone(),
-            client_id: "network-policy".into(),
-            client_secret: "wrong".into(),
+            client: Some(ClientCredentials {
+                uaa_url: url.clone(),
+                client_id: "network-policy".into(),
+                client_secret: "wrong".into(),
+            }),
             ca_certs: Vec::new(),
             chunk_size: 100,
         });

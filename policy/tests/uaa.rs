@@ -146,7 +146,7 @@ async fn uaa_key_file() {
     let h = Harness::new(Db::Sqlite, |c| {
         c.cf.uaa = Some(UaaConfig {
             keys: KeySource::File(fixture("public.pem")),
-            issuer: ISSUER.into(),
+            issuer: Some(ISSUER.into()),
         })
     })
     .await;
@@ -160,7 +160,7 @@ async fn uaa_jwks_url() {
     let h = Harness::new(Db::Sqlite, |c| {
         c.cf.uaa = Some(UaaConfig {
             keys: KeySource::Jwks(url),
-            issuer: ISSUER.into(),
+            issuer: Some(ISSUER.into()),
         })
     })
     .await;
@@ -191,7 +191,7 @@ async fn uaa_bad_key_source_is_a_clear_start_error() {
     config.internal_listen = "127.0.0.1:0".parse().unwrap();
     config.cf.uaa = Some(UaaConfig {
         keys: KeySource::File(dir.path().join("missing.pem")),
-        issuer: ISSUER.into(),
+        issuer: Some(ISSUER.into()),
     });
     let e = tapestry_policy::start(config).await.err().expect("refused");
     assert!(e.to_string().contains("missing.pem"), "{e}");

@@ -277,6 +277,7 @@ pub fn lookup_token(tx: &mut dyn Tx, hash: &str) -> Result<Option<Principal>, St
             scope: r[1].t()?.into(),
             spaces: serde_json::from_str(r[2].t()?)?,
             subject: None,
+            bearer: None,
         })
     })
     .transpose()
