@@ -108,6 +108,35 @@ pub struct ControlArgs {
     body_timeout_secs: u64,
 }
 
+/// UAA's issuer and base URL from `--uaa-jwks-url`, `--uaa-issuer` and `--uaa-url`: a UAA's
+/// JWKS is at BASE/token_keys and its issuer is BASE/oauth/token, so each follows from the others.
+fn uaa_endpoints(
+    jwks_url: Option<&str>,
+    issuer: Option<&str>,
+    uaa_url: Option<&str>,
+) -> Result<(Option<String>, Option<String>)> {
+    let jwks_base = jwks_url
+        .and_then(|u| u.trim_end_matches('/').strip_suffix("/token_keys"))
+        .map(str::to_string);
+    let issuer = match (issuer, jwks_url, &jwks_base) {
+        (Some(i), _, _) => Some(i.to_string()),
+        (None, Some(_), Some(base)) => Some(format!("{base}/oauth/token")),
+        (None, Some(url), None) => bail!(
+            "--uaa-jwks-url {url}: give the issuer tokens must carry with --uaa-issuer \
+             (it can only be derived from a UAA URL ending in /token_keys)"
+        ),
+        (None, None, _) => None,
+    };
+    let base = uaa_url.map(str::to_string).or_else(|| {
+        issuer
+            .as_deref()
+            .and_then(|i| i.trim_end_matches('/').strip_suffix("/oauth/token"))
+            .map(str::to_string)
+            .or(jwks_base)
+    });
+    Ok((issuer, base))
+}
+
 /// `3600`, `90s`, `30m`, `1h`: a positive interval.
 fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
@@ -232,29 +261,11 @@ pub fn run(args: ControlArgs) -> Result<()> {
     config.cf.cleanup_interval = args.cleanup_interval;
     config.cf.cors_domains = args.allowed_cors_domains;
     config.cf.silk_listen = args.silk_listen;
-    // UAA's issuer, and its base URL (for the client-credentials token), from the flags given:
-    // a UAA's JWKS is at BASE/token_keys and its issuer is BASE/oauth/token.
-    let jwks_base = args
-        .uaa_jwks_url
-        .as_deref()
-        .and_then(|u| u.trim_end_matches('/').strip_suffix("/token_keys"))
-        .map(str::to_string);
-    let issuer = match (&args.uaa_issuer, &args.uaa_jwks_url, &jwks_base) {
-        (Some(i), _, _) => Some(i.clone()),
-        (None, Some(_), Some(base)) => Some(format!("{base}/oauth/token")),
-        (None, Some(url), None) => bail!(
-            "--uaa-jwks-url {url}: give the issuer tokens must carry with --uaa-issuer \
-             (it can only be derived from a UAA URL ending in /token_keys)"
-        ),
-        (None, None, _) => None,
-    };
-    let uaa_base = args.uaa_url.clone().or_else(|| {
-        issuer
-            .as_deref()
-            .and_then(|i| i.trim_end_matches('/').strip_suffix("/oauth/token"))
-            .map(str::to_string)
-            .or(jwks_base.clone())
-    });
+    let (issuer, uaa_base) = uaa_endpoints(
+        args.uaa_jwks_url.as_deref(),
+        args.uaa_issuer.as_deref(),
+        args.uaa_url.as_deref(),
+    )?;
     let keys = match (args.uaa_jwks_url, args.uaa_key_file) {
         (Some(url), _) => Some(tapestry_policy::uaa::KeySource::Jwks(url)),
         (None, Some(f)) => Some(tapestry_policy::uaa::KeySource::File(f)),
@@ -362,4 +373,37 @@ pub fn run(args: ControlArgs) -> Result<()> {
         running.shutdown().await;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uaa_issuer_and_base_follow_from_each_other() {
+        let some = |s: &str| Some(s.to_string());
+        let u = "https://uaa.sys.example";
+        let jwks = format!("{u}/token_keys");
+        let iss = format!("{u}/oauth/token");
+        assert_eq!(
+            uaa_endpoints(Some(&jwks), None, None).unwrap(),
+            (some(&iss), some(u))
+        );
+        assert_eq!(
+            uaa_endpoints(None, Some(&iss), None).unwrap(),
+            (some(&iss), some(u))
+        );
+        assert_eq!(
+            uaa_endpoints(
+                Some(&jwks),
+                Some("https://other/oauth/token"),
+                Some("http://x")
+            )
+            .unwrap(),
+            (some("https://other/oauth/token"), some("http://x"))
+        );
+        assert_eq!(uaa_endpoints(None, None, None).unwrap(), (None, None));
+        let e = uaa_endpoints(Some("https://keys.example/jwks"), None, None).unwrap_err();
+        assert!(e.to_string().contains("--uaa-issuer"), "{e}");
+    }
 }
