@@ -245,7 +245,8 @@ fn postgres_restart_under_writes_keeps_every_acknowledged_write() {
         "writes succeed again after `pg_ctl restart -m fast` (same control plane)",
     );
 
-    // 2. A crash: immediate stop, a few seconds down under writes, then a start (with recovery).
+    // 2. A crash: an immediate stop, down while the writers keep writing, then a start (with
+    // crash recovery).
     pg.pg_ctl("stop", Some("immediate"));
     let refused_before = seen.lock().unwrap().refused.len();
     let acked_down = acked();
