@@ -9,7 +9,8 @@
 # Tests that need something a machine may lack are `#[ignore = "needs ..."]`, so a plain
 # `cargo nextest run` reports them as skipped instead of passing without testing:
 #   root       (network namespaces, /dev/net/tun)  the e2e_* binaries, tapestry-sys's tap_* binaries
-#   PostgreSQL (TAPESTRY_TEST_POSTGRES)             tapestry-policy tests named *postgres*
+#   PostgreSQL (TAPESTRY_TEST_POSTGRES,             tapestry-policy tests named *postgres*, and
+#     TAPESTRY_TEST_PG_BIN)                         tests/postgres_fault.rs (its own cluster)
 #   tshark                                          tests named *tshark*
 # This script runs them (`--run-ignored all`) wherever their environment is there. As root (CI)
 # every environment is required (TAPESTRY_REQUIRE_ROOT=1, TAPESTRY_REQUIRE_POSTGRES=1): a missing
@@ -20,7 +21,7 @@ cd "$(dirname "$0")/.."
 # Each set ends in a test() predicate: nextest then lists the tests it leaves out and counts them
 # as skipped (a set of binary() predicates alone drops whole binaries from the count).
 ROOT_TESTS='(binary(/^e2e_/) | (package(tapestry-sys) & binary(/^tap_/))) & test(/./)'
-POSTGRES_TESTS='package(tapestry-policy) & test(/postgres/)'
+POSTGRES_TESTS='(package(tapestry-policy) | binary(/^postgres_fault$/)) & test(/postgres/)'
 TSHARK_TESTS='test(/tshark/)'
 
 is_root=0

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::{Db, Harness};
 use tapestry_policy::client::InternalClient;
+use tapestry_policy::identity::IdentityRequest;
 use tapestry_policy::model::Instance;
 use tapestry_policy::ClientError;
 
@@ -102,6 +103,75 @@ async fn a_cell_acts_only_for_its_own_underlay_ip() {
         .unwrap();
     assert!(f.snapshot.is_some());
     one.instance_down(ip("10.0.0.1"), "h1").await.unwrap();
+    h.shutdown().await;
+}
+
+fn identity_request(handle: &str, addr: &str) -> IdentityRequest {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    IdentityRequest {
+        csr: rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap(),
+        handle: handle.into(),
+        ip: addr.into(),
+        app_id: "app".into(),
+        space_id: "S".into(),
+        org_id: "O".into(),
+        lifetime_secs: None,
+    }
+}
+
+/// Instance identity certificates: a cell with its own certificate gets them only for
+/// addresses in its own lease (as for registering instances); the shared certificate, where
+/// allowed, for any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cell_gets_instance_identities_only_inside_its_lease() {
+    let h = Harness::new(Db::Sqlite, |c| c.allow_shared_cell_cert = false).await;
+    let one = cell_client(&h, "10.0.0.1");
+    let two = cell_client(&h, "10.0.0.2");
+    // No lease yet: nothing is inside it.
+    let e = forbidden(
+        one.instance_identity(&identity_request("h1", "10.255.1.2"))
+            .await
+            .unwrap_err(),
+    );
+    assert!(e.contains("has no lease"), "{e}");
+    let l1 = one.acquire_lease(ip("10.0.0.1")).await.unwrap();
+    let l2 = two.acquire_lease(ip("10.0.0.2")).await.unwrap();
+    let inside = |l: &tapestry_policy::model::Lease| {
+        let o = l.overlay_subnet.network().octets();
+        format!("{}.{}.{}.{}", o[0], o[1], o[2], o[3] + 2)
+    };
+    one.instance_identity(&identity_request("h1", &inside(&l1)))
+        .await
+        .expect("an identity for an address in its own lease");
+    let e = forbidden(
+        one.instance_identity(&identity_request("h2", &inside(&l2)))
+            .await
+            .unwrap_err(),
+    );
+    assert!(
+        e.contains("h2") && e.contains("outside this cell's lease"),
+        "{e}"
+    );
+    // The shared certificate is refused here...
+    let e = forbidden(
+        h.internal()
+            .instance_identity(&identity_request("h1", &inside(&l1)))
+            .await
+            .unwrap_err(),
+    );
+    assert!(e.contains("--allow-shared-cell-cert"), "{e}");
+    h.shutdown().await;
+
+    // ...and where allowed it acts for any cell.
+    let h = Harness::new(Db::Sqlite, |c| c.allow_shared_cell_cert = true).await;
+    h.internal()
+        .instance_identity(&identity_request("h9", "10.255.9.2"))
+        .await
+        .expect("the shared certificate, where allowed, for any address");
     h.shutdown().await;
 }
 

@@ -4,6 +4,9 @@
 #   source scripts/lib/postgres.sh
 #   pg_start_for_tests          # sets and exports TAPESTRY_TEST_POSTGRES, or returns 1
 #
+# It also exports TAPESTRY_TEST_PG_BIN, the directory of initdb and pg_ctl, for tests that run
+# a cluster of their own (tests/postgres_fault.rs restarts its server; this one stays up).
+#
 # Where the server binaries come from, first found wins:
 #   1. $PGBIN (default /usr/local/bin), if it has initdb;
 #   2. Debian/Ubuntu's packages: /usr/lib/postgresql/VERSION/bin, the newest version;
@@ -50,6 +53,7 @@ pg_start_for_tests() {
     || { echo "error: PostgreSQL did not start; its log:" >&2; cat "$PG_TEST_DATA/log" >&2; return 1; }
   trap pg_stop_for_tests EXIT
   export TAPESTRY_TEST_POSTGRES="postgres://postgres@127.0.0.1:$port/postgres"
+  export TAPESTRY_TEST_PG_BIN=$bin
   echo "PostgreSQL ($bin) for tests at $TAPESTRY_TEST_POSTGRES"
 }
 

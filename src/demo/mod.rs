@@ -2,6 +2,7 @@
 //! A, B and C, policies A->B and A->C; real TCP connections show A->B allowed and B->C denied.
 
 pub mod overlay;
+pub mod reorder;
 pub mod sandbox;
 pub mod testbed;
 

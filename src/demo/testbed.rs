@@ -23,6 +23,8 @@ pub struct Testbed {
     dir: PathBuf,
     bin: PathBuf,
     next_port: u32,
+    /// (host namespace name, its underlay bridge port in the `ul` namespace)
+    ports: Vec<(String, String)>,
 }
 
 /// Runs a command, failing with its stderr when it exits non-zero.
@@ -59,6 +61,7 @@ impl Testbed {
             dir,
             bin: bin.to_path_buf(),
             next_port: 1,
+            ports: vec![],
         };
         tb.remove_stale();
         Ok(tb)
@@ -140,7 +143,16 @@ impl Testbed {
             &["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "ul0"],
         )?;
         sh("ip", &["-n", &ns, "link", "set", "ul0", "up"])?;
+        self.ports.push((name.to_string(), port));
         Ok(path)
+    }
+
+    /// The underlay bridge port (in the `ul` namespace) of host `name`, given to `add_host`.
+    pub fn underlay_port(&self, name: &str) -> Option<&str> {
+        self.ports
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, p)| p.as_str())
     }
 
     /// Starts `tapestry ARGS` inside namespace `ns` (a name given to add_*), logging to

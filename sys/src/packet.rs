@@ -154,6 +154,37 @@ impl PacketPort {
         })
     }
 
+    /// Makes [`PacketPort::read`] give up after `timeout` with `WouldBlock` (SO_RCVTIMEO);
+    /// `None` waits for ever.
+    pub fn set_read_timeout(&self, timeout: Option<std::time::Duration>) -> Result<()> {
+        let d = timeout.unwrap_or_default();
+        let tv = libc::timeval {
+            tv_sec: d.as_secs().min(libc::time_t::MAX as u64) as libc::time_t,
+            // A zero timeval waits for ever: the smallest timeout is 1 us.
+            tv_usec: match (timeout, d.subsec_micros()) {
+                (Some(_), 0) if d.as_secs() == 0 => 1,
+                (_, us) => us as libc::suseconds_t,
+            },
+        };
+        // SAFETY: setsockopt reads one timeval from a valid pointer with the matching length.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 {
+            return Err(Error::last_os(format!(
+                "setsockopt SO_RCVTIMEO on the packet socket of {}",
+                self.name
+            )));
+        }
+        Ok(())
+    }
+
     /// Reads one frame (with its virtio-net header if `vnet_hdr`).
     pub fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: `buf` is valid for writes of `buf.len()` bytes for the duration of the call.

@@ -73,21 +73,36 @@ fn act_for(acting: Option<Ipv4Addr>, field: &str, ip: Ipv4Addr) -> ApiResult<()>
 
 /// Refuses instances whose IP lies outside the acting cell's lease.
 async fn in_lease(s: &AppState, acting: Option<Ipv4Addr>, instances: &[Instance]) -> ApiResult<()> {
+    let ips: Vec<(&str, Ipv4Addr)> = instances
+        .iter()
+        .map(|i| (i.handle.as_str(), i.ip))
+        .collect();
+    ips_in_lease(s, acting, "registering instances", &ips).await
+}
+
+/// Refuses container addresses (handle, ip) outside the acting cell's lease; `purpose` says
+/// what a cell without a lease cannot do yet.
+async fn ips_in_lease(
+    s: &AppState,
+    acting: Option<Ipv4Addr>,
+    purpose: &str,
+    ips: &[(&str, Ipv4Addr)],
+) -> ApiResult<()> {
     let Some(a) = acting else { return Ok(()) };
-    if instances.is_empty() {
+    if ips.is_empty() {
         return Ok(());
     }
     let leases = s.store.call(Mode::Read, ops::list_leases).await?;
     let Some(lease) = leases.iter().find(|l| l.underlay_ip == a) else {
         return Err(ApiError::forbidden(format!(
-            "cell {a} has no lease: acquire one before registering instances"
+            "cell {a} has no lease: acquire one before {purpose}"
         )));
     };
-    for i in instances {
-        if !lease.overlay_subnet.contains(&i.ip) {
+    for (handle, ip) in ips {
+        if !lease.overlay_subnet.contains(ip) {
             return Err(ApiError::forbidden(format!(
-                "instance {}: ip {} is outside this cell's lease {}",
-                i.handle, i.ip, lease.overlay_subnet
+                "instance {handle}: ip {ip} is outside this cell's lease {}",
+                lease.overlay_subnet
             )));
         }
     }
@@ -271,13 +286,14 @@ async fn sync_cell(
 }
 
 /// Signs a container's instance identity certificate from its cell's CSR; the DNS SANs get the
-/// app's internal routes.
+/// app's internal routes. A cell with its own certificate gets them only for addresses in its
+/// lease.
 async fn instance_identity(
     State(s): State<AppState>,
     cert: Cert,
     b: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<IssuedIdentity>> {
-    acting_cell(&s, &cert)?;
+    let acting = acting_cell(&s, &cert)?;
     let req: IdentityRequest = json(&body(b)?)?;
     let identity_err = |e: IdentityError| match e {
         IdentityError::Invalid { .. } => ApiError::bad_request(e.to_string()),
@@ -286,7 +302,14 @@ async fn instance_identity(
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
     };
-    crate::identity::check_request(&req).map_err(identity_err)?;
+    let ip = crate::identity::check_request(&req).map_err(identity_err)?;
+    ips_in_lease(
+        &s,
+        acting,
+        "asking for instance identities",
+        &[(req.handle.as_str(), ip)],
+    )
+    .await?;
     let Some(ca) = s.identity.clone() else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -2,6 +2,12 @@
 //! tokio-postgres with `Handle::block_on`. Writers take a transaction-scoped advisory lock so
 //! change-log ids commit in order; commits `NOTIFY tapestry_feed`, and every replica LISTENs
 //! (plus a slow re-check) to wake its own long-polls.
+//!
+//! A PostgreSQL restart breaks every connection: a pool slot whose connection is gone connects
+//! again when next used, and a transaction whose `BEGIN` finds its connection closed starts over
+//! once on a new one. While the server is down, each call fails at once with the connection
+//! error (connecting is bounded by [`CONNECT_TIMEOUT`]); nothing is retried after `BEGIN`, so a
+//! write is never applied twice.
 use std::collections::HashMap;
 use std::error::Error;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +27,11 @@ use crate::error::StoreError;
 const POOL: usize = 4;
 const LOCK_KEY: i64 = 0x7461_7065_7374; // "tapest"
 const CHANNEL: &str = "tapestry_feed";
+/// How long connecting may take, unless the URL sets `connect_timeout`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long sent data may go unacknowledged before a connection counts as broken (a server
+/// that vanished without closing it), unless the URL sets `tcp_user_timeout`.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A connection and its prepared statements (one round trip per statement after the first).
 struct Conn {
@@ -65,9 +76,33 @@ async fn connect(
     ),
     StoreError,
 > {
-    tokio_postgres::connect(url, NoTls)
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| StoreError::Invalid(format!("--database: not a PostgreSQL URL: {e}")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+    config
+        .connect(NoTls)
         .await
         .map_err(|e| StoreError::Db(format!("connecting to PostgreSQL: {e}")))
+}
+
+/// A new connection for a pool slot, its driver spawned on the current runtime.
+async fn open_conn(url: &str) -> Result<Conn, StoreError> {
+    let (client, conn) = connect(url).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!("PostgreSQL connection ended: {e}");
+        }
+    });
+    Ok(Conn {
+        client,
+        stmts: HashMap::new(),
+    })
 }
 
 impl PgBackend {
@@ -77,16 +112,7 @@ impl PgBackend {
     ) -> Result<PgBackend, StoreError> {
         let mut clients = Vec::new();
         for _ in 0..POOL {
-            let (client, conn) = connect(url).await?;
-            tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::warn!("PostgreSQL connection ended: {e}");
-                }
-            });
-            clients.push(Mutex::new(Conn {
-                client,
-                stmts: HashMap::new(),
-            }));
+            clients.push(Mutex::new(open_conn(url).await?));
         }
         tokio::spawn(listen(url.to_string(), version));
         Ok(PgBackend {
@@ -253,36 +279,40 @@ impl Backend for PgBackend {
         let mut guard = guard;
         if guard.client.is_closed() {
             // The server restarted or the connection broke: reconnect this pool slot.
-            let (client, conn) = self.handle.block_on(connect(&self.url))?;
-            self.handle.spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::warn!("PostgreSQL connection ended: {e}");
+            *guard = self.handle.block_on(open_conn(&self.url))?;
+        }
+        let h = &self.handle;
+        let begin = |client: &Client| {
+            h.block_on(async {
+                match mode {
+                    Mode::Write => {
+                        client.batch_execute("BEGIN").await?;
+                        client
+                            .execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
+                            .await
+                    }
+                    Mode::Read => client
+                        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                        .await
+                        .map(|_| 0),
                 }
-            });
-            *guard = Conn {
-                client,
-                stmts: HashMap::new(),
-            };
+            })
+        };
+        let mut begun = begin(&guard.client);
+        if let Err(e) = &begun {
+            let shutdown = e.code().is_some_and(|c| c.code().starts_with("57P"));
+            if e.is_closed() || shutdown || guard.client.is_closed() {
+                // The connection died since its last use (a restart the driver had not yet
+                // noticed, or the server's "terminating connection" answer, SQLSTATE 57P..):
+                // nothing ran, so start over on a new one.
+                *guard = h.block_on(open_conn(&self.url))?;
+                begun = begin(&guard.client);
+            }
         }
         let conn: &mut Conn = &mut guard;
         let client: &Client = &conn.client;
         let stmts = &mut conn.stmts;
-        let h = &self.handle;
-        match mode {
-            Mode::Write => h.block_on(async {
-                client.batch_execute("BEGIN").await?;
-                client
-                    .execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK_KEY])
-                    .await
-            }),
-            Mode::Read => h.block_on(async {
-                client
-                    .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                    .await
-                    .map(|_| 0)
-            }),
-        }
-        .map_err(|e| {
+        begun.map_err(|e| {
             let _ = h.block_on(client.batch_execute("ROLLBACK"));
             StoreError::from(e)
         })?;
