@@ -93,9 +93,21 @@ const DEV: &str = "space-dev-with-network-write-token";
 // Context("when space developer self-service is disabled"),
 // It("succeeds for developers with access to apps and network.write permission")
 async fn create_succeeds_for_developers_with_access_and_network_write(db: Db) {
-    let h = space_developer(db).await;
+    let cc = mock_cc_server();
+    let h = cf_harness(db, &cc, |_| {}).await;
     let (s, _) = as_token(&h, DEV, Method::POST, POLICIES, Some(BODY)).await;
     assert_eq!(s, 200);
+    // Decided by the double: the client token, the apps, the space, the developer search.
+    let log = cc.lock().unwrap().log.clone();
+    assert_eq!(
+        log,
+        [
+            "POST /oauth/token",
+            "GET /v3/apps?guids=some-app-guid%2Csome-other-app-guid&per_page=2",
+            "GET /v2/spaces/space-1-guid",
+            "GET /v2/spaces?q=developer_guid%3Asome-user-or-client-id&q=name%3Aspace-1&q=organization_guid%3Aorg-1-guid",
+        ]
+    );
     h.shutdown().await;
 }
 
@@ -275,9 +287,19 @@ async fn with_cleanup_policies(db: Db, interval: Duration) -> (Harness, Cc) {
 }
 
 async fn cleanup_policies_succeeds(db: Db, version: &str) {
-    let (h, _cc) = with_cleanup_policies(db, Duration::from_secs(60)).await;
+    let (h, cc) = with_cleanup_policies(db, Duration::from_secs(60)).await;
     let path = format!("/networking/{version}/external/policies/cleanup");
     let got = as_token(&h, "valid-token", Method::POST, &path, None).await;
+    // cc_app_request_chunk_size 1: one /v3/apps request per app of the policies.
+    let asked: Vec<String> = (cc.lock().unwrap().log.iter())
+        .filter(|l| l.starts_with("GET /v3/apps"))
+        .cloned()
+        .collect();
+    assert_eq!(asked.len(), 3, "{asked:?}");
+    assert!(
+        asked.iter().all(|l| l.ends_with("&per_page=1")),
+        "{asked:?}"
+    );
     let stale = r#"{
         "total_policies":1,
         "policies": [
