@@ -7,6 +7,8 @@
 //! - `PUT /networking/v1/internal/tags` `{"id","type"}` -> `{"id","type","tag"}`;
 //! - `GET /networking/{v}/internal/security_groups[?space_guids=S,T][&from=N][&limit=N]`:
 //!   `{"next": N, "security_groups": [...]}`; `next` is 0 on the last page.
+//!
+//! Every answer carries CF's `Strict-Transport-Security: max-age=31536000`.
 use std::collections::HashMap;
 
 use axum::body::Bytes;
@@ -34,6 +36,17 @@ pub fn routes() -> Router<AppState> {
             "/networking/{version}/internal/security_groups",
             get(security_groups),
         )
+        .route_layer(axum::middleware::map_response(hsts))
+}
+
+/// CF's `HSTSHandler` on its internal (TLS) server: `Strict-Transport-Security: max-age=31536000`
+/// (one year) on every answer.
+async fn hsts(mut r: axum::response::Response) -> axum::response::Response {
+    r.headers_mut().insert(
+        axum::http::header::STRICT_TRANSPORT_SECURITY,
+        axum::http::HeaderValue::from_static("max-age=31536000"),
+    );
+    r
 }
 
 fn internal_error(what: &'static str) -> impl FnOnce(crate::StoreError) -> ApiError {

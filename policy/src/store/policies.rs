@@ -71,7 +71,8 @@ fn insert_group(tx: &mut dyn Tx, guid: &str, kind: &str, tag: i64) -> Result<Tag
 }
 
 /// The tag of group `guid`, created (lowest free, of type `kind`) when it has none: CF's
-/// internal `PUT /networking/v1/internal/tags`. An existing group keeps its type.
+/// internal `PUT /networking/v1/internal/tags`. An existing group keeps its type: asking for it
+/// under another type is a `Conflict` (CF's 500 `database create failed`).
 pub fn create_tag(
     tx: &mut dyn Tx,
     guid: &str,
@@ -83,9 +84,17 @@ pub fn create_tag(
         &[guid.into()],
     )?;
     if let Some(r) = rows.first() {
+        let existing = r[1].t()?;
+        // CF looks a group up by id and type, and its insert then fails on the unique id: a
+        // group keeps the type it was created with.
+        if existing != kind {
+            return Err(StoreError::Conflict(format!(
+                "group {guid} exists with type {existing}, not {kind}"
+            )));
+        }
         return Ok(Tag {
             id: guid.into(),
-            kind: r[1].t()?.into(),
+            kind: existing.into(),
             tag: render_tag(r[0].i()? as u16),
         });
     }
