@@ -97,13 +97,15 @@ async fn create_succeeds_for_developers_with_access_and_network_write(db: Db) {
     let h = cf_harness(db, &cc, |_| {}).await;
     let (s, _) = as_token(&h, DEV, Method::POST, POLICIES, Some(BODY)).await;
     assert_eq!(s, 200);
-    // Decided by the double: the client token, the apps, the space, the developer search.
+    // Decided by the double: the client token, the apps, Tapestry's v3 roles probe (404 here, as
+    // on a Cloud Controller without v3 roles), then CF's v2 calls: the space, the developer search.
     let log = cc.lock().unwrap().log.clone();
     assert_eq!(
         log,
         [
             "POST /oauth/token",
             "GET /v3/apps?guids=some-app-guid%2Csome-other-app-guid&per_page=2",
+            "GET /v3/roles?types=space_developer&user_guids=some-user-or-client-id&space_guids=space-1-guid&per_page=5000",
             "GET /v2/spaces/space-1-guid",
             "GET /v2/spaces?q=developer_guid%3Asome-user-or-client-id&q=name%3Aspace-1&q=organization_guid%3Aorg-1-guid",
         ]

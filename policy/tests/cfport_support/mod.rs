@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use reqwest::Method;
 use serde_json::{json, Value};
-use tapestry_policy::cc::CcConfig;
+use tapestry_policy::cc::{CcConfig, ClientCredentials};
 use tapestry_policy::uaa::{KeySource, UaaConfig};
 
 use crate::common::{Db, Harness};
@@ -204,7 +204,9 @@ async fn any_v3(
             })
             .collect(),
         "spaces" => w.spaces.keys().map(|g| json!({"guid": g})).collect(),
-        _ => return StatusCode::IM_A_TEAPOT.into_response(),
+        // A real Cloud Controller answers 404 for what it does not serve (CF's double only
+        // serves the v2 role calls, so /v3/roles is 404 and Tapestry falls back to them).
+        _ => return StatusCode::NOT_FOUND.into_response(),
     };
     Json(cc_list(resources)).into_response()
 }
@@ -332,13 +334,15 @@ pub async fn cf_harness(
     Harness::new(db, |c| {
         c.cf.uaa = Some(UaaConfig {
             keys: KeySource::File(fixture("public.pem")),
-            issuer: ISSUER.into(),
+            issuer: Some(ISSUER.into()),
         });
         c.cf.cc = Some(CcConfig {
             url: url.clone(),
-            uaa_url: url.clone(),
-            client_id: "test".into(),
-            client_secret: "test".into(),
+            client: Some(ClientCredentials {
+                uaa_url: url.clone(),
+                client_id: "test".into(),
+                client_secret: "test".into(),
+            }),
             ca_certs: Vec::new(),
             chunk_size: 100,
         });
