@@ -80,6 +80,16 @@ pub struct ControlArgs {
     /// Most app GUIDs in one Cloud Controller /v3/apps request (CF's cc_app_request_chunk_size).
     #[arg(long, default_value_t = tapestry_policy::cc::DEFAULT_CHUNK_SIZE, requires = "cloud_controller")]
     cc_app_request_chunk_size: usize,
+    /// How often the security groups are read from Cloud Controller (/v3/security_groups, as
+    /// CF's policy-server-asg-syncer), replacing the stored ones; default 60s with
+    /// --cloud-controller and --uaa-client-secret-file. The external API's security group
+    /// writes are then refused: Cloud Controller owns them.
+    #[arg(long, value_parser = parse_interval, requires = "uaa_client_secret_file")]
+    asg_sync_interval: Option<std::time::Duration>,
+    /// With --cloud-controller, keep the security groups managed through Tapestry's API
+    /// instead of syncing them from Cloud Controller.
+    #[arg(long, conflicts_with = "asg_sync_interval")]
+    no_asg_sync: bool,
     /// An origin the external API allows for CORS (repeat or comma-separate; `*`: any).
     #[arg(long = "allowed-cors-domain", value_delimiter = ',')]
     allowed_cors_domains: Vec<String>,
@@ -298,6 +308,10 @@ pub fn run(args: ControlArgs) -> Result<()> {
                 })
             }
         };
+        if client.is_some() && !args.no_asg_sync {
+            config.cf.asg_sync_interval =
+                Some(args.asg_sync_interval.unwrap_or(Duration::from_secs(60)));
+        }
         config.cf.cc = Some(tapestry_policy::cc::CcConfig {
             url,
             client,

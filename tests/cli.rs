@@ -326,6 +326,19 @@ fn control_names_bad_cloud_controller_flags() {
     assert!(e.contains("--cloud-controller-ca-cert"), "{e}");
     let e = fails(&["--uaa-url", cc]);
     assert!(e.contains("--cloud-controller"), "{e}");
+    let e = fails(&["--cloud-controller", cc, "--asg-sync-interval", "30s"]);
+    assert!(e.contains("--uaa-client-secret-file"), "{e}");
+    let e = fails(&[
+        "--cloud-controller",
+        cc,
+        "--uaa-url",
+        cc,
+        "--uaa-client-secret-file",
+        secret,
+        "--asg-sync-interval",
+        "0",
+    ]);
+    assert!(e.contains("longer than 0 seconds"), "{e}");
 }
 
 #[test]

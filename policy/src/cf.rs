@@ -19,6 +19,10 @@ pub struct CfConfig {
     pub uaa: Option<crate::uaa::UaaConfig>,
     /// Ask Cloud Controller for apps and spaces (`--cloud-controller`), as CF's policy server.
     pub cc: Option<crate::cc::CcConfig>,
+    /// Read the security groups from Cloud Controller this often (`--asg-sync-interval`, CF's
+    /// `policy-server-asg-syncer`); they then replace the stored ones, and the external API's
+    /// security group writes are refused. Needs `cc` with client credentials.
+    pub asg_sync_interval: Option<Duration>,
 }
 
 impl Default for CfConfig {
@@ -30,6 +34,7 @@ impl Default for CfConfig {
             silk_listen: None,
             uaa: None,
             cc: None,
+            asg_sync_interval: None,
         }
     }
 }
@@ -46,7 +51,24 @@ impl CfConfig {
                 "--cleanup-interval must be longer than 0 seconds".into(),
             ));
         }
+        if let Some(every) = self.asg_sync_interval {
+            if every.is_zero() {
+                return Err(ControlError::Config(
+                    "--asg-sync-interval must be longer than 0 seconds".into(),
+                ));
+            }
+            if self.cc.as_ref().is_none_or(|c| c.client.is_none()) {
+                return Err(ControlError::Config(
+                    "--asg-sync-interval needs --cloud-controller with a UAA client (--uaa-client-secret-file)".into(),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// Whether security groups come from Cloud Controller.
+    pub fn asgs_from_cloud_controller(&self) -> bool {
+        self.asg_sync_interval.is_some()
     }
 }
 
@@ -77,6 +99,59 @@ pub fn spawn_cleanup(
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!("cleanup of deleted apps' policies failed: {e}"),
+            }
+        }
+    })
+}
+
+/// Replaces the stored security groups with Cloud Controller's once.
+pub async fn sync_security_groups(
+    store: &crate::store::Store,
+    cc: &crate::cc::CloudController,
+) -> Result<(usize, usize), String> {
+    let groups = cc.security_groups().await.map_err(|e| e.to_string())?;
+    let mut valid = Vec::with_capacity(groups.len());
+    for g in groups {
+        // A group Tapestry cannot enforce is left out, so it allows nothing (fails closed).
+        match crate::validate::security_group(&g) {
+            Ok(()) => valid.push(g),
+            Err(e) => tracing::warn!(
+                "security group '{}' from Cloud Controller left out: {e}",
+                g.name
+            ),
+        }
+    }
+    store
+        .call(crate::store::Mode::Write, move |tx| {
+            crate::store::ops::replace_security_groups(tx, &valid)
+        })
+        .await
+        .map_err(|e| format!("storing them: {e}"))
+}
+
+/// Syncs the security groups from Cloud Controller now and then every `every` until
+/// `shutdown` turns true (CF's `policy-server-asg-syncer`; a failed round is logged and the
+/// stored groups stay as they were).
+pub fn spawn_asg_sync(
+    store: crate::store::Store,
+    cc: std::sync::Arc<crate::cc::CloudController>,
+    every: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            match sync_security_groups(&store, &cc).await {
+                Ok((0, 0)) => {}
+                Ok((w, d)) => tracing::info!(
+                    "security groups from Cloud Controller: {w} written, {d} deleted"
+                ),
+                Err(e) => tracing::warn!("syncing security groups from Cloud Controller: {e}"),
             }
         }
     })

@@ -25,7 +25,13 @@ async fn send<T: DeserializeOwned>(req: RequestBuilder) -> Result<T, ClientError
             message,
         });
     }
-    serde_json::from_slice(&bytes).map_err(|e| ClientError::Status {
+    // An empty answer (CF's `/health`) reads as JSON null.
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"null"
+    } else {
+        &bytes
+    };
+    serde_json::from_slice(bytes).map_err(|e| ClientError::Status {
         status: status.as_u16(),
         message: format!("unexpected response body: {e}"),
     })

@@ -172,6 +172,10 @@ pub struct Rule {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecurityGroup {
     pub name: String,
+    /// Cloud Controller's GUID of a group synced from it (CF's internal API shows the name
+    /// where there is none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guid: Option<String>,
     #[serde(default)]
     pub rules: Vec<Rule>,
     #[serde(default)]

@@ -355,7 +355,8 @@ pub async fn start(config: ControlConfig) -> Result<RunningControl, ControlError
         .with_identity(identity)
         .with_cors_domains(config.cf.cors_domains.clone())
         .with_uaa(crate::cf::uaa(&config.cf).await?)
-        .with_cloud_controller(cc);
+        .with_cloud_controller(cc)
+        .with_asgs_from_cloud_controller(config.cf.asgs_from_cloud_controller());
     let index_task = state.lists.spawn_updater(store.clone(), rx.clone());
     let cleanup_task = crate::cf::spawn_cleanup(
         store.clone(),
@@ -363,6 +364,15 @@ pub async fn start(config: ControlConfig) -> Result<RunningControl, ControlError
         config.cf.cleanup_interval,
         rx.clone(),
     );
+    let asg_task = match (config.cf.asg_sync_interval, &state.cc) {
+        (Some(every), Some(cc)) => Some(crate::cf::spawn_asg_sync(
+            store.clone(),
+            cc.clone(),
+            every,
+            rx.clone(),
+        )),
+        _ => None,
+    };
     let (silk_addr, silk_task) =
         crate::cf::serve_silk(&config.cf, &tls, &state, &config.internal_limits, &rx).await?;
     let ext_task = tokio::spawn(crate::listen::serve(
@@ -393,6 +403,7 @@ pub async fn start(config: ControlConfig) -> Result<RunningControl, ControlError
         tasks: [ext_task, int_task, index_task, cleanup_task]
             .into_iter()
             .chain(silk_task)
+            .chain(asg_task)
             .collect(),
     })
 }

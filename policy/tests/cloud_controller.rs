@@ -8,7 +8,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use cc_stand_in::{serve, world, Cc};
+use cc_stand_in::{security_group, serve, world, Cc};
 use common::{policies, policy, Db, Harness};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use reqwest::Method;
@@ -385,7 +385,172 @@ async fn v3_roles_with_the_users_own_token(db: Db) {
     h.shutdown().await;
 }
 
+/// `--asg-sync-interval`: the security groups come from `/v3/security_groups` (every page),
+/// replace the stored ones, and reach the cells' feed; the external API may not write them.
+async fn security_groups_synced_from_cloud_controller(db: Db) {
+    let cc = world();
+    {
+        let mut w = cc.lock().unwrap();
+        w.asg_page_size = 1;
+        w.security_groups = vec![
+            security_group(
+                "guid-public",
+                "public-networks",
+                json!([{"protocol": "tcp", "destination": "10.0.0.0/8", "ports": "443"}]),
+                &[],
+            ),
+            security_group(
+                "guid-db",
+                "db",
+                json!([{"protocol": "tcp", "destination": "10.1.0.5", "ports": "5432"}]),
+                &["S1"],
+            ),
+        ];
+    }
+    let url = serve(cc.clone()).await;
+    let h = Harness::new(db, |c| {
+        c.cf.cc = Some(CcConfig {
+            url: url.clone(),
+            client: Some(ClientCredentials {
+                uaa_url: url.clone(),
+                client_id: "network-policy".into(),
+                client_secret: SECRET.into(),
+            }),
+            ca_certs: Vec::new(),
+            chunk_size: 100,
+        });
+        c.cf.asg_sync_interval = Some(Duration::from_millis(100));
+    })
+    .await;
+    let admin = h.admin();
+    let names = || async {
+        let mut v: Vec<(String, Option<String>, Vec<String>)> = admin
+            .list_security_groups()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|g| {
+                let ports = g.rules.iter().filter_map(|r| r.ports.clone()).collect();
+                (g.name, g.guid, ports)
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let wait_for = |want: Vec<(&'static str, &'static str, &'static str)>| {
+        let names = &names;
+        async move {
+            let want: Vec<(String, Option<String>, Vec<String>)> = want
+                .into_iter()
+                .map(|(n, g, p)| (n.into(), Some(g.into()), vec![p.into()]))
+                .collect();
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let got = names().await;
+                if got == want {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "security groups {got:?}, want {want:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_for(vec![
+        ("db", "guid-db", "5432"),
+        ("public-networks", "guid-public", "443"),
+    ])
+    .await;
+    {
+        let w = cc.lock().unwrap();
+        assert!(w
+            .log
+            .iter()
+            .any(|l| l == "GET /v3/security_groups?per_page=5000&page=2"));
+    }
+    // The cells see them: CF's internal API shows Cloud Controller's GUIDs.
+    let cell = "10.0.0.1".parse().unwrap();
+    let r = h.internal().feed(cell, None, Duration::ZERO).await.unwrap();
+    let snap = r.snapshot.expect("a snapshot");
+    let guids: Vec<_> = snap
+        .security_groups
+        .iter()
+        .map(|g| g.guid.clone())
+        .collect();
+    assert_eq!(
+        guids,
+        [Some("guid-db".to_string()), Some("guid-public".to_string())]
+    );
+    // Changed, deleted, and one Tapestry cannot enforce (left out: it allows nothing).
+    {
+        let mut w = cc.lock().unwrap();
+        w.security_groups = vec![
+            security_group(
+                "guid-db",
+                "db",
+                json!([{"protocol": "tcp", "destination": "10.1.0.5", "ports": "5433"}]),
+                &["S1"],
+            ),
+            security_group(
+                "guid-bad",
+                "bad",
+                json!([{"protocol": "tcp", "destination": "10.1.0.5", "ports": "70000"}]),
+                &[],
+            ),
+        ];
+    }
+    wait_for(vec![("db", "guid-db", "5433")]).await;
+    // Cloud Controller owns them.
+    let (s, v) = h
+        .post(
+            "/networking/v1/external/security_groups",
+            json!({"name": "mine", "rules": []}),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("Cloud Controller"),
+        "{v}"
+    );
+    let (s, _, _) = h
+        .raw(
+            Method::DELETE,
+            "/networking/v1/external/security_groups/db",
+            Some(&h.c().admin_token),
+            None,
+        )
+        .await;
+    assert_eq!(s, 409);
+    // A listing that changes while it is read, or a Cloud Controller that is down, replaces
+    // nothing.
+    for (unstable, down) in [(true, false), (false, true)] {
+        {
+            let mut w = cc.lock().unwrap();
+            w.asg_unstable = unstable;
+            w.down = down;
+            w.security_groups.clear();
+            w.log.clear();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while cc.lock().unwrap().log.len() < 6 {
+            assert!(std::time::Instant::now() < deadline, "no sync rounds");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(names().await.len(), 1, "unstable {unstable}, down {down}");
+    }
+    {
+        let mut w = cc.lock().unwrap();
+        w.asg_unstable = false;
+        w.down = false;
+    }
+    wait_for(vec![]).await;
+    h.shutdown().await;
+}
+
 dual!(
+    security_groups_synced_from_cloud_controller,
     v3_roles_with_the_users_own_token,
     space_developer_access,
     cleanup_asks_cloud_controller,

@@ -129,6 +129,7 @@ mod tests {
         vec![
             SecurityGroup {
                 name: "public".into(),
+                guid: None,
                 rules: vec![rule("all", "0.0.0.0/0", None)],
                 globally_enabled: GloballyEnabled {
                     running: true,
@@ -139,6 +140,7 @@ mod tests {
             },
             SecurityGroup {
                 name: "db".into(),
+                guid: None,
                 rules: vec![
                     rule("tcp", "172.16.0.0/12", Some("5432")),
                     rule("tcp", "172.16.0.9", Some("6379")),
@@ -149,6 +151,7 @@ mod tests {
             },
             SecurityGroup {
                 name: "broken".into(),
+                guid: None,
                 rules: vec![rule("tcp", "8.8.8.8", Some("65536"))],
                 globally_enabled: GloballyEnabled {
                     running: true,

@@ -145,6 +145,7 @@ pub fn run_asg(args: AsgArgs) -> Result<()> {
         } => {
             let g = SecurityGroup {
                 name,
+                guid: None,
                 rules: read_rules(&rules_file)?,
                 globally_enabled: GloballyEnabled {
                     running: global_running,

@@ -130,7 +130,7 @@ async fn create_tag(
 /// CF's ASG as the agent reads it: `rules` is the rules' JSON, as a string.
 fn cf_asg(g: &SecurityGroup) -> Value {
     json!({
-        "guid": g.name,
+        "guid": g.guid.as_deref().unwrap_or(&g.name),
         "name": g.name,
         "rules": serde_json::to_string(&g.rules).unwrap_or_else(|_| "[]".into()),
         "staging_default": g.globally_enabled.staging,

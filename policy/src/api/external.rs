@@ -244,6 +244,17 @@ async fn list_asgs(
     Ok(Json(json!({ "security_groups": groups })))
 }
 
+/// Refuses a security group write while the groups are synced from Cloud Controller.
+fn asgs_writable(s: &AppState) -> ApiResult<()> {
+    if s.asgs_from_cc {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "security groups are synced from Cloud Controller (--asg-sync-interval): change them there",
+        ));
+    }
+    Ok(())
+}
+
 /// The body of `POST .../security_groups`, parsed and validated.
 pub fn parse_asg(b: &[u8]) -> ApiResult<SecurityGroup> {
     let g: SecurityGroup = json(b)?;
@@ -270,6 +281,7 @@ async fn create_asg(
 ) -> ApiResult<Json<SecurityGroup>> {
     version(&v)?;
     require_admin(&authenticate(&s, &headers).await?)?;
+    asgs_writable(&s)?;
     let g = parse_asg(&body(b)?)?;
     let stored = g.clone();
     s.store
@@ -309,6 +321,7 @@ async fn update_asg(
 ) -> ApiResult<Json<SecurityGroup>> {
     version(&v)?;
     require_admin(&authenticate(&s, &headers).await?)?;
+    asgs_writable(&s)?;
     let g = parse_asg_update(&body(b)?, &name)?;
     let stored = g.clone();
     s.store
@@ -326,6 +339,7 @@ async fn delete_asg(
 ) -> ApiResult<Json<Value>> {
     version(&v)?;
     require_admin(&authenticate(&s, &headers).await?)?;
+    asgs_writable(&s)?;
     s.store
         .call(Mode::Write, move |tx| ops::delete_security_group(tx, &name))
         .await?;

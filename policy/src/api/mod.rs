@@ -51,6 +51,9 @@ pub struct AppState {
     pub allow_shared_cell_cert: bool,
     /// Apps and spaces come from Cloud Controller, when `--cloud-controller` is given.
     pub cc: Option<Arc<crate::cc::CloudController>>,
+    /// Security groups are synced from Cloud Controller (`--asg-sync-interval`): the external
+    /// API's writes of them are refused.
+    pub asgs_from_cc: bool,
 }
 
 impl AppState {
@@ -67,6 +70,7 @@ impl AppState {
             uaa: None,
             allow_shared_cell_cert: false,
             cc: None,
+            asgs_from_cc: false,
         }
     }
 
@@ -77,6 +81,11 @@ impl AppState {
     }
 
     /// Asks Cloud Controller for apps and spaces.
+    pub fn with_asgs_from_cloud_controller(mut self, yes: bool) -> AppState {
+        self.asgs_from_cc = yes;
+        self
+    }
+
     pub fn with_cloud_controller(
         mut self,
         cc: Option<Arc<crate::cc::CloudController>>,

@@ -14,15 +14,15 @@ pub struct Space {
 }
 
 #[derive(Deserialize, Default)]
-struct Href {
+pub(super) struct Href {
     #[serde(default)]
-    href: Option<String>,
+    pub(super) href: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
-struct Guid {
+pub(super) struct Guid {
     #[serde(default)]
-    guid: Option<String>,
+    pub(super) guid: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -32,11 +32,13 @@ struct ToOne {
 }
 
 #[derive(Deserialize, Default)]
-struct Pagination {
+pub(super) struct Pagination {
     #[serde(default)]
-    total_pages: u64,
+    pub(super) total_pages: u64,
     #[serde(default)]
-    next: Option<Href>,
+    pub(super) total_results: Option<u64>,
+    #[serde(default)]
+    pub(super) next: Option<Href>,
 }
 
 #[derive(Deserialize, Default)]

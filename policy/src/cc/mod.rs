@@ -13,6 +13,7 @@
 //! `network-policy` client), kept until a minute before it expires and fetched again once when
 //! Cloud Controller answers 401. Without client credentials, a request made for a user carries
 //! that user's own UAA token, and one made for nobody (the periodic cleanup) none.
+mod asgs;
 mod lookups;
 
 use std::path::PathBuf;

@@ -250,6 +250,41 @@ pub fn delete_security_group(tx: &mut dyn Tx, name: &str) -> Result<(), StoreErr
     Ok(())
 }
 
+/// Makes the stored groups exactly `groups` (CF's `SecurityGroupsStore.Replace`, for groups
+/// synced from Cloud Controller): a group that differs is replaced, one that is gone deleted,
+/// an equal one left alone, so that an unchanged listing writes nothing to the feed. Returns
+/// how many groups were written and how many deleted.
+pub fn replace_security_groups(
+    tx: &mut dyn Tx,
+    groups: &[SecurityGroup],
+) -> Result<(usize, usize), StoreError> {
+    let stored: std::collections::HashMap<String, SecurityGroup> = list_security_groups(tx)?
+        .into_iter()
+        .map(|g| (g.name.clone(), g))
+        .collect();
+    let mut written = 0;
+    for g in groups {
+        match stored.get(&g.name) {
+            Some(prev) if prev == g => {}
+            Some(_) => {
+                put_security_group(tx, Some(&g.name), g)?;
+                written += 1;
+            }
+            None => {
+                put_security_group(tx, None, g)?;
+                written += 1;
+            }
+        }
+    }
+    let keep: std::collections::HashSet<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+    let mut deleted = 0;
+    for name in stored.keys().filter(|n| !keep.contains(n.as_str())) {
+        delete_security_group(tx, name)?;
+        deleted += 1;
+    }
+    Ok((written, deleted))
+}
+
 /// Stores a token by its hash (idempotent).
 pub fn insert_token(tx: &mut dyn Tx, hash: &str, p: &Principal) -> Result<(), StoreError> {
     tx.exec(

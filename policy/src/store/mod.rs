@@ -372,7 +372,8 @@ pub mod ops {
     pub use super::misc::{
         add_route, app_spaces, apps_in_spaces, delete_instance, delete_route,
         delete_security_group, get_security_group, insert_token, list_instances, list_routes,
-        list_security_groups, lookup_token, put_instance, put_security_group, sync_cell,
+        list_security_groups, lookup_token, put_instance, put_security_group,
+        replace_security_groups, sync_cell,
     };
     pub use super::policies::{
         create_policies, create_tag, delete_policies, last_updated, list_policies, list_tags, Quota,

@@ -33,6 +33,12 @@ pub struct World {
     pub down: bool,
     /// Serve `/v3/roles` and not the v2 space calls (a Cloud Controller without v2).
     pub v3_roles: bool,
+    /// `/v3/security_groups` resources, as CAPI v3 documents them.
+    pub security_groups: Vec<Value>,
+    /// Groups per page of `/v3/security_groups` (0: the `per_page` asked for).
+    pub asg_page_size: usize,
+    /// Announce one group more than listed in `total_results` (a listing changing meanwhile).
+    pub asg_unstable: bool,
     /// This stand-in's base URL (for absolute `next` links).
     pub base: String,
     pub log: Vec<String>,
@@ -132,6 +138,69 @@ async fn v3_apps(State(cc): State<Cc>, headers: HeaderMap, RawQuery(q): RawQuery
         "resources": resources
     }))
     .into_response()
+}
+
+async fn v3_security_groups(
+    State(cc): State<Cc>,
+    headers: HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let mut w = cc.lock().unwrap();
+    if let Err(r) = gate(
+        &mut w,
+        &headers,
+        format!("GET /v3/security_groups?{}", q.clone().unwrap_or_default()),
+    ) {
+        return r.into_response();
+    }
+    let p = pairs(&q);
+    let num = |k: &str, d: usize| {
+        p.iter()
+            .find(|(n, _)| n == k)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let size = match w.asg_page_size {
+        0 => num("per_page", 50),
+        n => n,
+    };
+    let page = num("page", 1).max(1);
+    let total = w.security_groups.len();
+    let pages = total.div_ceil(size).max(1);
+    let resources: Vec<Value> = w
+        .security_groups
+        .iter()
+        .skip((page - 1) * size)
+        .take(size)
+        .cloned()
+        .collect();
+    let link = |n: usize| json!({"href": format!("{}/v3/security_groups?page={n}&per_page={size}", w.base)});
+    Json(json!({
+        "pagination": {"total_results": total + usize::from(w.asg_unstable), "total_pages": pages,
+                       "first": link(1), "last": link(pages),
+                       "next": if page < pages { link(page + 1) } else { Value::Null },
+                       "previous": if page > 1 { link(page - 1) } else { Value::Null }},
+        "resources": resources
+    }))
+    .into_response()
+}
+
+/// A `/v3/security_groups` resource as CAPI v3 documents it.
+pub fn security_group(guid: &str, name: &str, rules: Value, running_spaces: &[&str]) -> Value {
+    let data = |s: &[&str]| -> Vec<Value> { s.iter().map(|g| json!({"guid": g})).collect() };
+    json!({
+        "guid": guid,
+        "created_at": "2020-02-20T17:42:08Z",
+        "updated_at": "2020-02-20T17:42:08Z",
+        "name": name,
+        "globally_enabled": {"running": running_spaces.is_empty(), "staging": false},
+        "rules": rules,
+        "relationships": {
+            "staging_spaces": {"data": []},
+            "running_spaces": {"data": data(running_spaces)}
+        },
+        "links": {"self": {"href": format!("https://cc.test/v3/security_groups/{guid}")}}
+    })
 }
 
 async fn v2_space(State(cc): State<Cc>, headers: HeaderMap, Path(guid): Path<String>) -> Response {
@@ -292,7 +361,8 @@ async fn v3_roles(State(cc): State<Cc>, headers: HeaderMap, RawQuery(q): RawQuer
 pub async fn serve(cc: Cc) -> String {
     let app = Router::new()
         .route("/oauth/token", post(oauth_token))
-        .route("/v3/apps", get(v3_apps));
+        .route("/v3/apps", get(v3_apps))
+        .route("/v3/security_groups", get(v3_security_groups));
     let app = if cc.lock().unwrap().v3_roles {
         app.route("/v3/roles", get(v3_roles))
     } else {
