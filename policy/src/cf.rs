@@ -77,22 +77,43 @@ pub fn token_name() -> String {
     format!("token-{:08x}", rand::random::<u32>())
 }
 
-/// Runs the cleanup of deleted apps' policies every `every` until `shutdown` turns true.
-pub fn spawn_cleanup(
-    store: crate::store::Store,
-    cc: Option<std::sync::Arc<crate::cc::CloudController>>,
+/// Runs `round` every `every` (first at once when `now`) until `shutdown` turns true.
+fn spawn_every<F, Fut>(
     every: Duration,
+    now: bool,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
+    mut round: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
+        if !now {
+            tick.tick().await;
+        }
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.wait_for(|s| *s) => return,
             }
+            round().await;
+        }
+    })
+}
+
+/// Runs the cleanup of deleted apps' policies every `every` until `shutdown` turns true.
+pub fn spawn_cleanup(
+    store: crate::store::Store,
+    cc: Option<std::sync::Arc<crate::cc::CloudController>>,
+    every: Duration,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    spawn_every(every, false, shutdown, move || {
+        let (store, cc) = (store.clone(), cc.clone());
+        async move {
             match crate::api::apps::run_cleanup(&store, cc.as_deref()).await {
                 Ok(p) if !p.is_empty() => {
                     tracing::info!("cleanup removed {} policies of deleted apps", p.len())
@@ -136,16 +157,11 @@ pub fn spawn_asg_sync(
     store: crate::store::Store,
     cc: std::sync::Arc<crate::cc::CloudController>,
     every: Duration,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.wait_for(|s| *s) => return,
-            }
+    spawn_every(every, true, shutdown, move || {
+        let (store, cc) = (store.clone(), cc.clone());
+        async move {
             match sync_security_groups(&store, &cc).await {
                 Ok((0, 0)) => {}
                 Ok((w, d)) => tracing::info!(
