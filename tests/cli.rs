@@ -1,78 +1,28 @@
 //! The `tapestry policy|asg|route|lease` clients against a real `tapestry control` on loopback.
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+mod support;
 
-fn bin() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_tapestry"))
-}
+use std::path::PathBuf;
+use std::process::{Command, Output};
 
-/// A `tapestry control` on loopback ports it picks itself (port 0, so no other process can
-/// take them between our choice and its bind). Its stderr is kept and printed when a test fails.
+use support::bin;
+
+/// A `tapestry control` (tests/support: loopback ports it picks itself, its stderr printed when
+/// a test fails) in a data dir of its own, and the CLI run against it.
 struct Control {
-    child: Child,
+    _ctl: support::Control,
     dir: tempfile::TempDir,
     api: String,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Drop for Control {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- tapestry control's stderr ---\n{}",
-                self.stderr.lock().unwrap()
-            );
-        }
-    }
 }
 
 impl Control {
     fn start(extra: &[&str]) -> Control {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(bin())
-            .args(["control", "--data-dir"])
-            .arg(dir.path())
-            .args(["--listen", "127.0.0.1:0"])
-            .args(["--internal-listen", "127.0.0.1:0"])
-            .args(extra)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Every line goes into `stderr`; the one naming the external API's address also to `tx`.
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let pipe = child.stderr.take().unwrap();
-        let keep = stderr.clone();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { break };
-                keep.lock().unwrap().push_str(&line);
-                keep.lock().unwrap().push('\n');
-                if let Some(rest) = line.strip_prefix("tapestry control: external API http://") {
-                    let addr = rest.split_whitespace().next().unwrap_or_default();
-                    let _ = tx.send(addr.to_string());
-                }
-            }
-        });
-        let Ok(addr) = rx.recv_timeout(Duration::from_secs(30)) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = reader.join(); // ends at the pipe's end: every line is in `stderr`
-            panic!(
-                "the control plane did not start; its stderr:\n{}",
-                stderr.lock().unwrap()
-            );
-        };
+        let ctl = support::Control::start(dir.path(), extra);
+        let api = ctl.external.clone();
         let ctl = Control {
-            child,
+            _ctl: ctl,
             dir,
-            api: format!("http://{addr}"),
-            stderr,
+            api,
         };
         assert!(
             ctl.token_file().exists(),

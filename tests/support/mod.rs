@@ -1,4 +1,4 @@
-//! What the fault tests share: a `tapestry control` process on loopback ports.
+//! What the CLI and fault tests share: a `tapestry control` process on loopback ports.
 #![allow(dead_code)]
 use std::io::{BufRead, BufReader};
 use std::path::Path;
